@@ -1,0 +1,1 @@
+"""Executors of the layer chain. Each has ``run(node_id, inputs) -> outputs``."""

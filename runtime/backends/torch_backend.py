@@ -1,0 +1,60 @@
+"""The torch backend: the reference executor of the layer chain (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import layers
+from ..chain import CONST, CONV_UP, TO_RGB, build_chain
+from ..weights import StyleGAN2Weights
+
+MAPPING, STYLES = "mapping", "styles"
+
+
+class TorchBackend:
+    """Runs one graph at a time on given tensors: ``run(node_id, inputs) -> outputs``.
+
+    Graph ids are the chain's node ids plus ``mapping`` (``z [B, 512] -> w [B, 512]``)
+    and ``styles`` (``wplus [B, n_latent, 512] -> styles [B, total]``).
+    """
+
+    name = "torch"
+
+    def __init__(self, weights: StyleGAN2Weights, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.weights = weights.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.config = weights.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._nodes = {n.id: n for n in build_chain(self.config)}
+
+    def run(self, node_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if node_id == MAPPING:
+            return {"w": self.mapping(inputs["z"])}
+        if node_id == STYLES:
+            return {"styles": self.styles(inputs["wplus"])}
+        node = self._nodes[node_id]
+        m = self.weights.node_module(node_id)
+        if node.kind == CONST:
+            return {"x": m.input.repeat(inputs["style"].shape[0], 1, 1, 1)}
+        if node.kind == TO_RGB:
+            rgb = layers.to_rgb(inputs["x"], inputs["style"], m.conv.weight, m.conv.scale, m.bias, inputs.get("skip"))
+            return {"rgb": rgb}
+        x = layers.styled_conv(inputs["x"], inputs["style"], inputs["noise"], m.conv.weight, m.conv.scale,
+                               m.noise.weight, m.activate.bias, upsample=node.kind == CONV_UP)
+        return {"x": x}
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        """``w = MLP(PixelNorm(z))``: ``[B, 512] -> [B, 512]``."""
+        x = layers.pixel_norm(z)
+        for lin in list(self.weights.style)[1:]:
+            x = layers.equal_linear(x, lin.weight, lin.bias, lin.lr_mul, activate=True)
+        return x
+
+    def styles(self, wplus: torch.Tensor) -> torch.Tensor:
+        """Affine of every styled node on its W+ entry, concatenated: ``[B, n_latent, 512] -> [B, total]``."""
+        outs = []
+        for node in build_chain(self.config)[1:]:
+            mod = self.weights.node_module(node.id).conv.modulation
+            outs.append(layers.equal_linear(wplus[:, node.w_index], mod.weight, mod.bias, 1.0, activate=False))
+        return torch.cat(outs, dim=1)

@@ -1,0 +1,212 @@
+"""The user-facing Generator: sigma space, generation and every task, on any backend."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .backends.torch_backend import MAPPING, STYLES
+from .chain import TO_RGB, LayerNode, build_chain, style_channels
+from .config import GeneratorConfig
+from .errors import SoatError
+from .noise import NoiseArg, NoiseFn, make_noise_fn, node_noise
+from .styles import StyleArg, check_styles, truncate, unflatten_styles
+
+MEAN_STYLE_SAMPLES = 50_000
+MEAN_STYLE_SEED = 0x50A7
+
+
+class Generator:
+    """A StyleGAN2 generator as a layer chain run by a backend.
+
+    Args:
+        backend: executor with ``run(node_id, inputs) -> outputs`` and ``device``/``dtype``.
+        config: the model layout.
+        fixed_noise: ``noises.noise_{i}`` buffers, each ``[1, 1, r, r]``.
+        source: where the weights came from (path or ``random:SEED``), for ``info``.
+        fingerprint: a string identifying the weights (checkpoint sha256 or the seed).
+    """
+
+    def __init__(self, backend: Any, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
+                 source: str = "", fingerprint: str = ""):
+        self.backend = backend
+        self.config = config
+        self.chain: tuple[LayerNode, ...] = build_chain(config)
+        self.device = torch.device(backend.device)
+        self.dtype = backend.dtype
+        self.fixed_noise = [n.to(self.device, self.dtype) for n in fixed_noise]
+        self.source = source
+        self.fingerprint = fingerprint
+        self.style_channels = style_channels(config)
+        self._mean_styles: list[torch.Tensor] | None = None
+        self._noise_cache: dict = {}
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Generator(size={c.size}, channel_multiplier={c.channel_multiplier}, backend={self.backend.name}, "
+                f"device={self.device}, dtype={str(self.dtype).replace('torch.', '')}, source={self.source!r})")
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    # ---- sigma space -------------------------------------------------------------------------
+    def w(self, z: torch.Tensor) -> torch.Tensor:
+        """Mapping network: ``z [B, 512] -> w [B, 512]``."""
+        z = self._check_latent(z, "z", 2)
+        return self.backend.run(MAPPING, {"z": z})["w"]
+
+    def styles_from_w(self, w: torch.Tensor, truncation: float = 1.0) -> list[torch.Tensor]:
+        """``w [B, 512]`` (repeated to every layer) or ``W+ [B, n_latent, 512]`` -> sigma list."""
+        n = self.config.n_latent
+        w = self._check_latent(w, "w", None)
+        if w.ndim == 2:
+            w = w.unsqueeze(1).repeat(1, n, 1)
+        if w.ndim != 3 or w.shape[1] != n:
+            raise SoatError(f"w must be [B, {self.config.style_dim}] or W+ [B, {n}, {self.config.style_dim}]; "
+                            f"got {list(w.shape)}")
+        flat = self.backend.run(STYLES, {"wplus": w})["styles"]
+        styles = unflatten_styles(flat, self.style_channels)
+        return styles if truncation == 1 else truncate(styles, self.mean_styles(), truncation)
+
+    def styles(self, z: torch.Tensor, truncation: float = 1.0) -> list[torch.Tensor]:
+        """``z [B, 512]`` -> sigma list (``3L - 4`` entries ``[B, C_k]``) with truncation in sigma space."""
+        return self.styles_from_w(self.w(z), truncation)
+
+    def mean_styles(self) -> list[torch.Tensor]:
+        """The mean style sigma_bar, ``[1, C_k]`` each: affine(mean of w over 50,000 z), cached.
+
+        The z are drawn from a private generator, so the global RNG is untouched; to
+        reproduce a notebook's sigma_bar exactly, call ``estimate_mean_styles(z)``.
+        """
+        if self._mean_styles is None:
+            gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
+            z = torch.randn(MEAN_STYLE_SAMPLES, self.config.style_dim, generator=gen)
+            self.estimate_mean_styles(z)
+        return self._mean_styles
+
+    def estimate_mean_styles(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Set sigma_bar to the per-entry mean of sigma over the given ``z [N, 512]`` (the reference's rule)."""
+        z = self._check_latent(z, "z", 2)
+        total = torch.zeros(1, self.config.style_dim, device=self.device, dtype=torch.float64)
+        for chunk in torch.split(z, 4096):
+            total += self.w(chunk).double().sum(0, keepdim=True)
+        mean_w = (total / z.shape[0]).to(self.dtype)
+        self._mean_styles = self.styles_from_w(mean_w)
+        return self._mean_styles
+
+    def unflatten_styles(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """``[B, total] -> [[B, C_k]]`` for this model's layout."""
+        return unflatten_styles(flat, self.style_channels)
+
+    # ---- running the chain -------------------------------------------------------------------
+    def check_styles(self, styles: StyleArg, name: str = "styles") -> list[torch.Tensor]:
+        return check_styles(styles, self.style_channels, name, self.device, self.dtype)
+
+    def noise_fn(self, noise: NoiseArg) -> NoiseFn:
+        return make_noise_fn(noise, self.fixed_noise, self._noise_cache, self.device, self.dtype)
+
+    def constant(self, styles: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The learned constant repeated to the batch of ``styles[0]``: ``[B, 512, 4, 4]``."""
+        return self.backend.run(self.chain[0].id, {"style": styles[0]})["x"]
+
+    def run_node(self, node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None,
+                 skip: torch.Tensor | None = None) -> torch.Tensor:
+        """One chain node on given tensors; returns its ``x`` or ``rgb`` output."""
+        inputs = {"x": x, "style": style}
+        if noise is not None:
+            inputs["noise"] = noise
+        if skip is not None:
+            inputs["skip"] = skip
+        with torch.autograd.profiler.record_function(node.id):
+            return self.backend.run(node.id, inputs)[node.output]
+
+    def run_chain(self, styles: Sequence[torch.Tensor], noise_at: NoiseFn, nodes: Sequence[LayerNode],
+                  x: torch.Tensor, rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run ``nodes`` in order with one style list; returns the last features and RGB."""
+        for node in nodes:
+            out = self.run_node(node, x, styles[node.style_index], node_noise(node, x, noise_at), rgb)
+            if node.kind == TO_RGB:
+                rgb = out
+            else:
+                x = out
+        return x, rgb
+
+    def generate(self, styles: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Plain synthesis: sigma list -> image ``[B, 3, R, R]`` in [-1, 1]."""
+        s = self.check_styles(styles)
+        _, rgb = self.run_chain(s, self.noise_fn(noise), self.chain[1:], self.constant(s))
+        return rgb.clamp(-1, 1)
+
+    def _check_latent(self, t: torch.Tensor, name: str, ndim: int | None) -> torch.Tensor:
+        if not isinstance(t, torch.Tensor) or (ndim is not None and t.ndim != ndim) \
+                or t.shape[-1] != self.config.style_dim:
+            shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            want = f"[B, {self.config.style_dim}]" if ndim == 2 else f"[..., {self.config.style_dim}]"
+            raise SoatError(f"{name} must be a tensor {want}; got {shape}")
+        if not torch.isfinite(t).all():
+            raise SoatError(f"{name} contains NaN or inf")
+        return t.to(self.device, self.dtype)
+
+    # ---- tasks (each a short schedule in soat.runtime.tasks) ----------------------------------
+    def blend(self, styles1: StyleArg, styles2: StyleArg, mode: str = "horizontal",
+              noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Feature-interpolation blend of two images (SPEC Blend); ``[B, 3, R, R]``."""
+        from .tasks.blend import blend
+        return blend(self, styles1, styles2, mode, noise)
+
+    def merge_extension(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Two-image panorama span (SPEC Merge extension); ``[B, 3, R, 2R]``."""
+        from .tasks.blend import merge_extension
+        return merge_extension(self, styles1, styles2, noise)
+
+    def merge(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Merge extension with a plain linspace alpha (SPEC Merge); ``[B, 3, R, 2R]``."""
+        from .tasks.blend import merge
+        return merge(self, styles1, styles2, noise)
+
+    def panorama(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
+                 progress: bool = False) -> torch.Tensor:
+        """Panorama of N >= 2 images (SPEC Panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
+        from .tasks.panorama import panorama
+        return panorama(self, style_lists, noise, progress)
+
+    def panorama_stream(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
+                        progress: bool = False) -> Iterator[torch.Tensor]:
+        """The panorama as column blocks, one span at a time; memory independent of N."""
+        from .tasks.panorama import panorama_stream
+        return panorama_stream(self, style_lists, noise, progress)
+
+    def expand(self, styles: StyleArg, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
+        """Generation from one image, widened after the 8x8 block (SPEC Expand / ``singan``).
+
+        ``noise`` defaults to ``"random"`` as in the reference (seed with ``torch.manual_seed``).
+        """
+        from .tasks.expand import expand
+        return expand(self, styles, mode, noise)
+
+    def blend_mask(self, styles1: StyleArg, styles2: StyleArg, mask: torch.Tensor, pose_align: bool = False,
+                   num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Local blend with any mask ``[1 or B, 1, H, W]`` in [0, 1]: styles2 shows where mask = 1."""
+        from .tasks.local import blend_mask
+        return blend_mask(self, styles1, styles2, mask, pose_align, num_blend, noise)
+
+    def blend_bbox(self, styles1: StyleArg, styles2: StyleArg, box: Any, pose_align: bool = False,
+                   num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Local attribute transfer inside a box ``(x, y, w, h)`` (or a list of boxes), in output pixels."""
+        from .tasks.local import blend_bbox
+        return blend_bbox(self, styles1, styles2, box, pose_align, num_blend, noise)
+
+    def patch_swap(self, styles1: StyleArg, styles2: StyleArg, boxes: Any, swap: bool = True,
+                   noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Copy (and swap) 16x16 feature regions of image 2 into image 1 (SPEC Patch swap)."""
+        from .tasks.local import patch_swap
+        return patch_swap(self, styles1, styles2, boxes, swap, noise)
+
+    def shift(self, styles: StyleArg, source_box: Any, targets: Any, layers: Sequence[int] | None = None,
+              strength: float = 1.0, noise: NoiseArg = "fixed") -> torch.Tensor:
+        """Replicate a patch: at the given resolutions, blend features with a copy shifted from
+        ``source_box`` onto each target (SPEC Shift)."""
+        from .tasks.shift import shift
+        return shift(self, styles, source_box, targets, layers, strength, noise)

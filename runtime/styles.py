@@ -1,0 +1,56 @@
+"""Sigma space: the per-layer modulation vectors, as a list or one flat vector."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from .errors import SoatError
+
+StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]
+
+
+def flatten_styles(styles: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate a sigma list ``[[B, C_k]] -> [B, sum C_k]`` in list order."""
+    return torch.cat(list(styles), dim=1)
+
+
+def unflatten_styles(flat: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
+    """Split ``[B, sum C_k]`` into the sigma list ``[[B, C_k]]``."""
+    total = sum(channels)
+    if not isinstance(flat, torch.Tensor) or flat.ndim != 2 or flat.shape[1] != total:
+        shape = list(flat.shape) if isinstance(flat, torch.Tensor) else type(flat).__name__
+        raise SoatError(f"flat styles must be a tensor [B, {total}] for this model; got {shape}")
+    return list(torch.split(flat, list(channels), dim=1))
+
+
+def check_styles(styles: StyleArg, channels: Sequence[int], name: str, device: torch.device,
+                 dtype: torch.dtype) -> list[torch.Tensor]:
+    """Validate a sigma list (or flat vector) for a model and move it to the runtime's device and dtype."""
+    if isinstance(styles, torch.Tensor):
+        styles = unflatten_styles(styles, channels)
+    if not isinstance(styles, (list, tuple)) or len(styles) != len(channels):
+        got = f"{len(styles)} entries" if isinstance(styles, (list, tuple)) else type(styles).__name__
+        raise SoatError(f"{name} must be a list of {len(channels)} sigma tensors (from G.styles) or a flat "
+                        f"[B, {sum(channels)}] tensor; got {got}")
+    batch = None
+    out = []
+    for k, (s, c) in enumerate(zip(styles, channels)):
+        if not isinstance(s, torch.Tensor) or s.ndim != 2 or s.shape[1] != c:
+            shape = list(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise SoatError(f"{name}[{k}] must be [B, {c}]; got {shape}")
+        batch = s.shape[0] if batch is None else batch
+        if s.shape[0] != batch or batch == 0:
+            raise SoatError(f"{name}[{k}] has batch {s.shape[0]}, but {name}[0] has {batch}; all entries share B >= 1")
+        if not torch.isfinite(s).all():
+            raise SoatError(f"{name}[{k}] contains NaN or inf; check the latents that produced it")
+        out.append(s.to(device=device, dtype=dtype))
+    return out
+
+
+def truncate(styles: Sequence[torch.Tensor], mean: Sequence[torch.Tensor], psi: float) -> list[torch.Tensor]:
+    """``sigma_bar + psi * (sigma - sigma_bar)`` per entry; psi = 1 returns the styles unchanged."""
+    if psi == 1:
+        return list(styles)
+    return [m + psi * (s - m) for s, m in zip(styles, mean)]

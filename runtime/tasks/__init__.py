@@ -1,0 +1,1 @@
+"""Tasks: each a short schedule over the layer chain (SPEC §2), run through ``Generator.run_node``."""

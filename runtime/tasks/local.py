@@ -1,0 +1,117 @@
+"""Local edits: blend with a mask or boxes (attribute transfer) and patch swap (SPEC §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ... import triton_kernels as K
+from ..errors import SoatError
+from ..noise import NoiseArg, shared_noise
+from .blend import check_pair, lerp_chain
+from .boxes import box_list, check_box
+
+POSE_STYLES = 4  # pose alignment takes the first four sigma entries (2048 dims) from the source
+SWAP_AFTER = "to_rgbs.1"  # patch swap edits the 16x16 block's output
+SWAP_GRID = 16
+
+
+def check_mask(mask: Any, batch: int) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise SoatError(f"mask must be a tensor [1 or {batch}, 1, H, W]; got {shape}")
+    # a little slack for float rounding (a blurred box peaks at 1 + 1 ulp)
+    if not torch.isfinite(mask).all() or mask.min() < -1e-6 or mask.max() > 1 + 1e-6:
+        raise SoatError("mask values must be finite and inside [0, 1]")
+    return mask
+
+
+def alpha_is_zero(style_index: int, pose_align: bool, num_blend: int) -> bool:
+    """The reference's per-layer cut-off: blocks past ``num_blend``, and pose alignment's early layers."""
+    if style_index == 0:
+        return False
+    if style_index == 1:
+        return pose_align
+    return style_index > num_blend or (pose_align and style_index < POSE_STYLES)
+
+
+def blend_mask(G, styles1, styles2, mask, pose_align: bool = False, num_blend: int = 99,
+               noise: NoiseArg = "fixed") -> torch.Tensor:
+    """``[B, 3, R, R]``: at every layer ``lerp(out1, out2, mask resized to the layer)``."""
+    s1, s2 = check_pair(G, styles1, styles2)
+    if not isinstance(num_blend, int) or isinstance(num_blend, bool):
+        raise SoatError(f"num_blend={num_blend!r} must be an integer sigma index")
+    m = check_mask(mask, s1[0].shape[0]).to(G.device, G.dtype)
+
+    def combine(node, a, b):
+        return K.mask_lerp(a, b, m, alpha_is_zero(node.style_index, pose_align, num_blend))
+
+    rgb = lerp_chain(G.run_node, G.run_node, s1, s2, G.chain[1:], combine, G.constant(s1), G.noise_fn(noise))
+    return rgb.clamp(-1, 1)
+
+
+def gaussian_kernel1d(k: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(k, dtype=torch.float32) - k // 2
+    g = torch.exp(-x.pow(2.0) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def blur_box_mask(box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """The reference's box mask: 1 inside, separable Gaussian blur (kernel and sigma from the box), reflect pad."""
+    x, y, w, h = box
+    mask = torch.zeros([1, 1, size, size])
+    mask[..., y:y + h, x:x + w] = 1
+    k_h = h // 2 + (h // 2) % 2 + 1
+    k_w = w // 2 + (w // 2) % 2 + 1
+    mask = F.pad(mask, (k_w // 2, k_w // 2, k_h // 2, k_h // 2), mode="reflect")
+    mask = F.conv2d(mask, gaussian_kernel1d(k_h, k_h).view(1, 1, k_h, 1))
+    return F.conv2d(mask, gaussian_kernel1d(k_w, k_w).view(1, 1, 1, k_w))
+
+
+def boxes_mask(boxes: Any, size: int) -> torch.Tensor:
+    """``[1, 1, R, R]`` mask of one box or several (the maximum of their blurred masks)."""
+    masks = [blur_box_mask(check_box(b, "box", size, size, clip=True), size) for b in box_list(boxes, "box")]
+    return torch.stack(masks).amax(0)
+
+
+def blend_bbox(G, styles1, styles2, box, pose_align: bool = False, num_blend: int = 99,
+               noise: NoiseArg = "fixed") -> torch.Tensor:
+    """``blend_mask`` with the blurred mask of ``box`` ``(x, y, w, h)`` (or a list of boxes)."""
+    return blend_mask(G, styles1, styles2, boxes_mask(box, G.size), pose_align, num_blend, noise)
+
+
+def swap_regions(boxes: Any, size: int, swap: bool) -> list[tuple[int, int, int, int, int, int]]:
+    """Box pair in output pixels -> region copies on the 16x16 map, as the reference scales them."""
+    if not isinstance(boxes, (list, tuple)) or len(boxes) != 2:
+        raise SoatError(f"boxes={boxes!r} must be two boxes ((x1, y1, w1, h1), (x2, y2, w2, h2))")
+    scale = size // SWAP_GRID
+    (x1, y1, w1, h1), (x2, y2, w2, h2) = (
+        [v // scale for v in check_box(b, f"boxes[{i}]", size, size)] for i, b in enumerate(boxes))
+    w, h = max(w1, w2), max(h1, h2)
+    for name, (x, y) in (("boxes[0]", (x1, y1)), ("boxes[1]", (x2, y2))):
+        if x + w > SWAP_GRID or y + h > SWAP_GRID:
+            raise SoatError(f"{name}: on the 16x16 feature map the copied region ({w}x{h} cells at {x},{y}) runs past "
+                            f"the edge, because the other box is larger; make the boxes the same size or move them inward")
+    copies = [(y1, x1, y2, x2, h, w)]
+    if swap:
+        copies.append((y2, x2, y1, x1, h, w))
+    return copies
+
+
+def patch_swap(G, styles1, styles2, boxes, swap: bool = True, noise: NoiseArg = "fixed") -> torch.Tensor:
+    """``[B, 3, R, R]``: chain 1 with 16x16 feature regions of chain 2 copied (and swapped) in."""
+    if G.size < 2 * SWAP_GRID:
+        raise SoatError(f"patch swap edits the 16x16 block before later layers; it needs a model of at least 32px "
+                        f"(this one is {G.size}px)")
+    s1, s2 = check_pair(G, styles1, styles2)
+    copies = swap_regions(boxes, G.size, swap)
+    noise_at = shared_noise(G.noise_fn(noise))
+    cut = next(i for i, n in enumerate(G.chain) if n.id == SWAP_AFTER) + 1
+    const = G.constant(s1)
+    x1, rgb1 = G.run_chain(s1, noise_at, G.chain[1:cut], const)
+    x2, _ = G.run_chain(s2, noise_at, G.chain[1:cut - 1], const)
+    x1 = K.region_copy(x1, x2, copies)
+    _, rgb = G.run_chain(s1, noise_at, G.chain[cut:], x1, rgb1)
+    return rgb.clamp(-1, 1)

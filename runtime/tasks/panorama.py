@@ -1,0 +1,98 @@
+"""Panorama of N images: merge-extension spans of consecutive styles, stitched (SPEC Panorama).
+
+Span ``S_i = merge_extension(sigma_i, sigma_{i+1})`` is ``R x 2R``; with ``p = 2R // 4`` the
+output takes ``[0, R + p)`` of S_0, ``[p, 2R - p)`` of every later span, and the last
+``p`` columns of the last span: width ``2R + (N - 2) R``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ... import triton_kernels as K
+from ..errors import SoatError
+from ..noise import NoiseArg
+from ..styles import StyleArg
+from .blend import merge_extension
+
+
+def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Tensor]]:
+    if not isinstance(style_lists, (list, tuple)) or len(style_lists) < 2:
+        n = len(style_lists) if isinstance(style_lists, (list, tuple)) else type(style_lists).__name__
+        raise SoatError(f"a panorama needs a list of N >= 2 style lists; got {n}")
+    lists = [G.check_styles(s, f"style_lists[{i}]") for i, s in enumerate(style_lists)]
+    batches = {s[0].shape[0] for s in lists}
+    if len(batches) != 1:
+        raise SoatError(f"every style list of a panorama must have the same batch; got batches {sorted(batches)}")
+    return lists
+
+
+def panorama_width(size: int, n: int) -> int:
+    return 2 * size + (n - 2) * size
+
+
+def span_pieces(size: int, n: int) -> list[tuple[int, int]]:
+    """For each of the ``n - 1`` spans, the ``[start, stop)`` columns it contributes."""
+    p = 2 * size // 4
+    pieces = [(0, size + p)] + [(p, 2 * size - p)] * (n - 2)
+    pieces[-1] = (pieces[-1][0], 2 * size)  # the last span also gives its right edge
+    return pieces
+
+
+def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
+                    progress: bool = False) -> Iterator[torch.Tensor]:
+    """Yield the panorama's column blocks left to right, one span at a time.
+
+    Only one span is alive at a time, so memory does not grow with N. The blocks
+    concatenated along W equal ``panorama`` exactly.
+    """
+    lists = check_style_lists(G, style_lists)
+    pieces = span_pieces(G.size, len(lists))
+    for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
+        span = merge_extension(G, lists[i], lists[i + 1], noise)
+        start, stop = pieces[i]
+        yield span[..., start:stop]
+
+
+def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", progress: bool = False) -> torch.Tensor:
+    """``[B, 3, R, 2R + (N - 2) R]``, spans written into one preallocated output."""
+    lists = check_style_lists(G, style_lists)
+    out = None
+    col = 0
+    for block in panorama_stream(G, lists, noise, progress):
+        if out is None:
+            b = block.shape[0]
+            out = torch.empty(b, 3, G.size, panorama_width(G.size, len(lists)), device=block.device, dtype=block.dtype)
+        K.place_columns(out, block, col, 0, block.shape[-1])
+        col += block.shape[-1]
+    return out
+
+
+def panorama_latents(n: int, seed: int, style_dim: int = 512) -> np.ndarray:
+    """The notebook's smoothed latents: RandomState(seed) normals, Gaussian (sigma 0.7) along the
+    image axis with wrap-around, normalised to unit RMS; ``[n, style_dim]`` float32."""
+    from scipy.ndimage import gaussian_filter
+
+    z = np.random.RandomState(seed).randn(n, style_dim).astype(np.float32)
+    z = gaussian_filter(z, [0.7, 0], mode="wrap")
+    z /= np.sqrt(np.mean(np.square(z)))
+    return z
+
+
+def panorama_styles(G, n: int, seed: int = 0, truncation: float = 0.7) -> list[list[torch.Tensor]]:
+    """The reference panorama sampler: N style lists (each ``[1, C_k]``) of smoothed latents."""
+    if not isinstance(n, int) or n < 2:
+        raise SoatError(f"n={n!r}: a panorama needs at least 2 images")
+    z = torch.from_numpy(panorama_latents(n, seed, G.config.style_dim))
+    styles = G.styles(z, truncation=truncation)
+    return [[s[i:i + 1] for s in styles] for i in range(n)]
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, unit="span")
