@@ -128,9 +128,9 @@ def random_weights(config: GeneratorConfig, seed: int = 0) -> StyleGAN2Weights:
     """The embedded default: a seeded random generator whose images show structure at several scales.
 
     Rosinality's initialisation, except that biases and noise strengths are non-zero
-    (so every term of the layer arithmetic is exercised) and ToRGB weights shrink with
-    resolution, so coarse layers set the layout and the sum of skips stays mostly
-    inside (-1, 1) instead of saturating.
+    (so every term of the layer arithmetic is exercised), affine weights are doubled
+    (more varied layouts), and ToRGB weights shrink with resolution, so coarse layers
+    set the layout and the sum of skips stays mostly inside (-1, 1) (~90% of pixels).
     """
     gen = torch.Generator().manual_seed(seed)
     weights = StyleGAN2Weights(config)
@@ -146,13 +146,14 @@ def random_weights(config: GeneratorConfig, seed: int = 0) -> StyleGAN2Weights:
         for name, m in weights.named_modules():
             if hasattr(m, "modulation"):
                 m.weight.copy_(randn(*m.weight.shape))
-                m.modulation.weight.copy_(randn(*m.modulation.weight.shape))
+                # twice rosinality's spread, so that different z give visibly different layouts
+                m.modulation.weight.copy_(2.0 * randn(*m.modulation.weight.shape))
                 m.modulation.bias.copy_(1.0 + 0.1 * randn(*m.modulation.bias.shape))
         for conv in [weights.conv1, *weights.convs]:
             conv.noise.weight.copy_(0.05 + 0.1 * torch.rand(1, generator=gen))
             conv.activate.bias.copy_(0.1 * randn(*conv.activate.bias.shape))
         for level, rgb in enumerate([weights.to_rgb1, *weights.to_rgbs]):
-            rgb.conv.weight.mul_(0.35 * 0.7 ** level)
+            rgb.conv.weight.mul_(0.3 * 0.85 ** level)
             rgb.bias.copy_(0.05 * randn(1, 3, 1, 1))
         for buf_name, buf in weights.noises.named_buffers():
             buf.copy_(randn(*buf.shape))
