@@ -9,6 +9,7 @@ import torch
 from .backends.torch_backend import MAPPING, STYLES
 from .chain import TO_RGB, LayerNode, build_chain, style_channels
 from .config import GeneratorConfig
+from .cudagraph import is_capturing
 from .errors import SoatError
 from .noise import NoiseArg, NoiseFn, make_noise_fn, node_noise
 from .styles import StyleArg, check_styles, truncate, unflatten_styles
@@ -145,7 +146,7 @@ class Generator:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             want = f"[B, {self.config.style_dim}]" if ndim == 2 else f"[..., {self.config.style_dim}]"
             raise SoatError(f"{name} must be a tensor {want}; got {shape}")
-        if not torch.isfinite(t).all():
+        if not is_capturing() and not torch.isfinite(t).all():
             raise SoatError(f"{name} contains NaN or inf")
         return t.to(self.device, self.dtype)
 
@@ -216,3 +217,14 @@ class Generator:
         ``source_box`` onto each target (SPEC Shift)."""
         from .tasks.shift import shift
         return shift(self, styles, source_box, targets, layers, strength, noise)
+
+    # ---- GAN inversion (soat.runtime.inversion) ------------------------------------------------
+    def invert(self, images: Any, steps: int = 1000, lpips: Any = "auto", prior_weight: float = 1e-3,
+               lr: float = 0.05, progress: bool = False) -> torch.Tensor:
+        """Fit sigma codes to images (SPEC GAN inversion); returns flat sigma ``[B, total]``.
+
+        ``images``: paths, PIL images or a ``[B, 3, H, W]`` tensor in [-1, 1]; ``lpips``: ``"auto"``,
+        ``False``, a VGG16 weights path or a callable; ``prior_weight=0`` drops the Gaussian prior.
+        """
+        from .inversion import invert
+        return invert(self, images, steps, lpips, prior_weight, lr, progress)

@@ -12,6 +12,8 @@ from .checkpoint import load_checkpoint, random_weights
 from .config import GeneratorConfig
 from .errors import SoatError
 from .generator import Generator
+from .nvidia import is_nvidia_pickle, load_nvidia
+from .safetensors_format import is_safetensors, load_safetensors
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -41,17 +43,20 @@ def parse_device(device: str | torch.device) -> torch.device:
 
 def load(source: str = "random", backend: str = "torch", device: str | torch.device = "cpu",
          dtype: str | torch.dtype = "fp32", size: int | None = None,
-         channel_multiplier: int | None = None) -> Generator:
+         channel_multiplier: int | None = None, fast: bool | None = None) -> Generator:
     """Load a generator.
 
     Args:
-        source: a rosinality/SOAT checkpoint (``{"g_ema": state_dict}``), an export folder
+        source: a rosinality/SOAT checkpoint (``{"g_ema": state_dict}``), an NVIDIA StyleGAN2
+            ``.pkl`` (read without running code), a soat ``.safetensors`` file, an export folder
             (``soat export``), or ``"random"`` / ``"random:SEED"`` for the embedded seeded model.
         backend: ``torch`` (reference), ``onnxruntime`` or ``tensorrt``.
         device: ``cpu`` or ``cuda``.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         size, channel_multiplier: the layout; inferred from a checkpoint (given values are
             checked against it), defaults 256 and 2 for the random model.
+        fast: torch backend only: the shared-weight channels_last form (default: on for
+            fp16/bf16, off for fp32, whose default is the reference form).
     Returns:
         A ``Generator``.
     """
@@ -64,14 +69,19 @@ def load(source: str = "random", backend: str = "torch", device: str | torch.dev
         return load_exported(source, backend, dev, dt, size, channel_multiplier)
     weights, fingerprint = load_weights(source, size, channel_multiplier)
     noise = weights.fixed_noise()
-    return Generator(TorchBackend(weights, dev, dt), weights.config, noise, source, fingerprint)
+    return Generator(TorchBackend(weights, dev, dt, fast), weights.config, noise, source, fingerprint)
 
 
 def load_weights(source: str, size: int | None = None, channel_multiplier: int | None = None):
-    """``(StyleGAN2Weights, fingerprint)`` from a checkpoint path or ``random[:SEED]``."""
+    """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
+    ``.safetensors`` file, or a rosinality/SOAT torch checkpoint."""
     m = _RANDOM.match(source)
     if m:
         seed = int(m.group(1) or 0)
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
+    if is_nvidia_pickle(source):
+        return load_nvidia(source, size, channel_multiplier)
+    if is_safetensors(source):
+        return load_safetensors(source, size, channel_multiplier)
     return load_checkpoint(source, size, channel_multiplier)

@@ -7,6 +7,7 @@ from typing import Sequence, Union
 import torch
 
 from .errors import SoatError
+from .cudagraph import is_capturing
 
 StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]
 
@@ -43,7 +44,7 @@ def check_styles(styles: StyleArg, channels: Sequence[int], name: str, device: t
         batch = s.shape[0] if batch is None else batch
         if s.shape[0] != batch or batch == 0:
             raise SoatError(f"{name}[{k}] has batch {s.shape[0]}, but {name}[0] has {batch}; all entries share B >= 1")
-        if not torch.isfinite(s).all():
+        if not is_capturing() and not torch.isfinite(s).all():
             raise SoatError(f"{name}[{k}] contains NaN or inf; check the latents that produced it")
         out.append(s.to(device=device, dtype=dtype))
     return out

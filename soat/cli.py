@@ -252,7 +252,9 @@ def _add_optional_tools(sub) -> None:
                 raise
             continue
         for adder in adders:
-            getattr(mod, adder)(sub)
+            p = getattr(mod, adder)(sub)
+            if p is not None and p.get_default("func") is None:
+                p.set_defaults(func=mod.run)
 
 
 def main(argv: list[str] | None = None) -> int:

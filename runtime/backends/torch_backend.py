@@ -16,17 +16,34 @@ class TorchBackend:
 
     Graph ids are the chain's node ids plus ``mapping`` (``z [B, 512] -> w [B, 512]``)
     and ``styles`` (``wplus [B, n_latent, 512] -> styles [B, total]``).
+
+    Two forms of the same arithmetic: the reference form (one grouped conv per layer
+    with per-sample weights, as the paper's code) and the fast form (``fast=True``;
+    the default for fp16/bf16): all samples share one dense conv weight, the input is
+    modulated and the output demodulated, tensors channels_last. The fast form is the
+    exported graphs' modules (``graph_modules.py``), so torch, ONNX and TensorRT run
+    one definition.
     """
 
     name = "torch"
 
     def __init__(self, weights: StyleGAN2Weights, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        self.weights = weights.to(device=device, dtype=dtype).eval().requires_grad_(False)
+                 dtype: torch.dtype = torch.float32, fast: bool | None = None):
         self.config = weights.config
         self.device = torch.device(device)
         self.dtype = dtype
+        self.fast = dtype != torch.float32 if fast is None else fast
         self._nodes = {n.id: n for n in build_chain(self.config)}
+        self._fast_graphs = self._build_fast_graphs(weights) if self.fast else {}
+        self.weights = weights.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    def _build_fast_graphs(self, weights: StyleGAN2Weights) -> dict:
+        from ...export.modules import graph_module
+        graphs = {}
+        for node_id in self._nodes:
+            m = graph_module(weights, node_id).to(self.device, self.dtype).eval().requires_grad_(False)
+            graphs[node_id] = m.to(memory_format=torch.channels_last)
+        return graphs
 
     def run(self, node_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if node_id == MAPPING:
@@ -34,6 +51,11 @@ class TorchBackend:
         if node_id == STYLES:
             return {"styles": self.styles(inputs["wplus"])}
         node = self._nodes[node_id]
+        if self.fast:
+            out = self._fast_graphs[node_id](*(inputs[name] for name in node.inputs))
+            if node.kind == CONST:
+                out = out.contiguous(memory_format=torch.channels_last)
+            return {node.output: out}
         m = self.weights.node_module(node_id)
         if node.kind == CONST:
             return {"x": m.input.repeat(inputs["style"].shape[0], 1, 1, 1)}

@@ -1,0 +1,215 @@
+"""``soat bench``: every task x backend x precision x batch on this machine, against the fp32 torch path.
+
+For each configuration: warm-up, then >= 30 timed calls (CUDA events on the GPU,
+``perf_counter`` on the CPU), p50/p99 latency, images/s, peak GPU memory per image,
+the ratio to the plain fp32 torch path (measured in the same run), and the PSNR of
+its images against that path on the same inputs. Writes ``results.json``, a PNG
+chart (matplotlib, when installed) and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+import soat
+from soat.runtime.cudagraph import graphed
+
+TASKS = ("generate", "blend", "merge_extension", "blend_bbox", "expand", "patch_swap", "panorama_stream")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One way to run the model: backend, precision and whether whole tasks replay as CUDA graphs."""
+
+    backend: str = "torch"
+    dtype: str = "fp32"
+    graphs: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.dtype}" + ("-graph" if self.graphs else "")
+
+
+BASELINE = Config()
+
+
+@dataclass
+class Result:
+    task: str
+    config: str
+    batch: int
+    p50_ms: float
+    p99_ms: float
+    img_per_s: float
+    peak_mem_mb_per_img: float | None
+    psnr_db: float | None = None
+    rel_err: float | None = None
+    ratio_to_fp32: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def task_call(G, task: str, batch: int) -> tuple[Callable[..., torch.Tensor], tuple]:
+    """``(fn, args)`` running ``task`` on ``batch`` fixed random style draws (same draws for every config)."""
+    gen = torch.Generator().manual_seed(1234)
+    z = torch.randn(2 * batch, G.config.style_dim, generator=gen)
+    s = G.styles(z)
+    s1, s2 = [t[:batch] for t in s], [t[batch:] for t in s]
+    R = G.size
+    box = (R // 4, R // 4, R // 2, R // 2)
+    calls = {
+        "generate": (lambda a: G.generate(a), (s1,)),
+        "blend": (lambda a, b: G.blend(a, b), (s1, s2)),
+        "merge_extension": (lambda a, b: G.merge_extension(a, b), (s1, s2)),
+        "blend_bbox": (lambda a, b: G.blend_bbox(a, b, box), (s1, s2)),
+        "expand": (lambda a: G.expand(a, "reflect", noise="fixed"), (s1,)),
+        "patch_swap": (lambda a, b: G.patch_swap(a, b, ((0, 0, R // 2, R // 2), (R // 2, R // 2, R // 2, R // 2))),
+                       (s1, s2)),
+        # one streaming step: the next span (R new columns per image) of a panorama
+        "panorama_stream": (lambda a, b: G.merge_extension(a, b)[..., R // 2:R + R // 2], (s1, s2)),
+    }
+    return calls[task]
+
+
+def time_call(fn: Callable[[], torch.Tensor], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Milliseconds per call, ``iters`` samples after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def psnr(img: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (img.double().cpu() - ref.double().cpu()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def rel_err(img: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||img - ref|| / ||ref||`` in float64."""
+    ref = ref.double().cpu()
+    return ((img.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, reference: dict) -> Result:
+    fn, args = task_call(G, task, batch)
+    run = graphed(fn) if cfg.graphs else fn
+    dev = G.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        out = run(*args).float().clone()
+        samples = time_call(lambda: run(*args), dev, warmup, iters)
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 / batch if dev.type == "cuda" else None
+    p50 = statistics.median(samples)
+    key = (task, batch)
+    if cfg == BASELINE:
+        reference[key] = (out, p50)
+    ref_out, ref_p50 = reference.get(key, (None, None))
+    compare = ref_out is not None and cfg != BASELINE
+    return Result(task, cfg.name, batch, p50, percentile(samples, 0.99), batch / p50 * 1e3, peak,
+                  psnr(out, ref_out) if compare else None, rel_err(out, ref_out) if compare else None,
+                  ref_p50 / p50 if ref_p50 else None)
+
+
+def run_suite(source: str, size: int | None, channel_multiplier: int | None, device: str, configs: list[Config],
+              tasks: list[str], batches: list[int], warmup: int, iters: int, out_dir: str) -> list[Result]:
+    """Benchmark every combination (the baseline first) and write ``results.json`` and ``chart.png``."""
+    os.makedirs(out_dir, exist_ok=True)
+    configs = [BASELINE] + [c for c in configs if c != BASELINE]
+    reference: dict = {}
+    results: list[Result] = []
+    combos = [(c, t, b) for c in configs for t in tasks for b in batches]
+    models: dict = {}
+    for cfg, task, batch in tqdm(combos, desc="bench", unit="run"):
+        key = (cfg.backend, cfg.dtype)
+        if key not in models:
+            models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
+                                    channel_multiplier=channel_multiplier)
+        results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference))
+    G = next(iter(models.values()))
+    meta = {"device": device_name(device), "torch": torch.__version__, "soat": soat.__version__,
+            "model": source, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
+            "python": platform.python_version(), "warmup": warmup, "iters": iters}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump({"meta": meta, "results": [asdict(r) for r in results]}, f, indent=1)
+    write_chart(results, meta, os.path.join(out_dir, "chart.png"))
+    print(format_table(results, meta))
+    return results
+
+
+def device_name(device: str) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def format_table(results: list[Result], meta: dict) -> str:
+    lines = [f"{meta['device']} | {meta['size']}px cm{meta['channel_multiplier']} | torch {meta['torch']}",
+             f"{'task':<16}{'config':<22}{'B':>4}{'p50 ms':>10}{'p99 ms':>10}{'img/s':>10}{'x fp32':>8}"
+             f"{'PSNR dB':>9}{'rel err':>9}{'MB/img':>9}"]
+    for r in results:
+        ps = "" if r.psnr_db is None else ("inf" if math.isinf(r.psnr_db) else f"{r.psnr_db:.1f}")
+        mem = "" if r.peak_mem_mb_per_img is None else f"{r.peak_mem_mb_per_img:.0f}"
+        ratio = "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}"
+        err = "" if r.rel_err is None else f"{r.rel_err:.1e}"
+        lines.append(f"{r.task:<16}{r.config:<22}{r.batch:>4}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
+                     f"{r.img_per_s:>10.1f}{ratio:>8}{ps:>9}{err:>9}{mem:>9}")
+    return "\n".join(lines)
+
+
+def write_chart(results: list[Result], meta: dict, path: str) -> str | None:
+    """Images/s per task and config (best batch), as a grouped bar chart."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)")
+        return None
+    tasks = sorted({r.task for r in results}, key=list(TASKS).index)
+    configs = list(dict.fromkeys(r.config for r in results))
+    best = {(r.task, r.config): max(x.img_per_s for x in results if (x.task, x.config) == (r.task, r.config))
+            for r in results}
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * max(1, len(configs) / 2)), 4))
+    width = 0.8 / len(configs)
+    for i, cfg in enumerate(configs):
+        ax.bar([t + i * width for t in range(len(tasks))], [best[(t, cfg)] for t in tasks], width, label=cfg)
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks, rotation=20)
+    ax.set_ylabel("images/s (best batch)")
+    ax.set_yscale("log")
+    ax.set_title(f"SOAT on {meta['device']}, {meta['size']}px")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,160 @@
+"""The web app of ``soat serve``: the viewer, model info, PNG column ranges and the tile stream.
+
+Routes:
+    ``GET /``                                 the viewer (``static/index.html``).
+    ``GET /api/info``                         model size, device, dtype, version, limits, counters.
+    ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
+                                              pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
+    ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
+Malformed or out-of-range queries get a 400 with ``{"error": message}``.
+
+Every generator call runs on one worker thread, so the event loop stays responsive and
+the model is never entered twice at once. PNG ranges are computed span by span (each
+span alone, as ``panorama_columns`` does, so the pixels are exact), which lets stream
+batches run between the spans of a long request. Streams go through the ``SpanBatcher``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+from ..runtime.errors import SoatError
+from ..runtime.images import to_uint8
+from ..runtime.tasks.infinite import SpanKey, check_truncation, column_pieces, piece_bounds, span_piece
+from .batcher import SpanBatcher
+from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
+                       parse_panorama_query, parse_stream_query)
+from .stream import close_with_error, serve_stream
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Server:
+    """What the routes share: the generator, its worker thread, the batcher and counters."""
+
+    def __init__(self, G, truncation: float, max_batch: int, window_s: float, max_streams: int):
+        self.G = G
+        self.truncation = truncation
+        self.max_streams = max_streams
+        self.streams = 0
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
+        self.encoder = ThreadPoolExecutor(2, thread_name_prefix="soat-encode")
+        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s)
+
+    async def on_worker(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.encoder.shutdown(wait=False, cancel_futures=True)
+
+
+def exact_columns(G, key: SpanKey, lo: int, hi: int) -> np.ndarray:
+    """Span-local columns ``[lo, hi)`` of one span computed alone: ``[R, hi - lo, 3]`` uint8."""
+    offset = piece_bounds(G.size, key.index)[0]
+    return to_uint8(span_piece(G, key)[..., lo - offset:hi - offset])[0]
+
+
+def create_app(G, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
+               max_streams: int = 64) -> Starlette:
+    """The Starlette app serving generator ``G`` (see the module docstring for the routes)."""
+    truncation = check_truncation(truncation)
+    server = Server(G, truncation, max_batch, window_s, max_streams)
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    async def info(request: Request) -> Response:
+        from soat import __version__
+        return JSONResponse({
+            "version": __version__, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
+            "backend": G.backend.name, "device": str(G.device), "dtype": str(G.dtype).replace("torch.", ""),
+            "source": G.source, "truncation": truncation, "max_width": MAX_WIDTH, "max_tile": MAX_TILE,
+            "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams,
+            "pending_spans": server.batcher.pending, "cached_spans": server.batcher.cached,
+            **server.batcher.stats,
+        })
+
+    async def panorama_png(request: Request) -> Response:
+        try:
+            q = parse_panorama_query(request.query_params)
+        except SoatError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        parts = [await server.on_worker(exact_columns, G, SpanKey(q.seed, index, truncation), lo, hi)
+                 for index, lo, hi in column_pieces(G.size, q.x, q.w)]
+        loop = asyncio.get_running_loop()
+        png = await loop.run_in_executor(server.encoder, encode_image, np.concatenate(parts, axis=1), "png")
+        return Response(png, media_type="image/png")
+
+    async def stream(ws: WebSocket) -> None:
+        await ws.accept()
+        try:
+            query = parse_stream_query(ws.query_params, G.size)
+        except SoatError as exc:
+            await close_with_error(ws, CLOSE_POLICY, str(exc))
+            return
+        if server.streams >= server.max_streams:
+            await close_with_error(ws, CLOSE_BUSY, f"the server has {server.max_streams} streams open; try later")
+            return
+        server.streams += 1
+        try:
+            await serve_stream(ws, server, query)
+        finally:
+            server.streams -= 1
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        if truncation != 1:
+            await server.on_worker(G.mean_styles)  # sigma_bar once, before the first request
+        yield
+        server.close()
+
+    routes = [Route("/", index), Route("/api/info", info), Route("/api/panorama.png", panorama_png),
+              WebSocketRoute("/api/stream", stream), Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info"):
+    """A ``uvicorn.Server`` for ``app`` (``.run()`` blocks; set ``.should_exit`` to stop it)."""
+    import uvicorn
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
+                            lifespan="on")
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def background_server(app: Starlette, host: str = "127.0.0.1", port: int = 0,
+                      timeout_s: float = 60.0) -> Iterator[str]:
+    """Serve ``app`` from a daemon thread (notebooks, tests); yields the base URL, stops on exit.
+
+    ``port=0`` takes a free port. Raises RuntimeError if the server is not up within ``timeout_s``.
+    """
+    server = uvicorn_server(app, host, port, log_level="warning")
+    thread = threading.Thread(target=server.run, name="soat-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"soat serve did not start on {host}:{port} within {timeout_s:.0f} s")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout_s)

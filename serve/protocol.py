@@ -1,0 +1,161 @@
+"""The wire format of ``soat serve``: query parameters, stream frames, client messages, images.
+
+Stream frames are binary WebSocket messages: a 24-byte little-endian header, then the
+encoded image (``[R, width]`` pixels, RGB)::
+
+    offset  type     field
+    0       4 bytes  magic b"SOAT"
+    4       uint32   sequence number (0, 1, 2, ... per connection)
+    8       uint64   first column of the tile in the endless panorama
+    16      uint32   tile width in columns
+    20      uint8    format: 0 PNG, 1 JPEG, 2 WebP
+    21      3 bytes  zero
+
+Before the first frame the server sends one JSON text message
+``{"type": "hello", ...}``; a JSON ``{"type": "error", "error": ...}`` precedes a
+close caused by the client. Clients send JSON text ``{"credit": n}``: the server
+sends a frame only against a credit, and never holds more than ``MAX_CREDIT``
+unspent, so a slow client is never queued more frames than it asked for.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from PIL import Image
+
+from ..runtime.errors import SoatError
+
+MAGIC = b"SOAT"
+HEADER = struct.Struct("<4sIQIB3x")
+FORMATS = {"png": 0, "jpeg": 1, "webp": 2}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MAX_WIDTH = 8192  # columns in one HTTP request
+MAX_TILE = 2048  # columns in one stream frame
+MAX_COLUMN = 2 ** 53 - 1  # exact in a JavaScript number
+MAX_SEED = 2 ** 53 - 1
+MAX_CREDIT = 32
+MAX_MESSAGE = 1024  # bytes of one client message
+JPEG_QUALITY = 90
+
+# WebSocket close codes (RFC 6455 section 7.4.1)
+CLOSE_UNSUPPORTED = 1003  # a binary message
+CLOSE_POLICY = 1008  # a malformed or disallowed message or query
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_BUSY = 1013  # too many streams: try again later
+
+
+class ProtocolError(Exception):
+    """A client mistake on a stream: closes that connection with ``code`` and ``reason``."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PanoramaQuery:
+    seed: int
+    x: int
+    w: int
+
+
+@dataclass(frozen=True)
+class StreamQuery:
+    seed: int
+    x: int
+    tile: int
+    format: str
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int:
+    raw = params.get(name)
+    if raw is None:
+        if default is None:
+            raise SoatError(f"query parameter {name} is missing; give an integer {lo} <= {name} <= {hi}")
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+        raise SoatError(f"{name}={raw!r} is not an integer; give an integer {lo} <= {name} <= {hi}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise SoatError(f"{name}={value} is out of range; allowed: {lo} <= {name} <= {hi}")
+    return value
+
+
+def _check_keys(params, allowed: tuple[str, ...]) -> None:
+    for key in params.keys():
+        if key not in allowed:
+            raise SoatError(f"unknown query parameter {key!r}; allowed: {', '.join(allowed)}")
+        if len(params.getlist(key)) > 1:
+            raise SoatError(f"query parameter {key} is given more than once")
+
+
+def parse_panorama_query(params) -> PanoramaQuery:
+    """``seed``, ``x`` (first column), ``w`` (columns, at most ``MAX_WIDTH``) from a Starlette QueryParams."""
+    _check_keys(params, ("seed", "x", "w"))
+    return PanoramaQuery(seed=_int_param(params, "seed", None, 0, MAX_SEED),
+                         x=_int_param(params, "x", None, 0, MAX_COLUMN),
+                         w=_int_param(params, "w", None, 1, MAX_WIDTH))
+
+
+def parse_stream_query(params, size: int) -> StreamQuery:
+    """``seed`` (default 0), ``x`` (default 0), ``tile`` (default R), ``format`` (default jpeg)."""
+    _check_keys(params, ("seed", "x", "tile", "format"))
+    fmt = params.get("format", "jpeg")
+    if fmt not in FORMATS:
+        raise SoatError(f"format={fmt!r} is not a stream format; use one of {', '.join(FORMATS)}")
+    return StreamQuery(seed=_int_param(params, "seed", 0, 0, MAX_SEED),
+                       x=_int_param(params, "x", 0, 0, MAX_COLUMN),
+                       tile=_int_param(params, "tile", size, 1, MAX_TILE),
+                       format=fmt)
+
+
+def parse_credit(text: str, unspent: int) -> int:
+    """A client message ``{"credit": n}``: the number of further frames it grants."""
+    if len(text.encode()) > MAX_MESSAGE:
+        raise ProtocolError(CLOSE_TOO_BIG, f"message longer than {MAX_MESSAGE} bytes")
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        raise ProtocolError(CLOSE_POLICY, 'message is not JSON; send {"credit": n}') from None
+    if not isinstance(msg, dict) or set(msg) != {"credit"}:
+        raise ProtocolError(CLOSE_POLICY, 'unknown message; the only message is {"credit": n}')
+    n = msg["credit"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ProtocolError(CLOSE_POLICY, f"credit={n!r} must be an integer >= 1")
+    if unspent + n > MAX_CREDIT:
+        raise ProtocolError(CLOSE_POLICY, f"credit {unspent} + {n} exceeds the limit of {MAX_CREDIT} unspent frames")
+    return n
+
+
+def pack_frame(seq: int, column: int, width: int, fmt: str, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, seq, column, width, FORMATS[fmt]) + payload
+
+
+def unpack_frame(message: bytes) -> tuple[int, int, int, str, bytes]:
+    """``(seq, column, width, format, payload)`` of a frame (for clients and tests)."""
+    magic, seq, column, width, code = HEADER.unpack_from(message)
+    if magic != MAGIC:
+        raise ValueError(f"not a SOAT frame: magic {magic!r}")
+    fmt = {v: k for k, v in FORMATS.items()}[code]
+    return seq, column, width, fmt, message[HEADER.size:]
+
+
+def encode_image(pixels: np.ndarray, fmt: str, fast: bool = False) -> bytes:
+    """``[H, W, 3]`` uint8 -> PNG / JPEG / WebP bytes (``fast``: cheapest PNG compression)."""
+    buf = io.BytesIO()
+    image = Image.fromarray(pixels)
+    if fmt == "png":
+        image.save(buf, format="PNG", compress_level=1 if fast else 6)
+    elif fmt == "jpeg":
+        image.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(buf, format="WEBP", quality=JPEG_QUALITY)
+    return buf.getvalue()

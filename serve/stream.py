@@ -1,0 +1,111 @@
+"""One WebSocket tile stream: credits in, frames out (wire format in ``protocol``).
+
+Two tasks per connection: the reader turns ``{"credit": n}`` messages into credit;
+the writer, against each credit, asks the batcher for the next tile (up to
+``PIPELINE`` at once), encodes it off the event loop and sends the frames in order.
+A tile is computed only against a credit, so a connection never holds more than
+what its client granted.
+When either task ends (disconnect, bad message, generator failure) the other is
+cancelled and nothing of the connection is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .protocol import (CLOSE_INTERNAL, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT, ProtocolError,
+                       StreamQuery, encode_image, pack_frame, parse_credit)
+
+log = logging.getLogger("soat.serve")
+_REASON_BYTES = 123  # the most a WebSocket close frame carries
+PIPELINE = 4  # tiles of one stream computed concurrently
+
+
+class Credit:
+    """Frames the client has granted and not yet received."""
+
+    def __init__(self):
+        self.unspent = 0
+        self._granted = asyncio.Event()
+
+    def grant(self, n: int) -> None:
+        self.unspent += n
+        self._granted.set()
+
+    async def take(self) -> None:
+        while self.unspent == 0:
+            self._granted.clear()
+            await self._granted.wait()
+        self.unspent -= 1
+
+
+async def close_with_error(ws: WebSocket, code: int, message: str) -> None:
+    """Tell the client why (a JSON error message, then the close frame's reason) and close."""
+    reason = message.encode()[:_REASON_BYTES].decode(errors="ignore")
+    try:
+        await ws.send_text(json.dumps({"type": "error", "error": message}))
+        await ws.close(code=code, reason=reason)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client is already gone
+
+
+async def serve_stream(ws: WebSocket, server, query: StreamQuery) -> None:
+    """Run one accepted stream until the client leaves or breaks the protocol."""
+    await ws.send_text(json.dumps({"type": "hello", "size": server.G.size, "seed": query.seed, "x": query.x,
+                                   "tile": query.tile, "format": query.format, "max_credit": MAX_CREDIT,
+                                   "header_bytes": HEADER.size}))
+    credit = Credit()
+    tasks = [asyncio.create_task(_read(ws, credit)), asyncio.create_task(_write(ws, credit, server, query))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the server shuts down and cancels this handler
+        for task in tasks:
+            task.cancel()
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, ProtocolError):
+            await close_with_error(ws, outcome.code, outcome.reason)
+            return
+        if isinstance(outcome, Exception) and not isinstance(outcome, (WebSocketDisconnect, OSError)):
+            log.exception("stream failed", exc_info=outcome)
+            await close_with_error(ws, CLOSE_INTERNAL, f"the generator failed: {outcome}")
+            return
+
+
+async def _read(ws: WebSocket, credit: Credit) -> None:
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            raise ProtocolError(CLOSE_UNSUPPORTED, 'binary messages are not accepted; send text {"credit": n}')
+        credit.grant(parse_credit(message.get("text") or "", credit.unspent))
+
+
+async def _write(ws: WebSocket, credit: Credit, server, query: StreamQuery) -> None:
+    # Up to PIPELINE tiles of one stream are computed at once (their spans join one batch);
+    # they are sent strictly in order.
+    inflight: deque[asyncio.Task] = deque()
+    seq, column = 0, query.x
+    try:
+        while True:
+            while len(inflight) < PIPELINE and (credit.unspent > 0 or not inflight):
+                await credit.take()
+                inflight.append(asyncio.create_task(_frame(server, query, seq, column)))
+                seq += 1
+                column += query.tile
+            await ws.send_bytes(await inflight.popleft())
+    finally:
+        for task in inflight:
+            task.cancel()
+
+
+async def _frame(server, query: StreamQuery, seq: int, column: int) -> bytes:
+    pixels = await server.batcher.tile(query.seed, column, query.tile)
+    loop = asyncio.get_running_loop()
+    payload = await loop.run_in_executor(server.encoder, encode_image, pixels, query.format, True)
+    return pack_frame(seq % 2 ** 32, column, query.tile, query.format, payload)
