@@ -1,0 +1,167 @@
+"""``manifest.json`` of an export folder: what it holds, and the checks before anything is loaded.
+
+A folder is accepted only when its manifest is of a known format version, has
+exactly the known fields, describes the chain that its config implies, and every
+file it lists exists with the listed sha256. Anything else is a ``SoatError``
+naming the file and the fix (re-export), never a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..runtime.chain import build_chain, style_channels
+from ..runtime.checkpoint import file_sha256
+from ..runtime.config import GeneratorConfig
+from ..runtime.errors import SoatError
+from .graphs import graph_ids, graph_io, onnx_outputs
+
+FORMAT = "soat-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+NOISE_FILE = "noise.npz"
+DTYPES = ("fp32", "fp16")
+FIELDS = ("format", "format_version", "exporter", "config", "dtype", "opset", "source", "chain",
+          "style_channels", "graphs", "noise")
+GRAPH_FIELDS = ("file", "sha256", "inputs", "outputs")
+NOISE_FIELDS = ("file", "sha256", "shapes")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A verified export folder: its layout, precision, source and file names."""
+
+    folder: str
+    config: GeneratorConfig
+    dtype: str
+    opset: int
+    source: dict
+    graphs: dict[str, dict]
+    noise: dict
+    exporter: dict
+
+    def graph_path(self, graph_id: str) -> str:
+        return os.path.join(self.folder, self.graphs[graph_id]["file"])
+
+    def graph_sha256(self, graph_id: str) -> str:
+        return self.graphs[graph_id]["sha256"]
+
+
+def chain_record(config: GeneratorConfig) -> list[dict]:
+    """The chain as JSON: node order, kind, sigma/W+/noise index, channels, resolution, up, tensor names."""
+    return [{k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(n).items()}
+            for n in build_chain(config)]
+
+
+def build_manifest(config: GeneratorConfig, dtype: str, opset: int, source: dict, graph_sha: dict[str, str],
+                   noise_sha: str, noise_shapes: list[list[int]], exporter: dict) -> dict:
+    """The manifest of an export whose files (``<graph id>.onnx``, ``noise.npz``) have the given sha256."""
+    graphs = {}
+    for gid in graph_ids(config):
+        graphs[gid] = {"file": f"{gid}.onnx", "sha256": graph_sha[gid], "inputs": list(graph_io(config, gid)[0]),
+                       "outputs": list(onnx_outputs(config, gid))}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter,
+        "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset, "source": source,
+        "chain": chain_record(config), "style_channels": style_channels(config), "graphs": graphs,
+        "noise": {"file": NOISE_FILE, "sha256": noise_sha, "shapes": noise_shapes},
+    }
+
+
+def write_manifest(folder: str, manifest: dict) -> str:
+    """Write ``manifest.json`` last and atomically, so a folder with one is complete."""
+    path = os.path.join(folder, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(folder: str) -> Manifest:
+    """Read and verify an export folder (format, fields, chain, every file's sha256)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isfile(path):
+        raise SoatError(f"{folder!r} is not an export folder: it has no {MANIFEST}. "
+                        "Create one with `soat export CHECKPOINT -o DIR`")
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SoatError(f"{path!r} is not valid JSON ({e}); re-export the folder") from None
+    where = f"{path!r}"
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise SoatError(f"{where} is not a SOAT export manifest (format must be {FORMAT!r})")
+    _check_version(m.get("format_version"), where)
+    _check_fields(m, FIELDS, where)
+    try:
+        config = GeneratorConfig(**m["config"])
+    except TypeError as e:
+        raise SoatError(f"{where}: config {m['config']!r} is not a generator layout ({e})") from None
+    if m["chain"] != chain_record(config) or m["style_channels"] != style_channels(config):
+        raise SoatError(f"{where}: the chain does not match the {config.size}px layout of its config; "
+                        "the manifest was edited. Re-export the folder")
+    if m["dtype"] not in DTYPES:
+        raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {DTYPES}")
+    if set(m["graphs"]) != set(graph_ids(config)):
+        missing = sorted(set(graph_ids(config)) - set(m["graphs"]))
+        extra = sorted(set(m["graphs"]) - set(graph_ids(config)))
+        raise SoatError(f"{where}: graph list does not match the layout (missing {missing}, unknown {extra}); "
+                        "re-export the folder")
+    for gid, g in m["graphs"].items():
+        _check_fields(g, GRAPH_FIELDS, f"{where} graph {gid!r}")
+        names = (list(graph_io(config, gid)[0]), list(onnx_outputs(config, gid)))
+        if (g["inputs"], g["outputs"]) != names:
+            raise SoatError(f"{where}: graph {gid!r} lists inputs {g['inputs']} / outputs {g['outputs']}, "
+                            f"not {names[0]} / {names[1]}; re-export the folder")
+        _check_file(folder, g, f"graph {gid!r}")
+    _check_fields(m["noise"], NOISE_FIELDS, f"{where} noise")
+    _check_file(folder, m["noise"], "noise buffers")
+    return Manifest(folder, config, m["dtype"], m["opset"], m["source"], m["graphs"], m["noise"], m["exporter"])
+
+
+def load_noise(manifest: Manifest) -> list[torch.Tensor]:
+    """The fixed noise buffers ``[1, 1, r, r]`` (fp32), read without pickle."""
+    path = os.path.join(manifest.folder, manifest.noise["file"])
+    with np.load(path, allow_pickle=False) as data:
+        noise = [torch.from_numpy(data[f"noise_{i}"].copy()) for i in range(manifest.config.num_noises)]
+    if [list(n.shape) for n in noise] != manifest.noise["shapes"]:
+        raise SoatError(f"{path!r}: noise shapes {[list(n.shape) for n in noise]} differ from the manifest's")
+    return noise
+
+
+def _check_version(version: object, where: str) -> None:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SoatError(f"{where}: format_version {version!r} is not a version number; re-export the folder")
+    if version > FORMAT_VERSION:
+        raise SoatError(f"{where} has format_version {version}, newer than this soat reads ({FORMAT_VERSION}); "
+                        "upgrade soat, or re-export the checkpoint with this version")
+
+
+def _check_fields(record: object, fields: tuple[str, ...], where: str) -> None:
+    if not isinstance(record, dict):
+        raise SoatError(f"{where} must be a JSON object; re-export the folder")
+    unknown = sorted(set(record) - set(fields))
+    missing = [k for k in fields if k not in record]
+    if unknown or missing:
+        problems = ([f"unknown fields {unknown}"] if unknown else []) + ([f"missing fields {missing}"] if missing else [])
+        raise SoatError(f"{where} has {' and '.join(problems)}; it was not written by this exporter "
+                        f"(format_version {FORMAT_VERSION}). Re-export the folder")
+
+
+def _check_file(folder: str, record: dict, what: str) -> None:
+    name = record["file"]
+    if not isinstance(name, str) or os.path.basename(name) != name or name.startswith("."):
+        raise SoatError(f"{what}: file name {name!r} must be a plain name inside the export folder")
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        raise SoatError(f"{what}: {name!r} is missing from export folder {folder!r}; re-export it")
+    if file_sha256(path) != record["sha256"]:
+        raise SoatError(f"{what}: {name!r} does not match its sha256 in the manifest (changed or corrupt since "
+                        f"export); re-export {folder!r}")

@@ -1,0 +1,165 @@
+"""Graph modules: one small ``nn.Module`` per exported graph, in an export-friendly form.
+
+The reference modulated conv (``runtime/layers.py``) is one grouped conv with
+``groups = B``. ONNX's ``Conv.group`` is a static attribute, so that form would
+freeze the batch. Here the same arithmetic is written with the batch outside the
+weights (NVlabs' ``fused_modconv=False``):
+
+    conv(x, W * scale * s) * d  ==  conv(x * s, W * scale) * d,
+    d[b, o] = rsqrt(sum_i s[b, i]^2 * sum_kk (W[o, i] * scale)^2 + 1e-8),
+
+and the transposed conv of the upsampling layer likewise; the FIR blurs become
+depthwise convs (``Conv``/``ConvTranspose`` with ``group = C``, static). The
+result equals the torch backend to fp32 rounding (tests check rel err <= 1e-5).
+Mapping and affine graphs call ``runtime/layers.py`` as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..runtime import layers
+from ..runtime.backends.torch_backend import MAPPING, STYLES
+from ..runtime.chain import CONST, CONV_UP, TO_RGB, build_chain
+from ..runtime.weights import StyleGAN2Weights
+
+
+def _blur_weight(channels: int) -> torch.Tensor:
+    """The 4x4 FIR kernel per channel for a depthwise conv: ``[C, 1, 4, 4]`` (symmetric: no flip needed)."""
+    return layers.BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1)
+
+
+class ConstNode(nn.Module):
+    """``style [B, C]`` (its batch only) -> ``x [B, C, 4, 4]``."""
+
+    def __init__(self, const: torch.Tensor):
+        super().__init__()
+        self.register_buffer("const", const.detach().clone())  # [1, C, 4, 4]
+        self.shape = tuple(const.shape[1:])
+
+    def forward(self, style: torch.Tensor) -> torch.Tensor:
+        return self.const.expand(style.shape[0], *self.shape)
+
+
+class ModConv(nn.Module):
+    """Modulated (and demodulated) conv with the shared weight: ``x [B, I, H, W], s [B, I] -> [B, O, H', W']``.
+
+    ``upsample``: transposed conv (stride 2) then the blur with pad (1, 1), ``H' = 2H``.
+    """
+
+    def __init__(self, weight: torch.Tensor, scale: float, demodulate: bool, upsample: bool):
+        super().__init__()
+        w = weight[0].detach() * scale  # [O, I, k, k]
+        self.upsample = upsample
+        self.demodulate = demodulate
+        self.padding = 0 if upsample else w.shape[-1] // 2
+        self.out_channels = w.shape[0]
+        # conv_transpose2d takes [I, O, k, k]; no flip (PyTorch semantics, SPEC §1)
+        self.register_buffer("weight", w.transpose(0, 1).contiguous() if upsample else w.contiguous())
+        if demodulate:
+            self.register_buffer("weight_sq", w.pow(2).sum([2, 3]).t().contiguous())  # [I, O]
+        if upsample:
+            self.register_buffer("blur", _blur_weight(w.shape[0]))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        out = x * style[:, :, None, None]
+        if self.upsample:
+            out = F.conv_transpose2d(out, self.weight, stride=2)
+        else:
+            out = F.conv2d(out, self.weight, padding=self.padding)
+        if self.demodulate:
+            demod = torch.rsqrt(style.pow(2) @ self.weight_sq + 1e-8)  # [B, O]
+            out = out * demod[:, :, None, None]
+        if self.upsample:
+            out = F.conv2d(out, self.blur, padding=1, groups=self.out_channels)
+        return out
+
+
+class StyledConvNode(nn.Module):
+    """``x [B, I, H, W], style [B, I], noise [1 or B, 1, H', W'] -> x [B, O, H', W']``."""
+
+    def __init__(self, module: nn.Module, upsample: bool):
+        super().__init__()
+        self.conv = ModConv(module.conv.weight, module.conv.scale, demodulate=True, upsample=upsample)
+        self.register_buffer("noise_weight", module.noise.weight.detach().clone())  # [1]
+        self.register_buffer("bias", module.activate.bias.detach().view(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x, style) + self.noise_weight * noise
+        return F.leaky_relu(out + self.bias, 0.2) * layers.SQRT2
+
+
+class ToRGBNode(nn.Module):
+    """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.conv = ModConv(module.conv.weight, module.conv.scale, demodulate=False, upsample=False)
+        self.register_buffer("bias", module.bias.detach().clone())  # [1, 3, 1, 1]
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, style) + self.bias
+
+
+class ToRGBSkipNode(ToRGBNode):
+    """``x [B, I, H, W], skip [B, 3, H/2, W/2], style [B, I] -> rgb [B, 3, H, W]``.
+
+    The skip's ``upfirdn2d(up=2, pad=(2, 1))`` is a depthwise transposed conv
+    (stride 2, crop 1 per side) with the same symmetric kernel.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__(module)
+        self.register_buffer("blur", _blur_weight(3))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        up = F.conv_transpose2d(skip, self.blur, stride=2, padding=1, groups=3)
+        return super().forward(x, style) + up
+
+
+class MappingGraph(nn.Module):
+    """``z [B, 512] -> w [B, 512]``: PixelNorm then the MLP (``layers.equal_linear``)."""
+
+    def __init__(self, weights: StyleGAN2Weights):
+        super().__init__()
+        self.mlp = copy.deepcopy(nn.ModuleList(list(weights.style)[1:]))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = layers.pixel_norm(z)
+        for lin in self.mlp:
+            x = layers.equal_linear(x, lin.weight, lin.bias, lin.lr_mul, activate=True)
+        return x
+
+
+class StylesGraph(nn.Module):
+    """``wplus [B, n_latent, 512] -> styles [B, total]``: every affine on its W+ entry, concatenated."""
+
+    def __init__(self, weights: StyleGAN2Weights):
+        super().__init__()
+        nodes = build_chain(weights.config)[1:]
+        self.w_index = [n.w_index for n in nodes]
+        self.affines = copy.deepcopy(nn.ModuleList(weights.node_module(n.id).conv.modulation for n in nodes))
+
+    def forward(self, wplus: torch.Tensor) -> torch.Tensor:
+        outs = [layers.equal_linear(wplus[:, i], a.weight, a.bias, 1.0, activate=False)
+                for i, a in zip(self.w_index, self.affines)]
+        return torch.cat(outs, dim=1)
+
+
+def graph_module(weights: StyleGAN2Weights, graph_id: str) -> nn.Module:
+    """The module of one exported graph (its own copy of the tensors), inputs in the graph's order."""
+    if graph_id == MAPPING:
+        return MappingGraph(weights)
+    if graph_id == STYLES:
+        return StylesGraph(weights)
+    node = next(n for n in build_chain(weights.config) if n.id == graph_id)
+    m = weights.node_module(node.id)
+    if node.kind == CONST:
+        return ConstNode(m.input)
+    if node.kind == TO_RGB:
+        return ToRGBSkipNode(m) if "skip" in node.inputs else ToRGBNode(m)
+    return StyledConvNode(m, upsample=node.kind == CONV_UP)
