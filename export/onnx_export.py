@@ -1,6 +1,6 @@
 """``soat.export.export``: split a generator into per-layer ONNX graphs with feature I/O.
 
-Each graph is a small module from ``export/modules.py`` traced by PyTorch's
+Each graph is a small module from ``runtime/graph_modules.py`` traced by PyTorch's
 TorchScript ONNX exporter (``dynamo=False``; deprecated since torch 2.9 but present
 through 2.13): it takes ``dynamic_axes`` directly, needs no extra packages, and gives
 plain graphs of standard ops (Conv, ConvTranspose, MatMul, Mul, Add, LeakyRelu, ...)
@@ -29,7 +29,7 @@ from ..runtime.load import load_weights
 from ..runtime.weights import StyleGAN2Weights
 from .graphs import dynamic_axes, example_shapes, graph_ids, graph_io, onnx_outputs, output_shape
 from .manifest import DTYPES, FORMAT_VERSION, NOISE_FILE, build_manifest, write_manifest
-from .modules import graph_module
+from ..runtime.graph_modules import graph_module
 
 MIN_OPSET, MAX_OPSET = 17, 20  # 20 is the TorchScript exporter's newest opset (torch 2.4 ... 2.13)
 DEFAULT_OPSET = 17

@@ -38,7 +38,7 @@ class TorchBackend:
         self.weights = weights.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
     def _build_fast_graphs(self, weights: StyleGAN2Weights) -> dict:
-        from ...export.modules import graph_module
+        from ..graph_modules import graph_module
         graphs = {}
         for node_id in self._nodes:
             m = graph_module(weights, node_id).to(self.device, self.dtype).eval().requires_grad_(False)

@@ -1,4 +1,6 @@
-"""Graph modules: one small ``nn.Module`` per exported graph, in an export-friendly form.
+"""Graph modules: one small ``nn.Module`` per chain graph, in the shared-weight (fast, exportable) form.
+
+The exporter traces these into ONNX, and the torch backend runs them as its fast form.
 
 The reference modulated conv (``runtime/layers.py``) is one grouped conv with
 ``groups = B``. ONNX's ``Conv.group`` is a static attribute, so that form would
@@ -22,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..runtime import layers
-from ..runtime.backends.torch_backend import MAPPING, STYLES
-from ..runtime.chain import CONST, CONV_UP, TO_RGB, build_chain
-from ..runtime.weights import StyleGAN2Weights
+from . import layers
+from .backends.torch_backend import MAPPING, STYLES
+from .chain import CONST, CONV_UP, TO_RGB, build_chain
+from .weights import StyleGAN2Weights
 
 
 def _blur_weight(channels: int) -> torch.Tensor:
