@@ -9,8 +9,9 @@ set -u
 OUT=${OUT:-/tmp/soat-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/soat-site .whl/soat-*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/soat-site .whl/soat-*.whl || exit 1
 export PYTHONPATH=/tmp/soat-site:${PYTHONPATH:-}
+cd /tmp  # away from the checkout, whose soat/ folder would shadow the installed package
 SOAT="python3 -m soat"
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 

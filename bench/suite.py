@@ -155,7 +155,12 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
         if key not in models:
             models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
                                     channel_multiplier=channel_multiplier)
-        results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference))
+        try:
+            results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference))
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one failed config must not lose the rest
+            tqdm.write(f"{cfg.name} {task} B={batch}: failed: {str(e).splitlines()[0]}")
+            continue
+        tqdm.write(format_row(results[-1]))
     G = next(iter(models.values()))
     meta = {"device": device_name(device), "torch": torch.__version__, "soat": soat.__version__,
             "model": source, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
@@ -177,14 +182,16 @@ def format_table(results: list[Result], meta: dict) -> str:
     lines = [f"{meta['device']} | {meta['size']}px cm{meta['channel_multiplier']} | torch {meta['torch']}",
              f"{'task':<16}{'config':<22}{'B':>4}{'p50 ms':>10}{'p99 ms':>10}{'img/s':>10}{'x fp32':>8}"
              f"{'PSNR dB':>9}{'rel err':>9}{'MB/img':>9}"]
-    for r in results:
-        ps = "" if r.psnr_db is None else ("inf" if math.isinf(r.psnr_db) else f"{r.psnr_db:.1f}")
-        mem = "" if r.peak_mem_mb_per_img is None else f"{r.peak_mem_mb_per_img:.0f}"
-        ratio = "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}"
-        err = "" if r.rel_err is None else f"{r.rel_err:.1e}"
-        lines.append(f"{r.task:<16}{r.config:<22}{r.batch:>4}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
-                     f"{r.img_per_s:>10.1f}{ratio:>8}{ps:>9}{err:>9}{mem:>9}")
-    return "\n".join(lines)
+    return "\n".join(lines + [format_row(r) for r in results])
+
+
+def format_row(r: Result) -> str:
+    ps = "" if r.psnr_db is None else ("inf" if math.isinf(r.psnr_db) else f"{r.psnr_db:.1f}")
+    mem = "" if r.peak_mem_mb_per_img is None else f"{r.peak_mem_mb_per_img:.0f}"
+    ratio = "" if r.ratio_to_fp32 is None else f"{r.ratio_to_fp32:.2f}"
+    err = "" if r.rel_err is None else f"{r.rel_err:.1e}"
+    return (f"{r.task:<16}{r.config:<22}{r.batch:>4}{r.p50_ms:>10.3f}{r.p99_ms:>10.3f}"
+            f"{r.img_per_s:>10.1f}{ratio:>8}{ps:>9}{err:>9}{mem:>9}")
 
 
 def write_chart(results: list[Result], meta: dict, path: str) -> str | None:

@@ -19,6 +19,8 @@ from .errors import SoatError
 from .weights import StyleGAN2Weights
 
 _BLUR_KEY = re.compile(r"^(convs\.\d+\.conv\.blur\.kernel|to_rgbs\.\d+\.upsample\.kernel)$")
+# torch's weights-only unpickler refusing a global: the file asks to import and call code
+_NEEDS_CODE = re.compile(r"Unsupported global|whose module \S+ is blocked")
 
 
 def file_sha256(path: str) -> str:
@@ -38,12 +40,13 @@ def read_torch_file(path: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        if _NEEDS_CODE.search(str(e)):
             raise SoatError(f"{path!r} holds Python objects that need code execution to unpickle; refusing to run them. "
                             "Re-save it as a plain state dict: torch.save({'g_ema': g_ema.state_dict()}, path)") from None
-        raise SoatError(f"{path!r} is not a PyTorch checkpoint ({e}); expected a torch.save file with a 'g_ema' state dict") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SoatError(f"{path!r} is not a PyTorch checkpoint (its pickle data is malformed); "
+                        "expected a torch.save file with a 'g_ema' state dict") from None
+    except Exception as e:  # untrusted bytes can fail anywhere in torch.load (KeyError, IndexError, ...): a bad file
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         hint = "the file looks truncated or corrupt; download or save it again" \
             if _looks_truncated(path) else "expected a torch.save file with a 'g_ema' state dict"
         raise SoatError(f"cannot read {path!r} as a PyTorch checkpoint ({msg}); {hint}") from None

@@ -8,6 +8,7 @@ bias + leaky ReLU * sqrt(2), ToRGB with an upsampled skip.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,13 @@ _K1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
 # outer([1,3,3,1]) / 64 * 4: the normalised blur kernel times up**2 (sum 4).
 BLUR_KERNEL = torch.outer(_K1, _K1) / 64.0 * 4.0
 SQRT2 = math.sqrt(2.0)
+
+
+@lru_cache(maxsize=None)
+def _fir(kernel_key: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The flipped FIR kernel ``[1, 1, kh, kw]`` on a device, made once (no host copies per call)."""
+    k = torch.tensor(kernel_key, dtype=torch.float32)
+    return torch.flip(k, [0, 1]).to(device=device, dtype=dtype)[None, None]
 
 
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int, pad: tuple[int, int]) -> torch.Tensor:
@@ -35,7 +43,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int, pad: tuple[int, in
         out = F.pad(out, (0, up - 1, 0, 0, 0, up - 1))
     out = out.reshape(b * c, 1, h * up, w * up)
     out = F.pad(out, (pad[0], pad[1], pad[0], pad[1]))
-    k = torch.flip(kernel, [0, 1]).to(out)[None, None]
+    k = _fir(tuple(map(tuple, kernel.tolist())), out.device, out.dtype)
     out = F.conv2d(out, k)
     return out.reshape(b, c, out.shape[-2], out.shape[-1])
 

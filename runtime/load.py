@@ -80,8 +80,8 @@ def load_weights(source: str, size: int | None = None, channel_multiplier: int |
         seed = int(m.group(1) or 0)
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
-    if is_nvidia_pickle(source):
-        return load_nvidia(source, size, channel_multiplier)
     if is_safetensors(source):
         return load_safetensors(source, size, channel_multiplier)
+    if is_nvidia_pickle(source):
+        return load_nvidia(source, size, channel_multiplier)
     return load_checkpoint(source, size, channel_multiplier)

@@ -239,22 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_tools(sub) -> None:
-    """Subcommands whose modules live with their feature (export, serve, invert, convert, bench)."""
+    """Subcommands whose modules live with their feature: (module, parser adder, command function)."""
     import importlib
-    for module, adders in (("soat.export.cli", ("add_parser",)),
-                           ("soat.serve.cli", ("add_parser",)),
-                           ("soat.runtime.invert_cli", ("add_invert_parser", "add_convert_parser")),
-                           ("soat.bench.cli", ("add_parser",))):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        for adder in adders:
-            p = getattr(mod, adder)(sub)
-            if p is not None and p.get_default("func") is None:
-                p.set_defaults(func=mod.run)
+    for module, adder, command in (("soat.export.cli", "add_parser", "run"),
+                                   ("soat.serve.cli", "add_parser", "run"),
+                                   ("soat.runtime.invert_cli", "add_invert_parser", "cmd_invert"),
+                                   ("soat.runtime.invert_cli", "add_convert_parser", "cmd_convert"),
+                                   ("soat.bench.cli", "add_parser", "run")):
+        mod = importlib.import_module(module)
+        getattr(mod, adder)(sub).set_defaults(func=getattr(mod, command))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,15 +4,25 @@ Each move ``(ty, tx, h, w, dy, dx)`` covers the target rectangle ``[ty, ty+h) x 
 and reads ``f`` at ``(y - dy, x - dx)``: the patch at ``(ty - dy, tx - dx)`` lands on the
 target. Inside a target ``out = (1 - s) * f + s * f_shifted`` with strength ``s``; outside,
 ``out = f``. All moves read the unmodified ``f``; a later move wins where targets overlap.
+
+The kernel does every move in one pass: each pixel finds the last move whose target
+holds it (the moves sit in a small int32 table on the device), then reads ``f`` there
+and, inside a target, at the shifted position; it never reads ``out``.
 """
 
 from __future__ import annotations
 
+import functools
+import numbers
 from typing import Sequence
 
 import torch
 
-from ._dispatch import use_triton
+from ..runtime.errors import SoatError
+from ._dispatch import check_int, check_maps, use_triton
+from ._tiles import device_table, empty_map, is_channels_last, jit, launch
+
+tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
 
 Move = tuple[int, int, int, int, int, int]
 
@@ -26,7 +36,71 @@ def shift_lerp_ref(f: torch.Tensor, moves: Sequence[Move], strength: float = 1.0
     return out
 
 
+def _shift_lerp_kernel(f, out, moves, n_moves, keep, strength, sfb, sfc, sfh, sfw, sob, soc, soh, sow,
+                       B, C, H, W, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
+    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
+    y = h + w * 0  # both indices at the full tile shape
+    x = w + h * 0
+    hit = y < 0
+    dy = y * 0
+    dx = x * 0
+    for i in range(n_moves):
+        ty = tl.load(moves + 6 * i)
+        tx = tl.load(moves + 6 * i + 1)
+        inside = (y >= ty) & (y < ty + tl.load(moves + 6 * i + 2))
+        inside = inside & (x >= tx) & (x < tx + tl.load(moves + 6 * i + 3))
+        dy = tl.where(inside, tl.load(moves + 6 * i + 4), dy)
+        dx = tl.where(inside, tl.load(moves + 6 * i + 5), dx)
+        hit = hit | inside
+    v = tl.load(f + offset(b, c, h, w, sfb, sfc, sfh, sfw), mask=ok)
+    shifted = tl.load(f + offset(b, c, y - dy, x - dx, sfb, sfc, sfh, sfw), mask=ok & hit)
+    mixed = keep * v.to(tl.float32) + strength * shifted.to(tl.float32)
+    res = tl.where(hit, mixed.to(out.dtype.element_ty), v)
+    tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), res, mask=ok)
+
+
+@functools.cache
+def _kernel():
+    return jit(_shift_lerp_kernel)
+
+
+def check_moves(moves: Sequence[Move], height: int, width: int) -> list[Move]:
+    """Each move as 6 ints whose target and source rectangles lie inside an ``height x width`` map."""
+    if not isinstance(moves, (list, tuple)):
+        raise SoatError(f"moves must be a list of (ty, tx, h, w, dy, dx); got {type(moves).__name__}")
+    checked = []
+    for i, move in enumerate(moves):
+        if not isinstance(move, (list, tuple)) or len(move) != 6:
+            raise SoatError(f"moves[{i}]={move!r} must be (ty, tx, h, w, dy, dx)")
+        ty, tx = check_int(move[0], f"moves[{i}].ty"), check_int(move[1], f"moves[{i}].tx")
+        h, w = check_int(move[2], f"moves[{i}].h"), check_int(move[3], f"moves[{i}].w")
+        dy, dx = check_int(move[4], f"moves[{i}].dy", -height), check_int(move[5], f"moves[{i}].dx", -width)
+        if not (ty + h <= height and tx + w <= width and 0 <= ty - dy and ty - dy + h <= height
+                and 0 <= tx - dx and tx - dx + w <= width):
+            raise SoatError(f"moves[{i}]={tuple(move)}: the target and its source (target - (dy, dx)) must lie "
+                            f"inside the {height}x{width} map")
+        checked.append((ty, tx, h, w, dy, dx))
+    return checked
+
+
 def shift_lerp(f: torch.Tensor, moves: Sequence[Move], strength: float = 1.0, impl: str = "auto") -> torch.Tensor:
-    """Shift lerp (see module docstring); Triton on CUDA, the reference elsewhere."""
-    use_triton(impl, f)
-    return shift_lerp_ref(f, moves, strength)
+    """Shift lerp (see module docstring); Triton on CUDA, the reference elsewhere.
+
+    Args:
+        f: ``[B, C, H, W]`` map (any strides).
+        moves: ``(ty, tx, h, w, dy, dx)`` each; rectangles inside the map.
+        strength: alpha inside the targets.
+    Returns:
+        ``[B, C, H, W]`` in ``f``'s layout (NCHW or channels_last).
+    """
+    check_maps({"f": f})
+    moves = check_moves(moves, *f.shape[-2:])
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise SoatError(f"strength={strength!r} must be a number")
+    if not use_triton(impl, f):
+        return shift_lerp_ref(f, moves, strength)
+    out = empty_map(f.shape, f)
+    table = device_table(moves, f.device)
+    args = (f, out, table, len(moves), float(1 - strength), float(strength), *f.stride(), *out.stride())
+    launch(_kernel(), out.shape, is_channels_last(out), args)
+    return out

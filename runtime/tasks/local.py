@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -77,10 +78,18 @@ def boxes_mask(boxes: Any, size: int) -> torch.Tensor:
     return torch.stack(masks).amax(0)
 
 
+@lru_cache(maxsize=64)
+def _device_boxes_mask(boxes: tuple, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``boxes_mask`` on the device, made once per boxes (no host-to-device copy per call or in a CUDA graph)."""
+    return boxes_mask([list(b) for b in boxes], size).to(device, dtype)
+
+
 def blend_bbox(G, styles1, styles2, box, pose_align: bool = False, num_blend: int = 99,
                noise: NoiseArg = "fixed") -> torch.Tensor:
     """``blend_mask`` with the blurred mask of ``box`` ``(x, y, w, h)`` (or a list of boxes)."""
-    return blend_mask(G, styles1, styles2, boxes_mask(box, G.size), pose_align, num_blend, noise)
+    boxes = tuple(tuple(check_box(b, "box", G.size, G.size, clip=True)) for b in box_list(box, "box"))
+    return blend_mask(G, styles1, styles2, _device_boxes_mask(boxes, G.size, G.device, G.dtype), pose_align,
+                      num_blend, noise)
 
 
 def swap_regions(boxes: Any, size: int, swap: bool) -> list[tuple[int, int, int, int, int, int]]:

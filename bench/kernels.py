@@ -1,0 +1,202 @@
+"""Microbenchmark of the feature-op kernels against their torch references (GPU).
+
+    python -m soat.bench.kernels [--sizes 256 1024] [--batches 1 16] [--dtypes fp16 fp32]
+                                 [--providers triton ref compile] [--csv kernels.csv]
+
+Every op at the shapes the 256 px and 1024 px tasks (channel multiplier 2) call it with.
+Providers: ``triton`` (the kernel), ``ref`` (the torch reference, what runs on CPU) and
+``compile`` (``torch.compile`` of the reference; opt-in, one compile per case). Time is
+``triton.testing.do_bench``'s median (p20/p80 beside it, L2 flushed before each call);
+bandwidth is the bytes the op must move (each input element it needs read once, each
+output element written once) over that time, also as a fraction of the device-to-device
+copy bandwidth measured in the same run. Each case also checks the kernel against the
+reference (``max_err``) and reports the host time per call (``host_us``): where it
+exceeds the kernel time, the op is launch-bound, not bandwidth-bound. Writes a CSV and
+prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from soat.runtime.config import GeneratorConfig
+from soat.triton_kernels import concat_w, mask_lerp, place_columns, ramp_lerp, region_copy, shift_lerp, widen
+from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
+from soat.triton_kernels.mask_lerp import mask_lerp_ref
+from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
+from soat.triton_kernels.region_copy import region_copy_ref
+from soat.triton_kernels.shift_lerp import shift_lerp_ref
+from soat.triton_kernels.widen import widen_ref
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROVIDERS = ("triton", "ref", "compile")
+COPY_BYTES = 1 << 29  # 512 MiB each way: far past L2, so the copy runs at DRAM speed
+
+
+@dataclass
+class Case:
+    """One op call: ``op(*args, impl=...)``; ``ref(*args)`` is its reference; ``nbytes`` the traffic it needs."""
+
+    op: str
+    shape: str
+    nbytes: int
+    kernel: Callable
+    ref: Callable
+    args: tuple
+
+
+def _maps(n: int, shape, dtype, device, channels_last=False) -> list[torch.Tensor]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [torch.randn(shape, dtype=dtype, device=device).to(memory_format=fmt) for _ in range(n)]
+
+
+def cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
+    """The op calls of the ``size`` px tasks at ``batch``: the largest map each task hands each op."""
+    ch = GeneratorConfig(size=size).channels
+    es = torch.empty((), dtype=dtype).element_size()
+    full = (batch, ch(size), size, size)
+    mid = (batch, ch(64), 64, 64)  # the largest 512-channel map
+    out = []
+    for name, axis, pad, shape, cl in (("blend horizontal", 3, True, full, False),
+                                       ("blend vertical", 2, True, full, False),
+                                       ("blend channels_last", 3, True, full, True),
+                                       ("merge", 3, False, (batch, ch(size), size, 2 * size), False)):
+        x1, x2 = _maps(2, shape, dtype, device, cl)
+        out.append(Case(f"ramp_lerp {name}", str(list(shape)), 3 * x1.numel() * es, ramp_lerp, ramp_lerp_ref,
+                        (x1, x2, axis, pad)))
+    mask = torch.rand(1, 1, size, size, dtype=dtype, device=device)
+    for name, shape, zero, cl in (("full", full, False, False), ("channels_last", full, False, True),
+                                  ("64px", mid, False, False), ("zero", full, True, False)):
+        x1, x2 = _maps(2, shape, dtype, device, cl)
+        traffic = (2 if zero else 3) * x1.numel() * es + (0 if zero else mask.numel() * es)
+        out.append(Case(f"mask_lerp {name}", str(list(shape)), traffic, mask_lerp, mask_lerp_ref,
+                        (x1, x2, mask, zero)))
+    (f,) = _maps(1, (batch, ch(32), 32, 32), dtype, device)
+    moves = [(16, 4, 8, 8, 12, 0), (4, 20, 8, 8, 0, 16)]
+    out.append(Case("shift_lerp 2 moves", str(list(f.shape)), (2 * f.numel() + 2 * 64 * batch * ch(32)) * es,
+                    shift_lerp, shift_lerp_ref, (f, moves, 0.8)))
+    (x,) = _maps(1, (batch, ch(8), 8, 8), dtype, device)
+    (skip,) = _maps(1, (batch, 3, 8, 8), dtype, device)
+    for mode in ("reflect", "horizontal"):
+        out.append(Case(f"widen {mode}", f"{list(x.shape)} + skip", 3 * (x.numel() + skip.numel()) * es,
+                        widen, widen_ref, (x, skip, mode)))
+    dst, src = _maps(2, (batch, ch(16), 16, 16), dtype, device)
+    copies = [(2, 2, 8, 8, 6, 6), (8, 8, 2, 2, 6, 6)]
+    out.append(Case("region_copy swap", str(list(dst.shape)), 2 * dst.numel() * es, region_copy, region_copy_ref,
+                    (dst, src, copies)))
+    a, b = _maps(2, (batch, ch(4), 4, 4), dtype, device)
+    out.append(Case("concat_w", f"2 x {list(a.shape)}", 4 * a.numel() * es, concat_w, concat_w_ref, (a, b)))
+    pano = torch.zeros(batch, 3, size, 4 * size, dtype=dtype, device=device)  # 4 images: 2R + 2R columns
+    (span,) = _maps(1, (batch, 3, size, 2 * size), dtype, device)
+    p = size // 2
+    out.append(Case("place_columns", f"{list(span.shape)} -> {list(pano.shape)}", 2 * batch * 3 * size * size * es,
+                    place_columns, place_columns_ref, (pano, span, size + p, p, size)))
+    return out
+
+
+def timed(fn: Callable) -> tuple[float, float, float]:
+    """Median, p20 and p80 milliseconds."""
+    from triton.testing import do_bench
+
+    p50, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    return p50, p20, p80
+
+
+def host_us(fn: Callable, calls: int = 100) -> float:
+    """Host microseconds per call (launch cost: wrapper checks, allocation, kernel launch), timed
+    without synchronising between calls; for maps whose kernels outlast the launch this tends to GPU time."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def copy_bandwidth(device: str) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read and written."""
+    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms, _, _ = timed(lambda: dst.copy_(src))
+    return 2 * COPY_BYTES / ms / 1e6
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_case(case: Case, providers: list[str], copy_gbs: float) -> list[dict]:
+    fns = {"triton": lambda: case.kernel(*case.args, impl="triton"), "ref": lambda: case.ref(*case.args)}
+    if "compile" in providers:
+        compiled = torch.compile(case.ref)
+        fns["compile"] = lambda: compiled(*case.args)
+    err = (_first(fns["triton"]()).float() - _first(fns["ref"]()).float()).abs().max().item()
+    rows = []
+    for provider in providers:
+        p50, p20, p80 = timed(fns[provider])
+        gbs = case.nbytes / p50 / 1e6
+        rows.append({"op": case.op, "shape": case.shape, "provider": provider, "ms_p50": p50, "ms_p20": p20,
+                     "ms_p80": p80, "MB": case.nbytes / 1e6, "GBps": gbs, "frac_copy": gbs / copy_gbs,
+                     "host_us": host_us(fns[provider]), "max_err": err})
+    return rows
+
+
+TABLE = "{op:26} {size:>5} {batch:>3} {dtype:5} {shape:40} {provider:8} {ms:>8} {gbs:>7} {frac:>5} {host:>7} {err:>8}"
+
+
+def table_line(row: dict) -> str:
+    return TABLE.format(op=row["op"], size=row["size"], batch=row["batch"], dtype=row["dtype"], shape=row["shape"],
+                        provider=row["provider"], ms=f"{row['ms_p50']:.4f}", gbs=f"{row['GBps']:.0f}",
+                        frac=f"{row['frac_copy']:.2f}", host=f"{row['host_us']:.1f}", err=f"{row['max_err']:.1e}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m soat.bench.kernels", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp16", "fp32"])
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=["triton", "ref"])
+    parser.add_argument("--ops", nargs="*", default=[], help="only cases whose name starts with one of these")
+    parser.add_argument("--csv", default="kernels.csv", help="where to write the results")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("the kernel microbenchmark needs a CUDA GPU")
+    import triton
+
+    device = "cuda"
+    copy_gbs = copy_bandwidth(device)
+    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
+          f"python {platform.python_version()}")
+    print(f"# device-to-device copy: {copy_gbs:.0f} GB/s (read + write, {2 * COPY_BYTES >> 20} MiB)")
+    rows = []
+    print(TABLE.format(op="op", size="size", batch="B", dtype="dtype", shape="shape", provider="provider",
+                       ms="ms", gbs="GB/s", frac="copy", host="host_us", err="err"))
+    for size in args.sizes:
+        for batch in args.batches:
+            for dname in args.dtypes:
+                for case in cases(size, batch, DTYPES[dname], device):
+                    if not args.ops or any(case.op.startswith(o) for o in args.ops):
+                        for row in run_case(case, args.providers, copy_gbs):
+                            rows.append({"gpu": torch.cuda.get_device_name(), "size": size, "batch": batch,
+                                         "dtype": dname, **row})
+                            print(table_line(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+    with open(args.csv, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"# wrote {len(rows)} rows to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

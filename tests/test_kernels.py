@@ -1,0 +1,220 @@
+"""Triton feature-op kernels against their torch references.
+
+CI runs the kernels on CPU tensors under the Triton interpreter (set here, before Triton
+is imported). With ``TRITON_INTERPRET=0`` on a GPU machine the same tests run on CUDA
+tensors through compiled kernels (slow: several hundred kernel variants get compiled).
+
+Tolerances: copies (widen, region copy, concat, column placement, shift outside its
+targets or at strength 1, mask lerp with ``zero``) must be bit-exact. Lerps: fp32
+``rtol=atol=1e-6``; fp16 and bf16 ``atol = 2 eps * max|input|`` (the kernel rounds once
+from fp32, the reference after each of its three tensor ops: up to about 3 half-ulps
+of the largest term).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="the kernel tests need the triton package (pip install 'soat[test]')")
+
+from soat.runtime.errors import SoatError  # noqa: E402
+from soat.triton_kernels import (WIDEN_MODES, concat_w, mask_lerp, place_columns, ramp, ramp_lerp,  # noqa: E402
+                                 region_copy, shift_lerp, widen)
+from soat.triton_kernels._dispatch import use_triton  # noqa: E402
+from soat.triton_kernels.columns import place_columns_ref  # noqa: E402
+from soat.triton_kernels.mask_lerp import mask_lerp_ref  # noqa: E402
+from soat.triton_kernels.ramp_lerp import ramp_lerp_ref  # noqa: E402
+from soat.triton_kernels.region_copy import region_copy_ref  # noqa: E402
+from soat.triton_kernels.shift_lerp import shift_lerp_ref  # noqa: E402
+from soat.triton_kernels.widen import widen_ref  # noqa: E402
+
+DEVICE = "cpu" if os.environ["TRITON_INTERPRET"] == "1" else "cuda"
+# [B, C, H, W]: B in {1, 3}, ragged C, odd and even sizes; 16x16 at B=3 spans several programs
+GEOMS = [(1, 3, 5, 7), (3, 5, 5, 7), (1, 5, 9, 13), (3, 3, 9, 13), (3, 5, 16, 16), (1, 3, 16, 16)]
+FORMATS = [(dt, cl) for dt in (torch.float32, torch.float16, torch.bfloat16) for cl in (False, True)]
+CASES = [pytest.param(g, dt, cl, id=f"{'x'.join(map(str, g))}-{str(dt)[6:]}{'-cl' if cl else ''}")
+         for g in GEOMS for dt, cl in FORMATS]
+
+
+def maps(n, shape, dtype=torch.float32, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return [torch.randn(shape, generator=g).to(DEVICE, dtype, memory_format=fmt) for _ in range(n)]
+
+
+def assert_lerp(out, ref, *inputs):
+    if ref.dtype == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    else:
+        scale = max(t.abs().max().item() for t in inputs)
+        torch.testing.assert_close(out, ref, rtol=0, atol=2 * torch.finfo(ref.dtype).eps * scale)
+
+
+def assert_layout(out, like):
+    if like.shape[1] > 1 and like.shape[2] * like.shape[3] > 1:
+        fmt = torch.channels_last if not like.is_contiguous() else torch.contiguous_format
+        assert out.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_ramp_matches_linspace(pad):
+    for n in [*range(1, 20), 64, 255, 300, 1024, 2048]:
+        zeros, ones = torch.zeros(1, 1, 1, n, device=DEVICE), torch.ones(1, 1, 1, n, device=DEVICE)
+        alpha = ramp_lerp(zeros, ones, 3, pad, impl="triton")  # (1 - a) * 0 + a * 1 == a
+        torch.testing.assert_close(alpha[0, 0, 0].cpu(), ramp(n, pad), rtol=1e-6, atol=0)
+        down = ramp_lerp(zeros.view(1, 1, n, 1), ones.view(1, 1, n, 1), 2, pad, impl="triton")
+        torch.testing.assert_close(down[0, 0, :, 0].cpu(), ramp(n, pad), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("axis,pad", [(3, True), (2, True), (3, False), (2, False)])
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_ramp_lerp(shape, dtype, cl, axis, pad):
+    x1, x2 = maps(2, shape, dtype, cl)
+    out = ramp_lerp(x1, x2, axis, pad, impl="triton")
+    assert_lerp(out, ramp_lerp_ref(x1, x2, axis, pad), x1, x2)
+    assert_layout(out, x1)
+
+
+# (mask batch: 1 or B, mask size): full resolution, larger odd, smaller, a scalar alpha
+MASKS = [(1, None), ("B", (37, 23)), (1, (3, 4)), ("B", (1, 1))]
+
+
+@pytest.mark.parametrize("mask_batch,mask_size", MASKS)
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_mask_lerp(shape, dtype, cl, mask_batch, mask_size):
+    x1, x2 = maps(2, shape, dtype, cl)
+    b, _, h, w = shape
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(b if mask_batch == "B" else 1, 1, *(mask_size or (h, w)), generator=g).to(DEVICE)
+    assert_lerp(mask_lerp(x1, x2, mask, impl="triton"), mask_lerp_ref(x1, x2, mask), x1, x2)
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES[::5])
+def test_mask_lerp_zero_is_x1(shape, dtype, cl):
+    x1, x2 = maps(2, shape, dtype, cl)
+    mask = torch.rand(1, 1, 11, 9, device=DEVICE)
+    out = mask_lerp(x1, x2, mask, zero=True, impl="triton")
+    assert torch.equal(out, x1) and torch.equal(out, mask_lerp_ref(x1, x2, mask, zero=True))
+
+
+def test_lerps_read_strided_inputs():
+    x1, x2 = maps(2, (3, 5, 9, 15))
+    a, b = x1[..., 2:], x2.transpose(2, 3).contiguous().transpose(2, 3)[..., :-2]  # a slice; a transposed copy
+    assert_lerp(ramp_lerp(a, b, 3, impl="triton"), ramp_lerp_ref(a, b, 3), a, b)
+    mask = torch.rand(1, 1, 8, 26, device=DEVICE)[..., ::2]  # a strided mask
+    assert_lerp(mask_lerp(a, b, mask, impl="triton"), mask_lerp_ref(a, b, mask), a, b)
+
+
+# overlapping targets (later wins), a source overlapping its target, negative shifts
+MOVES = [(1, 2, 2, 3, 1, 2), (0, 0, 2, 2, -2, -1), (2, 3, 2, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.3])
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_shift_lerp(shape, dtype, cl, strength):
+    (f,) = maps(1, shape, dtype, cl)
+    out = shift_lerp(f, MOVES, strength, impl="triton")
+    ref = shift_lerp_ref(f, MOVES, strength)
+    if strength == 1.0:
+        assert torch.equal(out, ref)
+    else:
+        assert_lerp(out, ref, f)
+    assert torch.equal(out[..., 4:, :], f[..., 4:, :])  # untouched outside the targets
+    assert_layout(out, f)
+
+
+@pytest.mark.parametrize("mode", WIDEN_MODES)
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_widen(shape, dtype, cl, mode):
+    x, skip = maps(1, shape, dtype, cl)[0], maps(1, (shape[0], 3, *shape[2:]), dtype, seed=1)[0]
+    out_x, out_skip = widen(x, skip, mode, impl="triton")
+    ref_x, ref_skip = widen_ref(x, skip, mode)
+    assert torch.equal(out_x, ref_x) and torch.equal(out_skip, ref_skip)
+    assert_layout(out_x, x)
+
+
+# a swap of overlapping rectangles and a later copy over both
+COPIES = [(0, 0, 2, 3, 3, 3), (2, 3, 0, 0, 3, 3), (1, 2, 0, 0, 3, 4)]
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_region_copy(shape, dtype, cl):
+    dst, src = maps(2, shape, dtype, cl)
+    out = region_copy(dst, src, COPIES, impl="triton")
+    assert torch.equal(out, region_copy_ref(dst, src, COPIES))
+    assert_layout(out, dst)
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_concat_w(shape, dtype, cl):
+    x1 = maps(1, shape, dtype, cl)[0]
+    x2 = maps(1, (*shape[:3], 4), dtype, cl, seed=1)[0]
+    assert torch.equal(concat_w(x1, x2, impl="triton"), torch.cat([x1, x2], 3))
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_place_columns(shape, dtype, cl):
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    out = torch.zeros(*shape[:3], 20, device=DEVICE, dtype=dtype).to(memory_format=fmt)
+    expected = out.clone()
+    span = maps(1, (*shape[:3], 12), dtype, cl)[0][..., 2:]  # a column slice, as panorama passes it
+    assert place_columns(out, span, 5, 1, 7, impl="triton") is out
+    assert torch.equal(out, place_columns_ref(expected, span, 5, 1, 7))
+
+
+def test_empty_move_and_copy_lists_copy_the_input():
+    f, g = maps(2, (1, 3, 5, 7))
+    assert torch.equal(shift_lerp(f, [], 0.5, impl="triton"), f)
+    assert torch.equal(region_copy(f, g, [], impl="triton"), f)
+
+
+def bad_calls():
+    x, y = maps(2, (1, 3, 5, 7))
+    return [
+        lambda: ramp_lerp(x, y[..., :3], 3),
+        lambda: ramp_lerp(x, y.half(), 3),
+        lambda: ramp_lerp(x.double(), y.double(), 3),
+        lambda: ramp_lerp(x, y.to("meta"), 3),
+        lambda: ramp_lerp(x[0], y[0], 3),
+        lambda: ramp_lerp(x, y, 1),
+        lambda: ramp_lerp(x, y, 3, impl="cuda"),
+        lambda: mask_lerp(x, y, torch.rand(2, 1, 5, 7)),
+        lambda: mask_lerp(x, y, torch.rand(1, 2, 5, 7)),
+        lambda: shift_lerp(x, [(4, 0, 2, 2, 0, 0)]),
+        lambda: shift_lerp(x, [(0, 0, 2, 2, 1, 0)]),
+        lambda: shift_lerp(x, [(0, 0, 2, 2)]),
+        lambda: widen(x, y, "sideways"),
+        lambda: widen(x, y[..., :6], "reflect"),
+        lambda: region_copy(x, y, [(4, 0, 0, 0, 2, 2)]),
+        lambda: concat_w(x, y[:, :2]),
+        lambda: place_columns(x, y, 5, 0, 3),
+        lambda: place_columns(x, x, 0, 0, 3),
+        lambda: place_columns(x.transpose(2, 3), y.transpose(2, 3), 0, 0, 3),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(bad_calls())))
+def test_bad_arguments_raise_soat_error(index):
+    with pytest.raises(SoatError):
+        bad_calls()[index]()
+
+
+def test_dispatch(monkeypatch):
+    (x,) = maps(1, (1, 1, 2, 2))
+    assert use_triton("ref", x) is False
+    assert use_triton("auto", x) is (DEVICE == "cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if DEVICE == "cpu":
+        with pytest.raises(SoatError, match="TRITON_INTERPRET"):
+            use_triton("triton", x)
+
+
+def test_importing_soat_does_not_import_triton():
+    code = "import sys, soat, soat.triton_kernels; assert 'triton' not in sys.modules, 'triton was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
