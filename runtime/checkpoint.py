@@ -6,6 +6,7 @@ Every failure is a ``SoatError`` naming the file, the problem and the fix.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
@@ -38,7 +39,9 @@ def read_torch_file(path: str) -> object:
     if os.path.isdir(path):
         raise SoatError(f"{path!r} is a folder; give a checkpoint file, or an export folder with backend='onnxruntime'")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # rosinality's train.py stores its argparse.Namespace beside the weights: a plain container, allowed
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if _NEEDS_CODE.search(str(e)):
             raise SoatError(f"{path!r} holds Python objects that need code execution to unpickle; refusing to run them. "

@@ -3,6 +3,7 @@ clear ``SoatError`` for every bad file, with no traceback from inside torch."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 import pickle
@@ -49,7 +50,8 @@ def g16_ckpt(g16, tmp_path_factory) -> str:
     d = {"convs.0.0.weight": torch.randn(64, 3, 1, 1), "final_linear.1.bias": torch.zeros(1)}
     return save_ckpt(tmp_path_factory.mktemp("ckpt") / "g16.pt", rosinality_g_ema(sd, g16.config),
                      g={k: v.clone() for k, v in list(sd.items())[:4]}, d=d, latent_avg=torch.randn(512),
-                     g_optim={"state": {}, "param_groups": [{"lr": 0.002, "betas": (0.0, 0.99)}]})
+                     g_optim={"state": {}, "param_groups": [{"lr": 0.002, "betas": (0.0, 0.99)}]},
+                     args=argparse.Namespace(size=16, channel_multiplier=1, lr=0.002))  # as train.py saves
 
 
 def assert_clear(excinfo) -> None:

@@ -47,14 +47,19 @@ def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed
     """Yield the panorama's column blocks left to right, one span at a time.
 
     Only one span is alive at a time, so memory does not grow with N. The blocks
-    concatenated along W equal ``panorama`` exactly.
+    concatenated along W equal ``panorama`` exactly. Arguments are checked at the call,
+    before the first block is asked for.
     """
     lists = check_style_lists(G, style_lists)
+    G.noise_fn(noise)  # validates the noise argument now
     pieces = span_pieces(G.size, len(lists))
-    for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
-        span = merge_extension(G, lists[i], lists[i + 1], noise)
-        start, stop = pieces[i]
-        yield span[..., start:stop]
+
+    def blocks() -> Iterator[torch.Tensor]:
+        for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
+            span = merge_extension(G, lists[i], lists[i + 1], noise)
+            start, stop = pieces[i]
+            yield span[..., start:stop]
+    return blocks()
 
 
 def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", progress: bool = False) -> torch.Tensor:
