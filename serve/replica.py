@@ -1,0 +1,178 @@
+"""One serving process, with or without Ray: its options, its generator, and its web app with health routes.
+
+``soat serve`` runs one replica under uvicorn; ``soat serve --ray`` (``ray_app``) runs one per
+Ray Serve replica. Both load the generator once with ``ReplicaOptions.load`` and serve
+``create_app`` wrapped in ``ReplicaApp``, which adds:
+
+    ``GET /api/health``  liveness: 200 ``{"status": "ok", "replica": ..., "host": ..., "pid": ...}``
+                         while the event loop answers.
+    ``GET /api/ready``   readiness: 200 ``{"ready": true, ...}`` once the replica computes a
+                         column (seed 0, column 0) through the generator within
+                         ``probe_timeout_s``, else 503 ``{"ready": false, "error": ...}``.
+
+and names the replica in an ``x-soat-replica`` header on every HTTP response and WebSocket
+handshake, so a client (or a test) can tell which replica served it. Nothing here needs Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+from starlette.responses import JSONResponse
+
+from ..runtime.errors import SoatError
+from ..runtime.load import load
+from .app import create_app
+
+REPLICA_HEADER = b"x-soat-replica"
+PROBE_TIMEOUT_S = 30.0  # longer queues than this on one replica count as not ready
+_PROBE = ("/api/panorama.png", "seed=0&x=0&w=1")  # one column: a cached span after the first probe
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """What every replica loads and serves (``soat.load`` arguments and ``create_app`` settings)."""
+
+    checkpoint: str = "random"  # checkpoint, export folder or random[:SEED]
+    backend: str = "torch"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    size: int | None = None  # random model only (default 256)
+    channel_multiplier: int | None = None  # random model only (default 2)
+    truncation: float = 0.7
+    max_batch: int = 16  # spans in one generator call
+    window_s: float = 0.004  # batching window
+    max_streams: int = 64  # open streams per replica
+
+    def __post_init__(self):
+        for name, lo in (("max_batch", 1), ("max_streams", 1), ("window_s", 0)):
+            if getattr(self, name) < lo:
+                raise SoatError(f"{name}={getattr(self, name)} is out of range; allowed: {name} >= {lo}")
+
+    @classmethod
+    def from_mapping(cls, args: Mapping[str, object]) -> "ReplicaOptions":
+        """From a Serve config's ``args`` or ``serve run ... key=value`` (values may be strings)."""
+        allowed = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in args.items():
+            if key not in allowed:
+                raise SoatError(f"unknown option {key!r}; allowed: {', '.join(allowed)}")
+            values[key] = _convert(key, value, allowed[key].default)
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args) -> "ReplicaOptions":
+        """From ``soat serve``'s ``argparse.Namespace`` (options it has no flag for keep their defaults)."""
+        return cls.from_mapping({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    def load(self):
+        """The generator, loaded once per replica."""
+        return load(self.checkpoint, backend=self.backend, device=self.device, dtype=self.dtype, size=self.size,
+                    channel_multiplier=self.channel_multiplier)
+
+    def app(self, G, replica: Mapping[str, object]) -> "ReplicaApp":
+        """``create_app(G, ...)`` with the health routes, for the replica described by ``replica``."""
+        return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams), replica)
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number"}
+
+
+def _convert(name: str, value, default):
+    """``value`` as the type of the option's default (sizes, whose default is None, are integers or None)."""
+    if default is None and value in (None, "", "None"):
+        return None
+    kind = int if default is None else type(default)
+    try:
+        if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise SoatError(f"{name}={value!r} must be {_KINDS[kind]}") from None
+
+
+def local_identity() -> dict:
+    """How a replica outside Ray names itself: ``host:pid``."""
+    host, pid = socket.gethostname(), os.getpid()
+    return {"replica": f"{host}:{pid}", "host": host, "pid": pid}
+
+
+class ReplicaApp:
+    """An ASGI app: ``app``'s routes plus ``/api/health`` and ``/api/ready``, every response naming the replica.
+
+    Args:
+        app: the ASGI app of ``create_app`` (lifespan, HTTP and WebSocket pass through).
+        replica: what ``/api/health`` reports; ``replica["replica"]`` is the header value.
+        probe_timeout_s: how long the readiness probe may wait for the generator.
+    """
+
+    def __init__(self, app, replica: Mapping[str, object], probe_timeout_s: float = PROBE_TIMEOUT_S):
+        self.app = app
+        self.replica = dict(replica)
+        self.probe_timeout_s = probe_timeout_s
+        self._header = (REPLICA_HEADER, str(self.replica["replica"]).encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan: the generator's warm-up and shutdown
+            return
+        send = self._named(send)
+        if scope["type"] == "http" and scope["path"] == "/api/health":
+            await JSONResponse({"status": "ok", **self.replica})(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == "/api/ready":
+            await (await self._ready())(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _named(self, send):
+        async def named_send(message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", ()), self._header]}
+            await send(message)
+        return named_send
+
+    async def probe(self) -> None:
+        """Compute one column through the generator; RuntimeError if it fails or takes over ``probe_timeout_s``."""
+        try:
+            status, body = await asyncio.wait_for(asgi_get(self.app, *_PROBE), self.probe_timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"the generator did not answer within {self.probe_timeout_s:.0f} s") from None
+        if status != 200:
+            raise RuntimeError(f"the generator failed: HTTP {status} {body[:200].decode(errors='replace')}")
+
+    async def _ready(self) -> JSONResponse:
+        try:
+            await self.probe()
+        except RuntimeError as exc:
+            return JSONResponse({"ready": False, "error": str(exc), **self.replica}, status_code=503)
+        return JSONResponse({"ready": True, **self.replica})
+
+
+async def asgi_get(app, path: str, query: str = "") -> tuple[int, bytes]:
+    """``GET path?query`` on an ASGI app in this process: ``(status, body)``."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
+             "headers": [], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+    request_sent = False
+    status, body = 500, []
+
+    async def receive() -> dict:
+        nonlocal request_sent
+        if request_sent:
+            await asyncio.Future()  # no disconnect: wait until the app is done and cancels this
+        request_sent = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            body.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(body)

@@ -1,0 +1,230 @@
+"""``soat serve --ray``: two Ray Serve replicas, identical pixels from either, and a replica killed mid-stream.
+
+The Ray tests start their own local Ray instance (2 CPUs, no dashboard, Serve's HTTP proxy on
+127.0.0.1; Ray's own gRPC ports cannot be bound to loopback and are token-authenticated) with
+a two-replica deployment of a tiny CPU model (size 8, channel multiplier 1) and shut it
+down at the end of the module. Every wait is bounded; a faulthandler guard ends the run
+with tracebacks if the module ever hangs. The health routes and the option and flag
+checks run without Ray.
+"""
+
+import argparse
+import asyncio
+import faulthandler
+import io
+import json
+import os
+import socket
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# LOOPBACK: Ray's node address is by default the machine's interface address; with this set (read when
+# ray is imported) it is 127.0.0.1, so every connection between the test's Ray processes stays on loopback
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, websockets) is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+pytest.importorskip("websockets", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx is needed to test the HTTP routes")
+from PIL import Image  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+
+import soat  # noqa: E402
+from soat.runtime.errors import SoatError  # noqa: E402
+from soat.serve.app import background_server  # noqa: E402
+from soat.serve.protocol import unpack_frame  # noqa: E402
+from soat.serve.replica import ReplicaOptions, local_identity  # noqa: E402
+
+needs_ray = pytest.mark.skipif(find_spec("ray") is None, reason="Ray Serve is not installed: pip install 'soat[ray]'")
+
+SIZE = 8
+TRUNCATION = 1.0  # psi = 1 needs no sigma_bar, which would cost each replica seconds of CPU
+OPTIONS = ReplicaOptions(checkpoint="random:0", size=SIZE, channel_multiplier=1, truncation=TRUNCATION,
+                         max_batch=4, window_s=0.01)
+TIMEOUT = 30  # seconds any single wait may take on a loaded 2-core machine
+GUARD_S = 300  # the whole module, Ray start and stop included; normally well under 90 s
+CONFIG = Path(__file__).parents[1] / "serve" / "serve_config.yaml"
+
+
+@pytest.fixture(scope="module")
+def G():
+    return soat.load("random:0", size=SIZE, channel_multiplier=1)
+
+
+def decode(payload: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+
+
+def expected(G, seed: int, x: int, w: int) -> np.ndarray:
+    return soat.to_uint8(G.panorama_columns(seed, x, w, truncation=TRUNCATION))[0]
+
+
+# ---- without Ray: options, flags, health routes ----------------------------------------------
+def test_options_from_strings_and_errors():
+    o = ReplicaOptions.from_mapping({"checkpoint": "random:3", "size": "16", "truncation": "0.5", "max_batch": 8})
+    assert (o.checkpoint, o.size, o.truncation, o.max_batch, o.channel_multiplier) == ("random:3", 16, 0.5, 8, None)
+    with pytest.raises(SoatError, match="unknown option 'replicas'; allowed: checkpoint"):
+        ReplicaOptions.from_mapping({"replicas": 2})
+    with pytest.raises(SoatError, match="size='big' must be an integer"):
+        ReplicaOptions.from_mapping({"size": "big"})
+    with pytest.raises(SoatError, match="max_batch=2.5 must be an integer"):
+        ReplicaOptions.from_mapping({"max_batch": 2.5})
+    with pytest.raises(SoatError, match="max_streams=0 is out of range; allowed: max_streams >= 1"):
+        ReplicaOptions.from_mapping({"max_streams": "0"})
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--replicas", "2"], "--replicas needs --ray"),
+    (["--ray", "--replicas", "0"], "--replicas=0 must be >= 1"),
+    (["--ray", "--autoscale", "3"], "--autoscale='3' must be MIN:MAX"),
+    (["--ray", "--autoscale", "4:2"], "--autoscale='4:2' must be MIN:MAX"),
+    (["--ray", "--gpus-per-replica", "0.5"], "--gpus-per-replica=0.5 needs --device cuda"),
+    (["--ray", "--gpus-per-replica", "-1", "--device", "cuda"], "--gpus-per-replica=-1.0 must be >= 0"),
+])
+def test_ray_flag_errors(capsys, argv, needle):
+    from soat.serve import cli
+    parser = argparse.ArgumentParser(prog="soat")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", *argv])
+    assert cli.run(args) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_health_and_ready_without_ray(G):
+    with background_server(OPTIONS.app(G, local_identity())) as base:
+        health = httpx.get(base + "/api/health", timeout=TIMEOUT)
+        ready = httpx.get(base + "/api/ready", timeout=TIMEOUT)
+        png = httpx.get(base + "/api/panorama.png", params={"seed": 1, "x": 0, "w": 4}, timeout=TIMEOUT)
+    me = local_identity()["replica"]
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["replica"] == me
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert health.headers["x-soat-replica"] == ready.headers["x-soat-replica"] == png.headers["x-soat-replica"] == me
+
+
+# ---- on a local Ray instance ------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_url():
+    import ray
+    from ray import serve
+
+    from soat.serve.ray_app import application
+    faulthandler.dump_traceback_later(GUARD_S, exit=True)  # last resort: a hung Ray never stalls CI
+    port = free_port()
+    # address="local": always a new instance of our own, even where a cluster is running
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="soat-test",
+             object_store_memory=96 * 2 ** 20)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"  # loopback only (see LOOPBACK above)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(application(OPTIONS, replicas=2), name="soat-test", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        faulthandler.cancel_dump_traceback_later()
+
+
+def served(base: str, path: str, params: dict | None = None) -> tuple[str, httpx.Response]:
+    r = httpx.get(base + path, params=params, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.headers["x-soat-replica"], r
+
+
+@needs_ray
+def test_two_replicas_answer(ray_url):
+    names = set()
+    for _ in range(40):  # Serve picks a replica at random among idle ones
+        name, r = served(ray_url, "/api/health")
+        assert r.json()["replica"] == name and name.startswith("SERVE_REPLICA::soat-test#soat#")
+        names.add(name)
+        if len(names) == 2:
+            break
+    assert len(names) == 2, names
+    name, r = served(ray_url, "/api/ready")
+    assert r.json()["ready"] is True
+
+
+@needs_ray
+def test_split_ranges_from_different_replicas_agree(ray_url, G):
+    seed, x, w = 11, 3, 40
+    cuts = [x, x + 13, x + 29, x + w]
+    ranges = [(x, x + w), *zip(cuts, cuts[1:])]
+    by_replica: dict[tuple, dict] = {r: {} for r in ranges}
+    for lo, hi in ranges:
+        for _ in range(40):  # until both replicas have served this range
+            name, r = served(ray_url, "/api/panorama.png", {"seed": seed, "x": lo, "w": hi - lo})
+            by_replica[(lo, hi)][name] = decode(r.content)
+            if len(by_replica[(lo, hi)]) == 2:
+                break
+    for key, images in by_replica.items():
+        assert len(images) == 2, f"range {key} was served by one replica only"
+        a, b = images.values()
+        assert np.array_equal(a, b), f"range {key} differs between replicas"
+    a_name, b_name = by_replica[ranges[0]]
+    pieces = [by_replica[r][(a_name, b_name)[i % 2]] for i, r in enumerate(ranges[1:])]  # alternate replicas
+    joined = np.concatenate(pieces, axis=1)
+    assert np.array_equal(joined, by_replica[ranges[0]][a_name])
+    assert np.array_equal(joined, expected(G, seed, x, w))
+
+
+@needs_ray
+def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G):
+    import ray
+    seed, start, tile, total, kill_after = 5, 7, 4, 96, 3
+
+    async def stream() -> tuple[list, list, int]:
+        frames, replicas, closes = [], [], 0
+        x = start
+        while not (closes and x >= start + total):  # the first connection runs until the kill closes it
+            query = f"seed={seed}&x={x}&tile={tile}&format=png"
+            async with connect(ray_url.replace("http://", "ws://") + "/api/stream?" + query) as ws:
+                replicas.append(ws.response.headers["x-soat-replica"])
+                assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "hello"
+                await ws.send(json.dumps({"credit": 4}))  # frames in flight when the replica dies
+                try:
+                    while not (closes and x >= start + total):
+                        seq, col, width, _, payload = unpack_frame(await asyncio.wait_for(ws.recv(), TIMEOUT))
+                        frames.append((col, width, decode(payload)))
+                        x = col + width  # resume protocol: reconnect with x = last column + 1
+                        await ws.send(json.dumps({"credit": 1}))
+                        if len(frames) == kill_after:
+                            ray.kill(ray.get_actor(replicas[-1], namespace="serve"), no_restart=True)
+                except ConnectionClosed:
+                    closes += 1
+        return frames, replicas, closes
+
+    frames, replicas, closes = asyncio.run(asyncio.wait_for(stream(), 4 * TIMEOUT))
+    assert closes == 1 and len(replicas) == 2 and replicas[0] != replicas[1], (closes, replicas)
+    columns = [col for col, width, _ in frames]
+    assert columns[0] == start and all(c + w == n for (c, w, _), n in zip(frames, columns[1:])), columns
+    got = np.concatenate([pixels for _, _, pixels in frames], axis=1)
+    # stream spans are batched: at most one level off the batch-1 reference in the last fp32 bits
+    assert np.abs(got.astype(int) - expected(G, seed, start, got.shape[1])).max() <= 1
+    for _ in range(5):  # the survivor keeps serving
+        name, _ = served(ray_url, "/api/health")
+        assert name != replicas[0]
+
+
+@needs_ray
+def test_serve_config_file_builds():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from soat.serve.ray_app import build_app
+    config = ServeDeploySchema(**yaml.safe_load(CONFIG.read_text()))
+    (app,) = config.applications
+    assert app.import_path == "soat.serve.ray_app:build_app"
+    assert [d.name for d in app.deployments] == ["soat"]
+    build_app(app.args)  # every arg is a ReplicaOptions field of the right type
+    with pytest.raises(SoatError, match="unknown option"):
+        build_app({**app.args, "gpus": 1})
