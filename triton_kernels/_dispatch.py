@@ -29,11 +29,16 @@ def interpreting() -> bool:
 def use_triton(impl: str, *tensors: torch.Tensor) -> bool:
     """True when the Triton kernel should run: ``impl='triton'``, or ``'auto'`` on CUDA tensors.
 
-    ``'auto'`` falls back to the reference where Triton is not installed.
-    ``TRITON_INTERPRET=1`` lets ``impl='triton'`` run on CPU tensors (how CI tests kernels).
+    ``'auto'`` falls back to the reference where Triton is not installed; the environment
+    variable ``SOAT_FEATURE_OPS`` (``auto``, ``triton`` or ``ref``) replaces ``'auto'`` for
+    every op a task calls (to debug a task with the reference ops on the GPU, or to run the
+    kernels inside whole tasks under the interpreter). ``TRITON_INTERPRET=1`` lets
+    ``impl='triton'`` run on CPU tensors (how CI tests kernels).
     """
+    if impl == "auto":
+        impl = os.environ.get("SOAT_FEATURE_OPS", "auto")
     if impl not in IMPLS:
-        raise SoatError(f"impl={impl!r} is unknown; use one of {IMPLS}")
+        raise SoatError(f"impl={impl!r} is unknown (SOAT_FEATURE_OPS or the impl argument); use one of {IMPLS}")
     if impl == "ref":
         return False
     on_cuda = all(t.is_cuda for t in tensors)
