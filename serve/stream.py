@@ -12,6 +12,7 @@ cancelled and nothing of the connection is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -47,11 +48,9 @@ class Credit:
 async def close_with_error(ws: WebSocket, code: int, message: str) -> None:
     """Tell the client why (a JSON error message, then the close frame's reason) and close."""
     reason = message.encode()[:_REASON_BYTES].decode(errors="ignore")
-    try:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # the client may already be gone
         await ws.send_text(json.dumps({"type": "error", "error": message}))
         await ws.close(code=code, reason=reason)
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        pass  # the client is already gone
 
 
 async def serve_stream(ws: WebSocket, server, query: StreamQuery) -> None:
