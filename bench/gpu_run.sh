@@ -4,7 +4,10 @@
 #   pip wheel --no-deps --no-build-isolation -w .whl .      # here, before the call
 #   bash bench/gpu_run.sh [quick]                           # there (the device tool's run)
 #
-# Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels).
+# Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
+# onnxruntime-gpu==1.31.1 prints the calls; end the last one with `export PYTHONPATH=/tmp/site &&
+# bash bench/gpu_run.sh`). Every step is bounded, prints line by line and writes under $OUT as it
+# goes, so a call cut short still returns what was measured.
 set -u
 OUT=${OUT:-/tmp/soat-gpu-out}
 mkdir -p "$OUT"
@@ -40,16 +43,16 @@ BATCHES=${BATCHES:-1,8,32}
 log "task suite: torch fp32 / fp16 / bf16, eager and CUDA graphs"
 timeout 420 $SOAT bench --size 256 --dtypes fp32,fp16,bf16 --batches "$BATCHES" \
   --tasks generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream -o "$OUT/bench256" 2>&1 \
-  | grep -v "bench:" | tee -a "$OUT/log.txt"
+  | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"
 
 if python3 -c "import onnxruntime as o; o.preload_dlls(); assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
   log "ONNX Runtime CUDA vs torch fp32"
   SOAT_CACHE_DIR=/tmp/soat-cache timeout 300 $SOAT bench --size 256 --backends onnxruntime --dtypes fp32 \
     --graphs off --batches 1,8 --iters 20 \
     --tasks generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream -o "$OUT/ort256" 2>&1 \
-    | grep -v "bench:" | tee -a "$OUT/log.txt"
+    | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"
 fi
 
 log "1024 px model runs"
 timeout 120 $SOAT bench --size 1024 --dtypes fp16 --batches 1 --tasks generate,merge_extension --graphs on \
-  --iters 10 -o "$OUT/bench1024" 2>&1 | grep -v "bench:" | tee -a "$OUT/log.txt"
+  --iters 10 -o "$OUT/bench1024" 2>&1 | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"

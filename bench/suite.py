@@ -161,15 +161,25 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
             tqdm.write(f"{cfg.name} {task} B={batch}: failed: {str(e).splitlines()[0]}")
             continue
         tqdm.write(format_row(results[-1]))
+        # after every row, so that a run cut short keeps what it measured
+        write_json(results, run_info(models, source, warmup, iters), os.path.join(out_dir, "results.json"))
+    info = run_info(models, source, warmup, iters)
+    write_chart(results, info, os.path.join(out_dir, "chart.png"))
+    print(format_table(results, info))
+    return results
+
+
+def run_info(models: dict, source: str, warmup: int, iters: int) -> dict:
+    """Where and how the suite ran: device, versions, model, repetitions."""
     G = next(iter(models.values()))
-    meta = {"device": device_name(device), "torch": torch.__version__, "soat": soat.__version__,
+    return {"device": device_name(str(G.device)), "torch": torch.__version__, "soat": soat.__version__,
             "model": source, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
             "python": platform.python_version(), "warmup": warmup, "iters": iters}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
+
+
+def write_json(results: list[Result], meta: dict, path: str) -> None:
+    with open(path, "w") as f:
         json.dump({"meta": meta, "results": [asdict(r) for r in results]}, f, indent=1)
-    write_chart(results, meta, os.path.join(out_dir, "chart.png"))
-    print(format_table(results, meta))
-    return results
 
 
 def device_name(device: str) -> str:
