@@ -131,10 +131,7 @@ class MappingGraph(nn.Module):
         self.mlp = copy.deepcopy(nn.ModuleList(list(weights.style)[1:]))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = layers.pixel_norm(z)
-        for lin in self.mlp:
-            x = layers.equal_linear(x, lin.weight, lin.bias, lin.lr_mul, activate=True)
-        return x
+        return layers.mapping_network(z, self.mlp)
 
 
 class StylesGraph(nn.Module):
@@ -147,9 +144,7 @@ class StylesGraph(nn.Module):
         self.affines = copy.deepcopy(nn.ModuleList(weights.node_module(n.id).conv.modulation for n in nodes))
 
     def forward(self, wplus: torch.Tensor) -> torch.Tensor:
-        outs = [layers.equal_linear(wplus[:, i], a.weight, a.bias, 1.0, activate=False)
-                for i, a in zip(self.w_index, self.affines)]
-        return torch.cat(outs, dim=1)
+        return layers.affine_styles(wplus, self.w_index, self.affines)
 
 
 def graph_module(weights: StyleGAN2Weights, graph_id: str) -> nn.Module:

@@ -121,3 +121,17 @@ def equal_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lr_m
         out = F.linear(x, weight * scale)
         return F.leaky_relu(out + bias * lr_mul, 0.2) * SQRT2
     return F.linear(x, weight * scale, bias=bias * lr_mul)
+
+
+def mapping_network(z: torch.Tensor, linears) -> torch.Tensor:
+    """``w = MLP(PixelNorm(z))`` with the mapping's equalized linears: ``[B, 512] -> [B, 512]``."""
+    x = pixel_norm(z)
+    for lin in linears:
+        x = equal_linear(x, lin.weight, lin.bias, lin.lr_mul, activate=True)
+    return x
+
+
+def affine_styles(wplus: torch.Tensor, w_indices, modulations) -> torch.Tensor:
+    """Each affine on its W+ entry, concatenated: ``[B, n_latent, 512] -> [B, total]``."""
+    return torch.cat([equal_linear(wplus[:, i], a.weight, a.bias, 1.0, activate=False)
+                      for i, a in zip(w_indices, modulations)], dim=1)

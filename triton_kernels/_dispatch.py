@@ -92,3 +92,15 @@ def check_int(value, name: str, low: int = 0, high: int | None = None) -> int:
         allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise SoatError(f"{name}={value!r} must be {allowed}")
     return int(value)
+
+
+def check_int_rows(rows, name: str, fields: tuple[str, ...], lows: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """``rows`` as a list of ``len(fields)``-tuples of ints, each at least its ``lows`` entry, or a SoatError."""
+    if not isinstance(rows, (list, tuple)):
+        raise SoatError(f"{name} must be a list of ({', '.join(fields)}); got {type(rows).__name__}")
+    checked = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != len(fields):
+            raise SoatError(f"{name}[{i}]={row!r} must be ({', '.join(fields)})")
+        checked.append(tuple(check_int(v, f"{name}[{i}].{f}", low) for v, f, low in zip(row, fields, lows)))
+    return checked

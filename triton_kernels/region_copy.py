@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from ..runtime.errors import SoatError
-from ._dispatch import check_int, check_maps, use_triton
+from ._dispatch import check_int_rows, check_maps, use_triton
 from ._tiles import device_table, empty_map, is_channels_last, jit, launch
 
 tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
@@ -61,16 +61,10 @@ def _kernel():
 
 def check_copies(copies: Sequence[Copy], height: int, width: int) -> list[Copy]:
     """Each copy as 6 ints whose rectangles lie inside ``height x width`` maps."""
-    if not isinstance(copies, (list, tuple)):
-        raise SoatError(f"copies must be a list of (dy, dx, sy, sx, h, w); got {type(copies).__name__}")
-    checked = []
-    for i, copy in enumerate(copies):
-        if not isinstance(copy, (list, tuple)) or len(copy) != 6:
-            raise SoatError(f"copies[{i}]={copy!r} must be (dy, dx, sy, sx, h, w)")
-        dy, dx, sy, sx, h, w = (check_int(v, f"copies[{i}].{name}") for v, name in zip(copy, FIELDS))
+    checked = check_int_rows(copies, "copies", FIELDS, (0,) * 6)
+    for i, (dy, dx, sy, sx, h, w) in enumerate(checked):
         if max(dy, sy) + h > height or max(dx, sx) + w > width:
-            raise SoatError(f"copies[{i}]={tuple(copy)}: both rectangles must lie inside the {height}x{width} maps")
-        checked.append((dy, dx, sy, sx, h, w))
+            raise SoatError(f"copies[{i}]={tuple(copies[i])}: both rectangles must lie inside the {height}x{width} maps")
     return checked
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from ..runtime.errors import SoatError
-from ._dispatch import check_int, check_maps, use_triton
+from ._dispatch import check_int_rows, check_maps, use_triton
 from ._tiles import device_table, empty_map, is_channels_last, jit, launch
 
 tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
@@ -66,20 +66,12 @@ def _kernel():
 
 def check_moves(moves: Sequence[Move], height: int, width: int) -> list[Move]:
     """Each move as 6 ints whose target and source rectangles lie inside an ``height x width`` map."""
-    if not isinstance(moves, (list, tuple)):
-        raise SoatError(f"moves must be a list of (ty, tx, h, w, dy, dx); got {type(moves).__name__}")
-    checked = []
-    for i, move in enumerate(moves):
-        if not isinstance(move, (list, tuple)) or len(move) != 6:
-            raise SoatError(f"moves[{i}]={move!r} must be (ty, tx, h, w, dy, dx)")
-        ty, tx = check_int(move[0], f"moves[{i}].ty"), check_int(move[1], f"moves[{i}].tx")
-        h, w = check_int(move[2], f"moves[{i}].h"), check_int(move[3], f"moves[{i}].w")
-        dy, dx = check_int(move[4], f"moves[{i}].dy", -height), check_int(move[5], f"moves[{i}].dx", -width)
+    checked = check_int_rows(moves, "moves", ("ty", "tx", "h", "w", "dy", "dx"), (0, 0, 0, 0, -height, -width))
+    for i, (ty, tx, h, w, dy, dx) in enumerate(checked):
         if not (ty + h <= height and tx + w <= width and 0 <= ty - dy and ty - dy + h <= height
                 and 0 <= tx - dx and tx - dx + w <= width):
-            raise SoatError(f"moves[{i}]={tuple(move)}: the target and its source (target - (dy, dx)) must lie "
+            raise SoatError(f"moves[{i}]={tuple(moves[i])}: the target and its source (target - (dy, dx)) must lie "
                             f"inside the {height}x{width} map")
-        checked.append((ty, tx, h, w, dy, dx))
     return checked
 
 

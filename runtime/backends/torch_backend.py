@@ -36,6 +36,9 @@ class TorchBackend:
         self._nodes = {n.id: n for n in build_chain(self.config)}
         self._fast_graphs = self._build_fast_graphs(weights) if self.fast else {}
         self.weights = weights.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        styled = build_chain(self.config)[1:]
+        self._w_indices = [n.w_index for n in styled]
+        self._modulations = [self.weights.node_module(n.id).conv.modulation for n in styled]
 
     def _build_fast_graphs(self, weights: StyleGAN2Weights) -> dict:
         from ..graph_modules import graph_module
@@ -47,9 +50,9 @@ class TorchBackend:
 
     def run(self, node_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if node_id == MAPPING:
-            return {"w": self.mapping(inputs["z"])}
+            return {"w": layers.mapping_network(inputs["z"], list(self.weights.style)[1:])}
         if node_id == STYLES:
-            return {"styles": self.styles(inputs["wplus"])}
+            return {"styles": layers.affine_styles(inputs["wplus"], self._w_indices, self._modulations)}
         node = self._nodes[node_id]
         if self.fast:
             out = self._fast_graphs[node_id](*(inputs[name] for name in node.inputs))
@@ -65,18 +68,3 @@ class TorchBackend:
         x = layers.styled_conv(inputs["x"], inputs["style"], inputs["noise"], m.conv.weight, m.conv.scale,
                                m.noise.weight, m.activate.bias, upsample=node.kind == CONV_UP)
         return {"x": x}
-
-    def mapping(self, z: torch.Tensor) -> torch.Tensor:
-        """``w = MLP(PixelNorm(z))``: ``[B, 512] -> [B, 512]``."""
-        x = layers.pixel_norm(z)
-        for lin in list(self.weights.style)[1:]:
-            x = layers.equal_linear(x, lin.weight, lin.bias, lin.lr_mul, activate=True)
-        return x
-
-    def styles(self, wplus: torch.Tensor) -> torch.Tensor:
-        """Affine of every styled node on its W+ entry, concatenated: ``[B, n_latent, 512] -> [B, total]``."""
-        outs = []
-        for node in build_chain(self.config)[1:]:
-            mod = self.weights.node_module(node.id).conv.modulation
-            outs.append(layers.equal_linear(wplus[:, node.w_index], mod.weight, mod.bias, 1.0, activate=False))
-        return torch.cat(outs, dim=1)

@@ -72,22 +72,31 @@ def blur_box_mask(box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     return F.conv2d(mask, gaussian_kernel1d(k_w, k_w).view(1, 1, 1, k_w))
 
 
+def check_boxes(boxes: Any, size: int) -> tuple[tuple[int, int, int, int], ...]:
+    """One box or several, each checked (may run past the right/bottom edge, must start inside)."""
+    return tuple(check_box(b, "box", size, size, clip=True) for b in box_list(boxes, "box"))
+
+
+def union_mask(boxes: tuple[tuple[int, int, int, int], ...], size: int) -> torch.Tensor:
+    """``[1, 1, R, R]``: the maximum of the checked boxes' blurred masks."""
+    return torch.stack([blur_box_mask(b, size) for b in boxes]).amax(0)
+
+
 def boxes_mask(boxes: Any, size: int) -> torch.Tensor:
     """``[1, 1, R, R]`` mask of one box or several (the maximum of their blurred masks)."""
-    masks = [blur_box_mask(check_box(b, "box", size, size, clip=True), size) for b in box_list(boxes, "box")]
-    return torch.stack(masks).amax(0)
+    return union_mask(check_boxes(boxes, size), size)
 
 
 @lru_cache(maxsize=64)
 def _device_boxes_mask(boxes: tuple, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """``boxes_mask`` on the device, made once per boxes (no host-to-device copy per call or in a CUDA graph)."""
-    return boxes_mask([list(b) for b in boxes], size).to(device, dtype)
+    """``union_mask`` on the device, made once per boxes (no host-to-device copy per call or in a CUDA graph)."""
+    return union_mask(boxes, size).to(device, dtype)
 
 
 def blend_bbox(G, styles1, styles2, box, pose_align: bool = False, num_blend: int = 99,
                noise: NoiseArg = "fixed") -> torch.Tensor:
     """``blend_mask`` with the blurred mask of ``box`` ``(x, y, w, h)`` (or a list of boxes)."""
-    boxes = tuple(tuple(check_box(b, "box", G.size, G.size, clip=True)) for b in box_list(box, "box"))
+    boxes = check_boxes(box, G.size)
     return blend_mask(G, styles1, styles2, _device_boxes_mask(boxes, G.size, G.device, G.dtype), pose_align,
                       num_blend, noise)
 

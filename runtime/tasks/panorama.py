@@ -52,14 +52,16 @@ def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed
     """
     lists = check_style_lists(G, style_lists)
     G.noise_fn(noise)  # validates the noise argument now
-    pieces = span_pieces(G.size, len(lists))
+    return _blocks(G, lists, noise, progress)
 
-    def blocks() -> Iterator[torch.Tensor]:
-        for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
-            span = merge_extension(G, lists[i], lists[i + 1], noise)
-            start, stop = pieces[i]
-            yield span[..., start:stop]
-    return blocks()
+
+def _blocks(G, lists: list[list[torch.Tensor]], noise: NoiseArg, progress: bool) -> Iterator[torch.Tensor]:
+    """The column blocks of checked style lists, one merge-extension span at a time."""
+    pieces = span_pieces(G.size, len(lists))
+    for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
+        span = merge_extension(G, lists[i], lists[i + 1], noise)
+        start, stop = pieces[i]
+        yield span[..., start:stop]
 
 
 def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", progress: bool = False) -> torch.Tensor:
@@ -67,7 +69,7 @@ def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", prog
     lists = check_style_lists(G, style_lists)
     out = None
     col = 0
-    for block in panorama_stream(G, lists, noise, progress):
+    for block in _blocks(G, lists, noise, progress):
         if out is None:
             b = block.shape[0]
             out = torch.empty(b, 3, G.size, panorama_width(G.size, len(lists)), device=block.device, dtype=block.dtype)
