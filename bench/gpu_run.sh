@@ -2,8 +2,11 @@
 # One GPU call that installs, checks and times everything; results land in $OUT.
 #
 #   pip wheel --no-deps --no-build-isolation -w .whl .      # here, before the call
-#   bash bench/gpu_run.sh [quick]                           # there (the device tool's run)
+#   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
+# STEPS picks steps (default: all but kernels): peaks kernels profile suite tput ort serve big.
+# .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
+# websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
 # onnxruntime-gpu==1.31.1 prints the calls; end the last one with `export PYTHONPATH=/tmp/site &&
 # bash bench/gpu_run.sh`). Every step is bounded, prints line by line and writes under $OUT as it
@@ -12,11 +15,15 @@ set -u
 OUT=${OUT:-/tmp/soat-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/soat-site .whl/soat-*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/soat-site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/soat-site:${PYTHONPATH:-}
 cd /tmp  # away from the checkout, whose soat/ folder would shadow the installed package
 SOAT="python3 -m soat"
+BATCHES=${BATCHES:-1,8,32}
+TASK_LIST=generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream
+STEPS=${STEPS:-peaks profile suite tput ort serve big}
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
+filtered() { grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"; }
 
 log "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
@@ -24,8 +31,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())" \
   2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
-log "peaks: device-to-device copy and bf16 matmul"
-python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
+peaks() {
+  log "peaks: device-to-device copy and bf16 matmul"
+  python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
 import torch, triton.testing as tt
 x = torch.randn(1 << 28, device="cuda")  # 1 GiB
 y = torch.empty_like(x)
@@ -35,24 +43,54 @@ a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16); b = torch.rand
 ms = tt.do_bench(lambda: a @ b, return_mode="median")
 print(f"bf16 matmul 8192^3: {2 * 8192 ** 3 / ms / 1e9:.0f} TFLOP/s")
 EOF
+}
 
-log "kernel microbenchmarks"
-timeout 240 python3 -m soat.bench.kernels --csv "$OUT/kernels.csv" 2>&1 | tail -60 | tee -a "$OUT/log.txt"
+kernels() {
+  log "kernel microbenchmarks"
+  timeout 240 python3 -m soat.bench.kernels ${KERNEL_ARGS:-} --csv "$OUT/kernels.csv" 2>&1 | tail -60 | tee -a "$OUT/log.txt"
+}
 
-BATCHES=${BATCHES:-1,8,32}
-log "task suite: torch fp32 / fp16 / bf16, eager and CUDA graphs"
-timeout 420 $SOAT bench --size 256 --dtypes fp32,fp16,bf16 --batches "$BATCHES" \
-  --tasks generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream -o "$OUT/bench256" 2>&1 \
-  | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"
+profile() {
+  log "profiles: where the device time goes (eager)"
+  for spec in ${PROFILES:-generate:fp16:32 generate:fp16:1 generate:fp32:32 merge_extension:fp16:8}; do
+    IFS=: read -r task dtype batch <<<"$spec"
+    timeout 60 python3 -m soat.bench.profile --size 256 --task "$task" --dtype "$dtype" --batch "$batch" 2>&1 \
+      | tee -a "$OUT/log.txt"
+  done
+}
 
-if python3 -c "import onnxruntime as o; o.preload_dlls(); assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
-  log "ONNX Runtime CUDA vs torch fp32"
-  SOAT_CACHE_DIR=/tmp/soat-cache timeout 300 $SOAT bench --size 256 --backends onnxruntime --dtypes fp32 \
-    --graphs off --batches 1,8 --iters 20 \
-    --tasks generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream -o "$OUT/ort256" 2>&1 \
-    | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"
-fi
+suite() {
+  log "task suite: torch fp32 / fp16 / bf16, eager and CUDA graphs"
+  timeout "${SUITE_S:-330}" $SOAT bench --size 256 --dtypes "${DTYPES:-fp32,fp16,bf16}" --batches "$BATCHES" ${SUITE_ARGS:-} \
+    --tasks "${TASKS:-$TASK_LIST}" -o "$OUT/bench256" 2>&1 | filtered
+}
 
-log "1024 px model runs"
-timeout 120 $SOAT bench --size 1024 --dtypes fp16 --batches 1 --tasks generate,merge_extension --graphs on \
-  --iters 10 -o "$OUT/bench1024" 2>&1 | grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"
+tput() {
+  log "throughput: generate and panorama_stream at large batches, fp16 / bf16 CUDA graphs"
+  timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --graphs on --batches "${TPUT_BATCHES:-32,64,128}" \
+    --tasks generate,panorama_stream -o "$OUT/bench256_tput" 2>&1 | filtered
+}
+
+ort() {
+  if python3 -c "import onnxruntime as o; o.preload_dlls(); assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
+    log "ONNX Runtime CUDA vs torch fp32"
+    SOAT_CACHE_DIR=/tmp/soat-cache timeout "${ORT_S:-200}" $SOAT bench --size 256 --backends onnxruntime \
+      --dtypes fp32 --graphs off --batches 1,8 --iters 20 --tasks $TASK_LIST -o "$OUT/ort256" 2>&1 | filtered
+  else
+    log "ONNX Runtime CUDA: not staged (../shared/tools/stage-wheels onnxruntime-gpu==1.31.1)"
+  fi
+}
+
+serve() {
+  log "soat serve: columns/s for 1, 4, 16 stream clients (256-column tiles)"
+  timeout "${SERVE_S:-120}" python3 -m soat.bench.ray_scaling --no-ray --device cuda --dtype fp16 --size 256 \
+    --channel-multiplier 2 --clients 1,4,16 --warmup 6 --seconds 10 --csv "$OUT/serve.csv" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+big() {
+  log "1024 px model runs"
+  timeout 120 $SOAT bench --size 1024 --dtypes fp16 --batches 1 --tasks generate,merge_extension --graphs on \
+    --iters 10 -o "$OUT/bench1024" 2>&1 | filtered
+}
+
+for step in $STEPS; do $step; done

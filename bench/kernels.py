@@ -30,7 +30,9 @@ import torch
 from soat.runtime.config import GeneratorConfig
 from soat.triton_kernels import concat_w, mask_lerp, place_columns, ramp_lerp, region_copy, shift_lerp, widen
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
+from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
+from soat.triton_kernels.modulate import modulate, modulate_ref
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
 from soat.triton_kernels.region_copy import region_copy_ref
 from soat.triton_kernels.shift_lerp import shift_lerp_ref
@@ -99,6 +101,28 @@ def cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
     p = size // 2
     out.append(Case("place_columns", f"{list(span.shape)} -> {list(pano.shape)}", 2 * batch * 3 * size * size * es,
                     place_columns, place_columns_ref, (pano, span, size + p, p, size)))
+    out += layer_cases(size, batch, dtype, device)
+    return out
+
+
+def layer_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
+    """The fast path's per-layer kernels at the top resolution (channels_last, as the torch backend runs them)."""
+    ch = GeneratorConfig(size=size).channels
+    es = torch.empty((), dtype=dtype).element_size()
+    c, half = ch(size), size // 2
+    noise = torch.randn(1, 1, size, size, dtype=dtype, device=device)
+    noise_weight = torch.tensor([0.1], dtype=dtype, device=device)
+    bias = torch.randn(c, dtype=dtype, device=device)
+    demod = torch.rand(batch, c, dtype=dtype, device=device) + 0.5
+    out = []
+    for name, y_size, up in (("conv", size, False), ("up (blur)", 2 * half + 1, True)):
+        (y,) = _maps(1, (batch, c, y_size, y_size), dtype, device, channels_last=True)
+        traffic = (y.numel() + batch * c * size * size) * es
+        out.append(Case(f"conv_epilogue {name}", str(list(y.shape)), traffic, conv_epilogue, conv_epilogue_ref,
+                        (y, demod, noise, noise_weight, bias, up)))
+    (x,) = _maps(1, (batch, ch(half), half, half), dtype, device, channels_last=True)
+    style = torch.randn(batch, ch(half), dtype=dtype, device=device)
+    out.append(Case("modulate", str(list(x.shape)), 2 * x.numel() * es, modulate, modulate_ref, (x, style)))
     return out
 
 

@@ -8,6 +8,7 @@ received in a fixed window after a warm-up. A ``plain`` row runs the same app wi
 
     python -m soat.bench.ray_scaling --replicas 1,2,4 --clients 8 --size 64 --seconds 20
     python -m soat.bench.ray_scaling --device cuda --gpus-per-replica 1 --replicas 1,2,4,8 --size 256
+    python -m soat.bench.ray_scaling --no-ray --device cuda --dtype fp16 --size 256 --clients 1,4,16
 
 Prints a Markdown table (and writes ``--csv``). Each CPU replica gets one CPU and one
 torch thread (Ray sets OMP_NUM_THREADS to the replica's CPUs).
@@ -85,19 +86,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_plain(options: ReplicaOptions, args) -> Row:
+def run_plain(options: ReplicaOptions, args, clients: list[int]) -> list[Row]:
     import torch
 
     from soat.serve.app import background_server
     from soat.serve.replica import local_identity
     torch.set_num_threads(1)  # as one CPU replica
     G = options.load()
+    rows = []
     with background_server(options.app(G, local_identity())) as base:
-        columns, spread = measure(base, args.clients, args.tile or args.size, args.warmup, args.seconds, 0)
-    return Row("plain (no Ray)", 1, args.clients, columns, args.seconds, spread)
+        for k, n in enumerate(clients):
+            columns, spread = measure(base, n, args.tile or args.size, args.warmup, args.seconds, 100 * k)
+            rows.append(Row("plain (no Ray)", 1, n, columns, args.seconds, spread))
+            print(_table([rows[-1]]), flush=True)
+    return rows
 
 
-def run_ray(options: ReplicaOptions, args) -> list[Row]:
+def run_ray(options: ReplicaOptions, args, clients: int) -> list[Row]:
     import ray
     from ray import serve
 
@@ -114,9 +119,9 @@ def run_ray(options: ReplicaOptions, args) -> list[Row]:
             serve.run(application(options, replicas=n, gpus_per_replica=args.gpus_per_replica), name="bench",
                       route_prefix="/")
             print(f"{n} replicas up in {time.monotonic() - t0:.1f} s", flush=True)
-            columns, spread = measure(f"http://127.0.0.1:{port}", args.clients, args.tile or args.size,
+            columns, spread = measure(f"http://127.0.0.1:{port}", clients, args.tile or args.size,
                                       args.warmup, args.seconds, 1000 * (k + 1))
-            rows.append(Row("Ray Serve", n, args.clients, columns, args.seconds, spread))
+            rows.append(Row("Ray Serve", n, clients, columns, args.seconds, spread))
             print(_table([rows[-1]]), flush=True)
     finally:
         serve.shutdown()
@@ -140,19 +145,23 @@ def main() -> None:
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--gpus-per-replica", type=float, default=0.0)
     p.add_argument("--replicas", default="1,2,4", help="comma list of replica counts")
-    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--clients", default="8", help="comma list of concurrent stream counts (plain runs each; "
+                                                 "Ray runs the largest)")
     p.add_argument("--tile", type=int, default=None, help="columns per frame (default: the model size)")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--no-plain", action="store_true", help="skip the run without Ray")
+    p.add_argument("--no-ray", action="store_true", help="only the run without Ray (no Ray needed)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     options = ReplicaOptions(checkpoint=args.checkpoint, size=args.size, channel_multiplier=args.channel_multiplier,
                              device=args.device, dtype=args.dtype)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {options}; "
           f"load average before: {os.getloadavg()}", flush=True)
-    rows = [] if args.no_plain else [run_plain(options, args)]
-    rows += run_ray(options, args)
+    clients = [int(n) for n in args.clients.split(",")]
+    rows = [] if args.no_plain else run_plain(options, args, clients)
+    if not args.no_ray:
+        rows += run_ray(options, args, max(clients))
     print(_table(rows))
     print(f"load average after: {os.getloadavg()}")
     if args.csv:

@@ -22,54 +22,96 @@ def is_capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
+    """Index of the first tensor holding NaN or inf, else None; one host sync for the whole list
+    (none while capturing, where the graph checks its inputs itself)."""
+    if is_capturing() or not tensors:
+        return None
+    if len({t.device for t in tensors}) == 1:
+        if bool(torch.isfinite(torch.cat([t.detach().reshape(-1) for t in tensors])).all()):
+            return None
+    return next((i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())), None)
+
+
 def _signature(leaves: list[Any]) -> tuple:
     return tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x for x in leaves)
+
+
+class _Capture:
+    """One captured graph: its static inputs (views into one flat buffer per dtype, so that
+    loading them and checking them for NaN/inf is one kernel each), its finiteness flag and output."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, x in enumerate(tensors):
+            by_dtype.setdefault(x.dtype, []).append(i)
+        self.groups = []
+        self.static: list[torch.Tensor] = [None] * len(tensors)
+        for dtype, indices in by_dtype.items():
+            flat = torch.empty(sum(tensors[i].numel() for i in indices), dtype=dtype, device=tensors[0].device)
+            start = 0
+            for i in indices:
+                n = tensors[i].numel()
+                self.static[i] = flat[start:start + n].view(tensors[i].shape)
+                start += n
+            self.groups.append((flat, indices))
+        self.load(tensors)
+        self.graph = torch.cuda.CUDAGraph()
+        self.finite = self.out = None
+
+    def load(self, tensors: list[torch.Tensor]) -> None:
+        for flat, indices in self.groups:
+            torch.cat([tensors[i].detach().reshape(-1) for i in indices], out=flat)
+
+    def check_inputs(self) -> torch.Tensor:
+        """Captured into the graph: True when every input is finite."""
+        return torch.stack([torch.isfinite(flat).all() for flat, _ in self.groups]).all()
 
 
 class GraphedTask:
     """``fn(*args)`` replayed from a CUDA graph per input signature.
 
     Tensor leaves of ``args`` (nested lists allowed) are copied into static buffers;
-    other leaves are part of the signature. Returns the graph's static output:
-    clone it if it must outlive the next call.
+    other leaves are part of the signature. The graph also checks its inputs for NaN
+    and inf (one flag read back after the replay: the call's only host sync). Returns
+    the graph's static output: clone it if it must outlive the next call.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2):
         self.fn = fn
         self.warmup = warmup
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, Any]] = {}
+        self._graphs: dict[tuple, _Capture] = {}
 
     def __call__(self, *args: Any) -> torch.Tensor:
         leaves, spec = pytree.tree_flatten(args)
         tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
-        if any(not x.is_cuda for x in tensors):
+        if not tensors or any(not x.is_cuda for x in tensors):
             raise SoatError("graphed tasks need CUDA tensors; load the generator with device='cuda'")
-        for x in tensors:
-            if not torch.isfinite(x).all():
-                raise SoatError("an input of the graphed task contains NaN or inf")
         key = (_signature(leaves), str(spec))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(leaves, spec)
-        graph, static, out = self._graphs[key]
-        for dst, src in zip(static, leaves):
-            if isinstance(dst, torch.Tensor):
-                dst.copy_(src)
-        graph.replay()
-        return out
+            self._graphs[key] = self._capture(leaves, spec, tensors)
+        else:
+            self._graphs[key].load(tensors)
+        captured = self._graphs[key]
+        captured.graph.replay()
+        if not bool(captured.finite):
+            raise SoatError("an input of the graphed task contains NaN or inf")
+        return captured.out
 
-    def _capture(self, leaves: list[Any], spec) -> tuple[torch.cuda.CUDAGraph, list, Any]:
-        static = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
-        args = pytree.tree_unflatten(static, spec)
+    def _capture(self, leaves: list[Any], spec, tensors: list[torch.Tensor]) -> _Capture:
+        captured = _Capture(tensors)
+        static = iter(captured.static)
+        args = pytree.tree_unflatten([next(static) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(self.warmup):  # fills lazy caches (widened noise, Triton autotune) outside capture
                 self.fn(*args)
         torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.no_grad():
-            out = self.fn(*args)
-        return graph, static, out
+        with torch.cuda.graph(captured.graph), torch.no_grad():
+            captured.finite = captured.check_inputs()
+            captured.out = self.fn(*args)
+        return captured
 
 
 def graphed(fn: Callable[..., torch.Tensor], warmup: int = 2) -> GraphedTask:

@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..triton_kernels.conv_epilogue import conv_epilogue
+from ..triton_kernels.demod import demod
+from ..triton_kernels.modulate import modulate
 from . import layers
 from .backends.torch_backend import MAPPING, STYLES
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
@@ -67,22 +70,34 @@ class ModConv(nn.Module):
         if upsample:
             self.register_buffer("blur", _blur_weight(w.shape[0]))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        out = x * style[:, :, None, None]
+    def shared_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv of an already modulated input with the shared weight (``2H + 1`` wide when upsampling)."""
         if self.upsample:
-            out = F.conv_transpose2d(out, self.weight, stride=2)
-        else:
-            out = F.conv2d(out, self.weight, padding=self.padding)
+            return F.conv_transpose2d(x, self.weight, stride=2)
+        return F.conv2d(x, self.weight, padding=self.padding)
+
+    def demod(self, style: torch.Tensor) -> torch.Tensor:
+        """``[B, O]`` demodulation factors."""
+        return torch.rsqrt(style.pow(2) @ self.weight_sq + 1e-8)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        out = self.shared_conv(x * style[:, :, None, None])
         if self.demodulate:
-            demod = torch.rsqrt(style.pow(2) @ self.weight_sq + 1e-8)  # [B, O]
-            out = out * demod[:, :, None, None]
+            out = out * self.demod(style)[:, :, None, None]
         if self.upsample:
             out = F.conv2d(out, self.blur, padding=1, groups=self.out_channels)
         return out
 
 
 class StyledConvNode(nn.Module):
-    """``x [B, I, H, W], style [B, I], noise [1 or B, 1, H', W'] -> x [B, O, H', W']``."""
+    """``x [B, I, H, W], style [B, I], noise [1 or B, 1, H', W'] -> x [B, O, H', W']``.
+
+    ``fused`` (set by the torch backend, never for export): the modulation and the whole
+    epilogue (demodulation, blur, noise, bias, leaky ReLU) run as one kernel each
+    (``soat.triton_kernels``, with the demodulation factors; their torch references off CUDA).
+    """
+
+    fused = False
 
     def __init__(self, module: nn.Module, upsample: bool):
         super().__init__()
@@ -91,12 +106,21 @@ class StyledConvNode(nn.Module):
         self.register_buffer("bias", module.activate.bias.detach().view(1, -1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            y = self.conv.shared_conv(modulate(x, style))
+            d = demod(style, self.conv.weight_sq)
+            return conv_epilogue(y, d, noise, self.noise_weight, self.bias, self.conv.upsample)
         out = self.conv(x, style) + self.noise_weight * noise
         return F.leaky_relu(out + self.bias, 0.2) * layers.SQRT2
 
 
 class ToRGBNode(nn.Module):
-    """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1)."""
+    """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1).
+
+    ``fused`` (torch backend): a batched matmul with per-sample weights, no modulated copy of ``x``.
+    """
+
+    fused = False
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -104,6 +128,11 @@ class ToRGBNode(nn.Module):
         self.register_buffer("bias", module.bias.detach().clone())  # [1, 3, 1, 1]
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            # modulate the [3, I] weight per sample instead of the map: one pass over x
+            b, _, h, w = x.shape
+            weight = self.conv.weight[:, :, 0, 0] * style[:, None, :]  # [B, 3, I]
+            return torch.matmul(weight, x.flatten(2)).view(b, -1, h, w) + self.bias
         return self.conv(x, style) + self.bias
 
 

@@ -7,7 +7,7 @@ from typing import Callable, Sequence, Union
 import torch
 
 from .errors import SoatError
-from .cudagraph import is_capturing
+from .cudagraph import first_nonfinite
 
 NoiseArg = Union[str, Sequence[torch.Tensor]]
 # (noise_index, batch, height, width) -> noise [1 or B, 1, H, W]
@@ -104,7 +104,8 @@ def check_noise_list(noise: Sequence[torch.Tensor], count: int, device: torch.de
         if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != 1:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise SoatError(f"noise[{i}] must be a tensor [1 or B, 1, H, W]; got {shape}")
-        if not is_capturing() and not torch.isfinite(t).all():
-            raise SoatError(f"noise[{i}] contains NaN or inf")
         out.append(t.to(device=device, dtype=dtype))
+    bad = first_nonfinite(list(noise))
+    if bad is not None:
+        raise SoatError(f"noise[{bad}] contains NaN or inf")
     return out

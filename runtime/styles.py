@@ -7,7 +7,7 @@ from typing import Sequence, Union
 import torch
 
 from .errors import SoatError
-from .cudagraph import is_capturing
+from .cudagraph import first_nonfinite
 
 StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]
 
@@ -44,9 +44,10 @@ def check_styles(styles: StyleArg, channels: Sequence[int], name: str, device: t
         batch = s.shape[0] if batch is None else batch
         if s.shape[0] != batch or batch == 0:
             raise SoatError(f"{name}[{k}] has batch {s.shape[0]}, but {name}[0] has {batch}; all entries share B >= 1")
-        if not is_capturing() and not torch.isfinite(s).all():
-            raise SoatError(f"{name}[{k}] contains NaN or inf; check the latents that produced it")
         out.append(s.to(device=device, dtype=dtype))
+    bad = first_nonfinite(list(styles))
+    if bad is not None:
+        raise SoatError(f"{name}[{bad}] contains NaN or inf; check the latents that produced it")
     return out
 
 

@@ -4,7 +4,9 @@ CI runs the kernels on CPU tensors under the Triton interpreter (set here, befor
 is imported). With ``TRITON_INTERPRET=0`` on a GPU machine the same tests run on CUDA
 tensors through compiled kernels (slow: several hundred kernel variants get compiled).
 
-Tolerances: copies (widen, region copy, concat, column placement, shift outside its
+Tolerances: the styled-conv epilogue (fp32 in the kernel, one rounding) against its fp32
+reference: fp32 ``rtol=atol=1e-5``, fp16/bf16 ``atol = eps * max|ref|`` (one rounding of the
+output, plus the inputs' exact upcast). Modulation (one product) is bit-exact. Copies (widen, region copy, concat, column placement, shift outside its
 targets or at strength 1, mask lerp with ``zero``) must be bit-exact. Lerps: fp32
 ``rtol=atol=1e-6``; fp16 and bf16 ``atol = 2 eps * max|input|`` (the kernel rounds once
 from fp32, the reference after each of its three tensor ops: up to about 3 half-ulps
@@ -28,7 +30,10 @@ from soat.triton_kernels import (WIDEN_MODES, concat_w, mask_lerp, place_columns
                                  region_copy, shift_lerp, widen)
 from soat.triton_kernels._dispatch import use_triton  # noqa: E402
 from soat.triton_kernels.columns import place_columns_ref  # noqa: E402
+from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref  # noqa: E402
+from soat.triton_kernels.demod import demod, demod_ref  # noqa: E402
 from soat.triton_kernels.mask_lerp import mask_lerp_ref  # noqa: E402
+from soat.triton_kernels.modulate import modulate, modulate_ref  # noqa: E402
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref  # noqa: E402
 from soat.triton_kernels.region_copy import region_copy_ref  # noqa: E402
 from soat.triton_kernels.shift_lerp import shift_lerp_ref  # noqa: E402
@@ -166,6 +171,53 @@ def test_place_columns(shape, dtype, cl):
     span = maps(1, (*shape[:3], 12), dtype, cl)[0][..., 2:]  # a column slice, as panorama passes it
     assert place_columns(out, span, 5, 1, 7, impl="triton") is out
     assert torch.equal(out, place_columns_ref(expected, span, 5, 1, 7))
+
+
+@pytest.mark.parametrize("up", [False, True], ids=["conv", "up"])
+@pytest.mark.parametrize("noise_batch", [1, "B"])
+@pytest.mark.parametrize("shape,dtype,cl", CASES[::2] + CASES[1::6])
+def test_conv_epilogue(shape, dtype, cl, noise_batch, up):
+    b, c, h, w = shape  # y's shape; an upsampling layer's y is the transposed conv's 2H + 1 rows of H inputs
+    (y,) = maps(1, (b, c, 2 * h + 1, 2 * w + 1) if up else shape, dtype, cl)
+    h, w = (2 * h, 2 * w) if up else (h, w)
+    g = torch.Generator().manual_seed(2)
+    demod = (torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype)
+    noise = torch.randn(b if noise_batch == "B" else 1, 1, h, w, generator=g).to(DEVICE, dtype)
+    noise_weight = torch.tensor([0.3], device=DEVICE, dtype=dtype)
+    bias = torch.randn(c, generator=g).to(DEVICE, dtype)
+    out = conv_epilogue(y, demod, noise, noise_weight, bias, up, impl="triton")
+    ref = conv_epilogue_ref(*(t.float() for t in (y, demod, noise, noise_weight, bias)), up)
+    assert out.dtype == dtype and out.shape == (b, c, h, w)
+    assert_layout(out, y)
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(out.float(), ref, rtol=0, atol=torch.finfo(dtype).eps * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,inputs,outputs", [(1, 3, 5), (3, 70, 130), (2, 512, 64)])
+def test_demod(batch, inputs, outputs, dtype):
+    g = torch.Generator().manual_seed(5)
+    style = torch.randn(batch, inputs, generator=g).to(DEVICE, dtype)
+    weight_sq = (torch.rand(inputs, outputs, generator=g) / inputs).to(DEVICE, dtype)
+    out = demod(style, weight_sq, impl="triton")
+    ref = demod_ref(style.float(), weight_sq.float())
+    assert out.dtype == dtype and out.shape == (batch, outputs)
+    torch.testing.assert_close(out.float(), ref, rtol=1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps,
+                               atol=0)
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES)
+def test_modulate(shape, dtype, cl):
+    (x,) = maps(1, shape, dtype, cl)
+    style = torch.randn(shape[:2], generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    out = modulate(x, style, impl="triton")
+    if dtype == torch.bfloat16:  # the interpreter's fp32 -> bf16 cast may round differently: one ulp
+        torch.testing.assert_close(out, modulate_ref(x, style), rtol=torch.finfo(dtype).eps, atol=0)
+    else:
+        assert torch.equal(out, modulate_ref(x, style))
+    assert_layout(out, x)
 
 
 def test_empty_move_and_copy_lists_copy_the_input():

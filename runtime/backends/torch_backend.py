@@ -45,6 +45,7 @@ class TorchBackend:
         graphs = {}
         for node_id in self._nodes:
             m = graph_module(weights, node_id).to(self.device, self.dtype).eval().requires_grad_(False)
+            m.fused = True
             graphs[node_id] = m.to(memory_format=torch.channels_last)
         return graphs
 
