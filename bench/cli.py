@@ -23,6 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batches", default="1,8,32", help="comma list of batch sizes")
     p.add_argument("--graphs", choices=["on", "off", "both"], default=None,
                    help="replay whole tasks as CUDA graphs (default: both on CUDA, off on CPU)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the fp32 reference rows (large-batch throughput runs; no ratio or PSNR columns)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("-o", "--output", default="bench-results", help="folder for results.json and chart.png")
@@ -49,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise SoatError(f"--batches {args.batches!r} must be a comma list of integers") from None
     run_suite(args.checkpoint, args.size, args.channel_multiplier, args.device, configs, tasks, batches,
-              args.warmup, args.iters, args.output)
+              args.warmup, args.iters, args.output, baseline=not args.no_baseline)
     return 0

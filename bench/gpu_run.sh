@@ -67,7 +67,7 @@ suite() {
 
 tput() {
   log "throughput: generate and panorama_stream at large batches, fp16 / bf16 CUDA graphs"
-  timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --graphs on --batches "${TPUT_BATCHES:-32,64,128}" \
+  timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --graphs on --batches "${TPUT_BATCHES:-32,64,128}" --no-baseline \
     --tasks generate,panorama_stream -o "$OUT/bench256_tput" 2>&1 | filtered
 }
 

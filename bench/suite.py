@@ -61,11 +61,15 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def task_call(G, task: str, batch: int) -> tuple[Callable[..., torch.Tensor], tuple]:
-    """``(fn, args)`` running ``task`` on ``batch`` fixed random style draws (same draws for every config)."""
+def task_call(G, task: str, batch: int, styles_from=None) -> tuple[Callable[..., torch.Tensor], tuple]:
+    """``(fn, args)`` running ``task`` on ``batch`` fixed random style draws (same draws for every config).
+
+    ``styles_from`` (default ``G``) computes the styles: the suite passes its fp32 model, so every
+    precision gets the same inputs (only rounded to its dtype) and fidelity measures the synthesis.
+    """
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(2 * batch, G.config.style_dim, generator=gen)
-    s = G.styles(z)
+    s = [t.to(G.device, G.dtype) for t in (styles_from or G).styles(z)]
     s1, s2 = [t[:batch] for t in s], [t[batch:] for t in s]
     R = G.size
     box = (R // 4, R // 4, R // 2, R // 2)
@@ -135,8 +139,9 @@ def percentile(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, reference: dict) -> Result:
-    fn, args = task_call(G, task, batch)
+def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, reference: dict,
+              styles_from=None) -> Result:
+    fn, args = task_call(G, task, batch, styles_from)
     run = graphed(fn) if cfg.graphs else fn
     dev = G.device
     if dev.type == "cuda":
@@ -159,10 +164,12 @@ def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, re
 
 
 def run_suite(source: str, size: int | None, channel_multiplier: int | None, device: str, configs: list[Config],
-              tasks: list[str], batches: list[int], warmup: int, iters: int, out_dir: str) -> list[Result]:
-    """Benchmark every combination (the baseline first) and write ``results.json`` and ``chart.png``."""
+              tasks: list[str], batches: list[int], warmup: int, iters: int, out_dir: str,
+              baseline: bool = True) -> list[Result]:
+    """Benchmark every combination (the baseline first, unless ``baseline=False``: then no ratios or
+    fidelity columns) and write ``results.json`` and ``chart.png``."""
     os.makedirs(out_dir, exist_ok=True)
-    configs = [BASELINE] + [c for c in configs if c != BASELINE]
+    configs = ([BASELINE] if baseline else []) + [c for c in configs if c != BASELINE]
     reference: dict = {}
     results: list[Result] = []
     combos = [(c, t, b) for c in configs for t in tasks for b in batches]
@@ -173,7 +180,8 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
             models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
                                     channel_multiplier=channel_multiplier)
         try:
-            results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference))
+            results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference,
+                                     models.get((BASELINE.backend, BASELINE.dtype))))
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one failed config must not lose the rest
             tqdm.write(f"{cfg.name} {task} B={batch}: failed: {str(e).splitlines()[0]}")
             continue

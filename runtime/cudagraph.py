@@ -73,14 +73,16 @@ class GraphedTask:
 
     Tensor leaves of ``args`` (nested lists allowed) are copied into static buffers;
     other leaves are part of the signature. The graph also checks its inputs for NaN
-    and inf (one flag read back after the replay: the call's only host sync). Returns
-    the graph's static output: clone it if it must outlive the next call.
+    and inf (one flag read back after the replay: the call's only host sync). All
+    captures share one memory pool, so a call's result lives until the next call of any
+    shape: clone it if it must outlive that.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2):
         self.fn = fn
         self.warmup = warmup
         self._graphs: dict[tuple, _Capture] = {}
+        self._pool = None  # one memory pool for every capture: replays are sequential, so they can share it
 
     def __call__(self, *args: Any) -> torch.Tensor:
         leaves, spec = pytree.tree_flatten(args)
@@ -108,7 +110,9 @@ class GraphedTask:
             for _ in range(self.warmup):  # fills lazy caches (widened noise, Triton autotune) outside capture
                 self.fn(*args)
         torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(captured.graph), torch.no_grad():
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(captured.graph, pool=self._pool), torch.no_grad():
             captured.finite = captured.check_inputs()
             captured.out = self.fn(*args)
         return captured

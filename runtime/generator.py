@@ -11,7 +11,7 @@ from .chain import TO_RGB, LayerNode, build_chain, style_channels
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .errors import SoatError
-from .noise import NoiseArg, NoiseFn, make_noise_fn, node_noise
+from .noise import NoiseArg, NoiseFn, make_noise_fn
 from .styles import StyleArg, check_styles, truncate, unflatten_styles
 
 MEAN_STYLE_SAMPLES = 50_000
@@ -125,9 +125,22 @@ class Generator:
 
     def run_chain(self, styles: Sequence[torch.Tensor], noise_at: NoiseFn, nodes: Sequence[LayerNode],
                   x: torch.Tensor, rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run ``nodes`` in order with one style list; returns the last features and RGB."""
+        """Run ``nodes`` in order with one style list; returns the last features and RGB.
+
+        A backend with its own ``run_chain(steps, x, rgb)`` (the torch backend: it fuses
+        across layer boundaries) runs the whole list; others run node by node.
+        """
+        steps, (height, width) = [], x.shape[-2:]
         for node in nodes:
-            out = self.run_node(node, x, styles[node.style_index], node_noise(node, x, noise_at), rgb)
+            noise = None if node.noise_index is None else noise_at(node.noise_index, x.shape[0],
+                                                                   *node.output_size(height, width))
+            steps.append((node, styles[node.style_index], noise))
+            height, width = node.output_size(height, width)
+        backend_chain = getattr(self.backend, "run_chain", None)
+        if backend_chain is not None:
+            return backend_chain(steps, x, rgb)
+        for node, style, noise in steps:
+            out = self.run_node(node, x, style, noise, rgb)
             if node.kind == TO_RGB:
                 rgb = out
             else:

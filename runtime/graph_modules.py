@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..triton_kernels.conv_epilogue import conv_epilogue
+from ..triton_kernels.conv_epilogue import conv_epilogue_modulated
 from ..triton_kernels.demod import demod
 from ..triton_kernels.modulate import modulate
+from ..triton_kernels.rgb_skip import rgb_skip
 from . import layers
 from .backends.torch_backend import MAPPING, STYLES
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
@@ -107,17 +108,25 @@ class StyledConvNode(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            y = self.conv.shared_conv(modulate(x, style))
-            d = demod(style, self.conv.weight_sq)
-            return conv_epilogue(y, d, noise, self.noise_weight, self.bias, self.conv.upsample)
+            out, _ = self.fused_step(modulate(x, style), style, noise, None, True)
+            return out
         out = self.conv(x, style) + self.noise_weight * noise
         return F.leaky_relu(out + self.bias, 0.2) * layers.SQRT2
+
+    def fused_step(self, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+                   next_style: torch.Tensor | None, write_x: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The fused layer on an already modulated input; returns ``(x or None, next conv's input or None)``."""
+        y = self.conv.shared_conv(x_mod)
+        d = demod(style, self.conv.weight_sq)
+        return conv_epilogue_modulated(y, d, noise, self.noise_weight, self.bias, self.conv.upsample, next_style,
+                                       write_x)
 
 
 class ToRGBNode(nn.Module):
     """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1).
 
-    ``fused`` (torch backend): a batched matmul with per-sample weights, no modulated copy of ``x``.
+    ``fused`` (torch backend): a batched matmul with per-sample weights, no modulated copy of ``x``
+    (and for the skip form, one kernel adding the bias and the upsampled skip).
     """
 
     fused = False
@@ -129,11 +138,15 @@ class ToRGBNode(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            # modulate the [3, I] weight per sample instead of the map: one pass over x
-            b, _, h, w = x.shape
-            weight = self.conv.weight[:, :, 0, 0] * style[:, None, :]  # [B, 3, I]
-            return torch.matmul(weight, x.flatten(2)).view(b, -1, h, w) + self.bias
+            return self.fused_conv(x, style) + self.bias
         return self.conv(x, style) + self.bias
+
+    def fused_conv(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The 1x1 modulated conv as one batched matmul: the ``[3, I]`` weight is modulated per
+        sample instead of the map, so ``x`` is read once and never copied."""
+        b, _, h, w = x.shape
+        weight = self.conv.weight[:, :, 0, 0] * style[:, None, :]  # [B, 3, I]
+        return torch.matmul(weight, x.flatten(2)).view(b, -1, h, w)
 
 
 class ToRGBSkipNode(ToRGBNode):
@@ -148,6 +161,8 @@ class ToRGBSkipNode(ToRGBNode):
         self.register_buffer("blur", _blur_weight(3))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.fused:  # bias and the upsampled skip in one pass
+            return rgb_skip(self.fused_conv(x, style), self.bias, skip)
         up = F.conv_transpose2d(skip, self.blur, stride=2, padding=1, groups=3)
         return super().forward(x, style) + up
 

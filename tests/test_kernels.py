@@ -30,12 +30,13 @@ from soat.triton_kernels import (WIDEN_MODES, concat_w, mask_lerp, place_columns
                                  region_copy, shift_lerp, widen)
 from soat.triton_kernels._dispatch import use_triton  # noqa: E402
 from soat.triton_kernels.columns import place_columns_ref  # noqa: E402
-from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref  # noqa: E402
+from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref  # noqa: E402
 from soat.triton_kernels.demod import demod, demod_ref  # noqa: E402
 from soat.triton_kernels.mask_lerp import mask_lerp_ref  # noqa: E402
 from soat.triton_kernels.modulate import modulate, modulate_ref  # noqa: E402
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref  # noqa: E402
 from soat.triton_kernels.region_copy import region_copy_ref  # noqa: E402
+from soat.triton_kernels.rgb_skip import rgb_skip, rgb_skip_ref  # noqa: E402
 from soat.triton_kernels.shift_lerp import shift_lerp_ref  # noqa: E402
 from soat.triton_kernels.widen import widen_ref  # noqa: E402
 
@@ -195,6 +196,26 @@ def test_conv_epilogue(shape, dtype, cl, noise_batch, up):
         torch.testing.assert_close(out.float(), ref, rtol=0, atol=torch.finfo(dtype).eps * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("write_x", [True, False])
+@pytest.mark.parametrize("shape,dtype,cl", CASES[::4])
+def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):
+    b, c, h, w = shape
+    (y,) = maps(1, shape, dtype, cl)
+    g = torch.Generator().manual_seed(6)
+    demod, next_style = ((torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(2))
+    noise = torch.randn(1, 1, h, w, generator=g).to(DEVICE, dtype)
+    noise_weight, bias = torch.tensor([0.3], device=DEVICE, dtype=dtype), torch.randn(c, generator=g).to(DEVICE, dtype)
+    x, x_mod = conv_epilogue_modulated(y, demod, noise, noise_weight, bias, False, next_style, write_x, impl="triton")
+    ref = conv_epilogue_ref(*(t.float() for t in (y, demod, noise, noise_weight, bias)), False)
+    assert (x is not None) == write_x
+    tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    if write_x:
+        torch.testing.assert_close(x.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    ref_mod = modulate_ref(ref, next_style.float())
+    assert_layout(x_mod, y)
+    torch.testing.assert_close(x_mod.float(), ref_mod, rtol=tol, atol=tol * ref_mod.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch,inputs,outputs", [(1, 3, 5), (3, 70, 130), (2, 512, 64)])
 def test_demod(batch, inputs, outputs, dtype):
@@ -206,6 +227,20 @@ def test_demod(batch, inputs, outputs, dtype):
     assert out.dtype == dtype and out.shape == (batch, outputs)
     torch.testing.assert_close(out.float(), ref, rtol=1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps,
                                atol=0)
+
+
+@pytest.mark.parametrize("shape,dtype,cl", CASES[::3])
+def test_rgb_skip(shape, dtype, cl):
+    b, c, h, w = shape  # the skip's shape; the output is twice as tall and wide
+    (skip,) = maps(1, shape, dtype, cl)
+    (y,) = maps(1, (b, c, 2 * h, 2 * w), dtype, cl, seed=1)
+    bias = torch.randn(c, generator=torch.Generator().manual_seed(7)).to(DEVICE, dtype)
+    out = rgb_skip(y, bias, skip, impl="triton")
+    ref = rgb_skip_ref(y.float(), bias.float(), skip.float())
+    assert out.dtype == dtype
+    assert_layout(out, y)
+    tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("shape,dtype,cl", CASES)

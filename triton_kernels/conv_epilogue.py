@@ -13,6 +13,9 @@ The kernel reads ``y`` once (the blur's 16 taps come from cache) and writes ``ou
 once, computing in fp32 and rounding once. Demodulation is applied after the blur
 here and before it in the reference: both are linear per channel, so the two agree
 to rounding (fp32 rel err ~1e-7).
+
+``conv_epilogue_modulated`` also writes the next conv's modulated input, so inside a
+run of layers the separate modulation pass (a read and a write) and its rounding go away.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from ..runtime.layers import BLUR_KERNEL, SQRT2
 from ._dispatch import use_triton
+from .modulate import modulate_ref
 from ._tiles import empty_map, is_channels_last, jit, launch
 
 tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
@@ -40,9 +44,10 @@ def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
     return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * SQRT2
 
 
-def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, out, syb, syc, syh, syw, snb, snh, snw,
-                          sob, soc, soh, sow, Hy, Wy, B, C, H, W,
-                          UP: tl.constexpr, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
+def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
+                          syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
+                          B, C, H, W, UP: tl.constexpr, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
+                          CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
     b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
     if UP:
         plane = y + offset(b, c, 0, 0, syb, syc, syh, syw)
@@ -65,7 +70,11 @@ def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, out, syb, syc, sy
     bi = tl.load(bias + c, mask=c < C).to(tl.float32)
     v = v * d + nw * n + bi
     v = tl.where(v >= 0, v, v * 0.2) * 1.4142135623730951
-    tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), v.to(out.dtype.element_ty), mask=ok)
+    if WRITE_X:
+        tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), v.to(out.dtype.element_ty), mask=ok)
+    if WRITE_MOD:  # from the fp32 value: one rounding, where modulating the stored x would take two
+        s = tl.load(next_style + b * C + c, mask=ok).to(tl.float32)
+        tl.store(out_mod + offset(b, c, h, w, smb, smc, smh, smw), (v * s).to(out_mod.dtype.element_ty), mask=ok)
 
 
 @functools.cache
@@ -87,13 +96,31 @@ def conv_epilogue(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noi
     Returns:
         ``[B, C, H, W]`` in ``y``'s layout and dtype.
     """
+    x, _ = conv_epilogue_modulated(y, demod, noise, noise_weight, bias, up, None, True, impl)
+    return x
+
+
+def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
+                            bias: torch.Tensor, up: bool, next_style: torch.Tensor | None, write_x: bool,
+                            impl: str = "auto") -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The epilogue that also writes the next conv's modulated input ``x * next_style[b, c]``.
+
+    Returns ``(x or None, x_mod or None)``: ``x`` when ``write_x`` (a ToRGB or the caller
+    reads the features), ``x_mod`` when ``next_style`` is given, rounded once from the
+    fp32 value (one rounding fewer than modulating the stored ``x``).
+    """
     if not use_triton(impl, y, demod, noise, noise_weight, bias):
-        return conv_epilogue_ref(y, demod, noise, noise_weight, bias, up)
+        x = conv_epilogue_ref(y, demod, noise, noise_weight, bias, up)
+        return (x if write_x else None), (None if next_style is None else modulate_ref(x, next_style))
     B, C, Hy, Wy = y.shape
     H, W = (Hy - 1, Wy - 1) if up else (Hy, Wy)
-    out = empty_map((B, C, H, W), y)
-    demod = demod.contiguous()
+    out = empty_map((B, C, H, W), y) if write_x else None
+    out_mod = empty_map((B, C, H, W), y) if next_style is not None else None
+    first = out if out is not None else out_mod
     noise_strides = (noise.stride(0) if noise.shape[0] > 1 else 0, noise.stride(2), noise.stride(3))
-    args = (y, demod, noise, noise_weight, bias.reshape(-1), out, *y.stride(), *noise_strides, *out.stride(), Hy, Wy)
-    launch(_kernel(), out.shape, is_channels_last(out), args, UP=up)
-    return out
+    args = (y, demod.contiguous(), noise, noise_weight, bias.reshape(-1),
+            first if next_style is None else next_style.contiguous(), first, first if out_mod is None else out_mod,
+            *y.stride(), *noise_strides, *first.stride(), *(first if out_mod is None else out_mod).stride(), Hy, Wy)
+    launch(_kernel(), first.shape, is_channels_last(first), args, UP=up, WRITE_X=write_x,
+           WRITE_MOD=next_style is not None)
+    return out, out_mod

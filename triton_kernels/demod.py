@@ -16,7 +16,9 @@ from ._tiles import jit, run
 
 tl = None  # bound by _tiles.jit when the kernel is first built
 
-BLOCK_I, BLOCK_O = 64, 64
+# a GEMV per sample: at batch 1 only O / BLOCK_O programs run, so keep BLOCK_O small and cover
+# the whole input row (up to 512) in one step
+BLOCK_O, TILE = 8, 4096
 
 
 def demod_ref(style: torch.Tensor, weight_sq: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,7 @@ def demod(style: torch.Tensor, weight_sq: torch.Tensor, impl: str = "auto") -> t
     (batch, inputs), outputs = style.shape, weight_sq.shape[1]
     out = torch.empty(batch, outputs, dtype=style.dtype, device=style.device)
     grid = (batch, (outputs + BLOCK_O - 1) // BLOCK_O)
-    run(_kernel(), grid, (style.contiguous(), weight_sq.contiguous(), out, inputs, outputs), BI=BLOCK_I, BO=BLOCK_O)
+    block_i = min(1 << max(inputs - 1, 0).bit_length(), TILE // BLOCK_O)
+    run(_kernel(), grid, (style.contiguous(), weight_sq.contiguous(), out, inputs, outputs), BI=block_i, BO=BLOCK_O)
     return out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .. import layers
-from ..chain import CONST, CONV_UP, TO_RGB, build_chain
+from ...triton_kernels.modulate import modulate
+from ..chain import CONST, CONV_UP, TO_RGB, LayerNode, build_chain
 from ..weights import StyleGAN2Weights
 
 MAPPING, STYLES = "mapping", "styles"
@@ -69,3 +70,39 @@ class TorchBackend:
         x = layers.styled_conv(inputs["x"], inputs["style"], inputs["noise"], m.conv.weight, m.conv.scale,
                                m.noise.weight, m.activate.bias, upsample=node.kind == CONV_UP)
         return {"x": x}
+
+    def run_chain(self, steps: list[tuple[LayerNode, torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
+                  rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Consecutive nodes ``(node, style, noise)`` from features ``x`` (and RGB); returns the last of each.
+
+        In the fast form each layer's epilogue also writes the next conv's modulated input,
+        so a run of layers makes no separate modulation pass (nor its rounding).
+        """
+        if not self.fast:
+            for node, style, noise in steps:
+                x, rgb = self._step(node, style, noise, x, rgb)
+            return x, rgb
+        x_mod = None
+        for k, (node, style, noise) in enumerate(steps):
+            if node.kind == TO_RGB:
+                x, rgb = self._step(node, style, noise, x, rgb)
+                continue
+            later = steps[k + 1:]
+            following = next((s for s in later if s[0].kind != TO_RGB), None)
+            # x itself is needed by a ToRGB right after this layer, or as the run's result
+            write_x = following is None or later[0][0].kind == TO_RGB
+            if x_mod is None:
+                x_mod = modulate(x, style)
+            x, x_mod = self._fast_graphs[node.id].fused_step(x_mod, style, noise,
+                                                             None if following is None else following[1], write_x)
+        return x, rgb
+
+    def _step(self, node: LayerNode, style: torch.Tensor, noise: torch.Tensor | None, x: torch.Tensor,
+              rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        inputs = {"x": x, "style": style}
+        if noise is not None:
+            inputs["noise"] = noise
+        if rgb is not None:
+            inputs["skip"] = rgb
+        out = self.run(node.id, inputs)[node.output]
+        return (x, out) if node.kind == TO_RGB else (out, rgb)

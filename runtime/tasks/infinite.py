@@ -58,12 +58,13 @@ import operator
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Callable, Hashable, NamedTuple, Sequence
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from ... import triton_kernels as K
+from ..cudagraph import GraphedTask, graphed
 from ..errors import SoatError
 from ..noise import NoiseArg
 from .blend import merge_extension
@@ -184,6 +185,18 @@ class _Caches:
     def __init__(self):
         self.styles = LRU(STYLE_CACHE_SIZE)
         self.spans = LRU(SPAN_CACHE_SIZE)
+        self.graphs: dict[str, GraphedTask] = {}
+
+
+def _replayed(G, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``; on CUDA replayed from a CUDA graph per shape (streaming at batch 1-16 is
+    bound by kernel launches otherwise). The result is the graph's static output: copy it."""
+    if G.device.type != "cuda":
+        return fn(*args)
+    graphs = _caches(G).graphs
+    if name not in graphs:
+        graphs[name] = graphed(fn)
+    return graphs[name](*args)
 
 
 _CACHES: "weakref.WeakKeyDictionary[object, _Caches]" = weakref.WeakKeyDictionary()
@@ -213,8 +226,9 @@ def clear_cache(G) -> None:
 def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
     """sigma of endless latent ``index``: ``[1, C_k]`` each, computed alone (batch 1) and cached."""
     def make() -> list[torch.Tensor]:
-        z = torch.from_numpy(endless_latents(seed, index, 1, G.config.style_dim))
-        return G.styles(z, truncation)
+        z = torch.from_numpy(endless_latents(seed, index, 1, G.config.style_dim)).to(G.device)
+        styles = _replayed(G, f"styles{truncation!r}", lambda z_: G.styles(z_, truncation), z)
+        return [s.clone() for s in styles]
     return _caches(G).styles.get((seed, index, truncation), make)
 
 
@@ -228,7 +242,10 @@ def span_pieces(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[t
     seconds = [latent_styles(G, k.seed, k.index + 1, k.truncation) for k in keys]
     s1 = [torch.cat(entry) for entry in zip(*firsts)]
     s2 = [torch.cat(entry) for entry in zip(*seconds)]
-    spans = merge_extension(G, s1, s2, noise)
+    if isinstance(noise, str) and noise == "fixed":
+        spans = _replayed(G, "merge_extension", lambda a, b: merge_extension(G, a, b, noise), s1, s2)
+    else:  # random noise is drawn on the host per call: no graph
+        spans = merge_extension(G, s1, s2, noise)
     out = []
     for b, key in enumerate(keys):
         lo, hi = piece_bounds(G.size, key.index)
