@@ -1,6 +1,8 @@
 """Feature ops between engine calls: Triton kernels on CUDA, torch references elsewhere.
 
-Each op's module holds its kernel, its torch reference and its wrapper.
+Each op's module holds its kernel, its torch reference and its wrapper. The torch
+backend's fast form also runs the layer kernels here (``conv_epilogue``, ``modulate``,
+``demod``, ``rgb_skip``); those are runtime-internal and not re-exported.
 """
 
 from .columns import concat_w, place_columns
