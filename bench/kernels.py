@@ -35,7 +35,7 @@ from soat.triton_kernels.mask_lerp import mask_lerp_ref
 from soat.triton_kernels.modulate import modulate, modulate_ref
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
 from soat.triton_kernels.region_copy import region_copy_ref
-from soat.triton_kernels.rgb_skip import rgb_skip, rgb_skip_ref
+from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref
 from soat.triton_kernels.shift_lerp import shift_lerp_ref
 from soat.triton_kernels.widen import widen_ref
 
@@ -124,10 +124,11 @@ def layer_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     (x,) = _maps(1, (batch, ch(half), half, half), dtype, device, channels_last=True)
     style = torch.randn(batch, ch(half), dtype=dtype, device=device)
     out.append(Case("modulate", str(list(x.shape)), 2 * x.numel() * es, modulate, modulate_ref, (x, style)))
-    (y,) = _maps(1, (batch, 3, size, size), dtype, device)
+    (x,) = _maps(1, (batch, c, size, size), dtype, device, channels_last=True)
     (skip,) = _maps(1, (batch, 3, half, half), dtype, device)
-    out.append(Case("rgb_skip", str(list(y.shape)), (2 * y.numel() + skip.numel()) * es, rgb_skip, rgb_skip_ref,
-                    (y, bias[:3], skip)))
+    style, weight = torch.randn(batch, c, dtype=dtype, device=device), torch.randn(3, c, dtype=dtype, device=device)
+    out.append(Case("to_rgb", str(list(x.shape)), (x.numel() + batch * 3 * size * size + skip.numel()) * es, to_rgb,
+                    to_rgb_ref, (x, style, weight, bias[:3], skip)))
     return out
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from ..triton_kernels.conv_epilogue import conv_epilogue_modulated
 from ..triton_kernels.demod import demod
 from ..triton_kernels.modulate import modulate
-from ..triton_kernels.rgb_skip import rgb_skip
+from ..triton_kernels.to_rgb import to_rgb
 from . import layers
 from .backends.torch_backend import MAPPING, STYLES
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
@@ -125,8 +125,8 @@ class StyledConvNode(nn.Module):
 class ToRGBNode(nn.Module):
     """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1).
 
-    ``fused`` (torch backend): a batched matmul with per-sample weights, no modulated copy of ``x``
-    (and for the skip form, one kernel adding the bias and the upsampled skip).
+    ``fused`` (torch backend): one kernel for the modulated 1x1 conv, the bias and (skip form)
+    the upsampled skip; ``x`` is read once and never copied.
     """
 
     fused = False
@@ -138,15 +138,8 @@ class ToRGBNode(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            return self.fused_conv(x, style) + self.bias
+            return to_rgb(x, style, self.conv.weight[:, :, 0, 0], self.bias, None)
         return self.conv(x, style) + self.bias
-
-    def fused_conv(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """The 1x1 modulated conv as one batched matmul: the ``[3, I]`` weight is modulated per
-        sample instead of the map, so ``x`` is read once and never copied."""
-        b, _, h, w = x.shape
-        weight = self.conv.weight[:, :, 0, 0] * style[:, None, :]  # [B, 3, I]
-        return torch.matmul(weight, x.flatten(2)).view(b, -1, h, w)
 
 
 class ToRGBSkipNode(ToRGBNode):
@@ -161,8 +154,8 @@ class ToRGBSkipNode(ToRGBNode):
         self.register_buffer("blur", _blur_weight(3))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.fused:  # bias and the upsampled skip in one pass
-            return rgb_skip(self.fused_conv(x, style), self.bias, skip)
+        if self.fused:
+            return to_rgb(x, style, self.conv.weight[:, :, 0, 0], self.bias, skip)
         up = F.conv_transpose2d(skip, self.blur, stride=2, padding=1, groups=3)
         return super().forward(x, style) + up
 

@@ -36,7 +36,7 @@ from soat.triton_kernels.mask_lerp import mask_lerp_ref  # noqa: E402
 from soat.triton_kernels.modulate import modulate, modulate_ref  # noqa: E402
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref  # noqa: E402
 from soat.triton_kernels.region_copy import region_copy_ref  # noqa: E402
-from soat.triton_kernels.rgb_skip import rgb_skip, rgb_skip_ref  # noqa: E402
+from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref  # noqa: E402
 from soat.triton_kernels.shift_lerp import shift_lerp_ref  # noqa: E402
 from soat.triton_kernels.widen import widen_ref  # noqa: E402
 
@@ -229,17 +229,24 @@ def test_demod(batch, inputs, outputs, dtype):
                                atol=0)
 
 
-@pytest.mark.parametrize("shape,dtype,cl", CASES[::3])
-def test_rgb_skip(shape, dtype, cl):
-    b, c, h, w = shape  # the skip's shape; the output is twice as tall and wide
-    (skip,) = maps(1, shape, dtype, cl)
-    (y,) = maps(1, (b, c, 2 * h, 2 * w), dtype, cl, seed=1)
-    bias = torch.randn(c, generator=torch.Generator().manual_seed(7)).to(DEVICE, dtype)
-    out = rgb_skip(y, bias, skip, impl="triton")
-    ref = rgb_skip_ref(y.float(), bias.float(), skip.float())
-    assert out.dtype == dtype
-    assert_layout(out, y)
-    tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
+# x [B, I, H, W]: even sizes (a skip of half the size feeds them), 70 channels span two channel steps
+RGB_GEOMS = [(1, 3, 6, 8), (3, 5, 10, 14), (2, 70, 8, 6), (1, 3, 16, 16)]
+
+
+@pytest.mark.parametrize("with_skip", [True, False])
+@pytest.mark.parametrize("dtype,cl", FORMATS)
+@pytest.mark.parametrize("shape", RGB_GEOMS)
+def test_to_rgb(shape, dtype, cl, with_skip):
+    b, c, h, w = shape
+    (x,) = maps(1, shape, dtype, cl)
+    g = torch.Generator().manual_seed(7)
+    style, weight = torch.randn(b, c, generator=g).to(DEVICE, dtype), torch.randn(3, c, generator=g).to(DEVICE, dtype)
+    bias = torch.randn(3, generator=g).to(DEVICE, dtype)
+    skip = torch.randn(b, 3, h // 2, w // 2, generator=g).to(DEVICE, dtype) if with_skip else None
+    out = to_rgb(x, style, weight, bias, skip, impl="triton")
+    ref = to_rgb_ref(*(t.float() for t in (x, style, weight, bias)), None if skip is None else skip.float())
+    assert out.dtype == dtype and out.shape == ref.shape
+    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
     torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 

@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from ..runtime.layers import BLUR_KERNEL, SQRT2
 from ._dispatch import use_triton
 from .modulate import modulate_ref
-from ._tiles import empty_map, is_channels_last, jit, launch
+from ._tiles import empty_map, is_channels_last, jit, launch, run, tile_shape
 
 tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
+
+UP_TILE = 1024  # quads x channels per program of the upsampling epilogue (four fp32 accumulators each)
 
 
 def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
@@ -44,26 +46,9 @@ def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
     return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * SQRT2
 
 
-def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
-                          syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
-                          B, C, H, W, UP: tl.constexpr, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
-                          CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
-    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
-    if UP:
-        plane = y + offset(b, c, 0, 0, syb, syc, syh, syw)
-        v = tl.zeros([BR, BI], dtype=tl.float32)
-        for i in tl.static_range(4):
-            r = h + (i - 1)
-            row_ok = ok & (r >= 0) & (r < Hy)
-            row = tl.zeros([BR, BI], dtype=tl.float32)
-            for j in tl.static_range(4):
-                q = w + (j - 1)
-                tap = tl.load(plane + r * syh + q * syw, mask=row_ok & (q >= 0) & (q < Wy), other=0.0)
-                row += tap.to(tl.float32) * (1 + j * (3 - j))  # taps 1, 3, 3, 1
-            v += row * (1 + i * (3 - i))
-        v = v * (1.0 / 64.0) * 4.0  # the reference kernel: outer([1, 3, 3, 1]) / 64 * up_factor^2
-    else:
-        v = tl.load(y + offset(b, c, h, w, syb, syc, syh, syw), mask=ok).to(tl.float32)
+def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
+            sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr):
+    """Demodulate, add noise and bias, leaky ReLU * sqrt(2); store x and/or the next conv's input."""
     d = tl.load(demod + b * C + c, mask=ok).to(tl.float32)
     n = tl.load(noise + b.to(tl.int64) * snb + h * snh + w * snw, mask=ok).to(tl.float32)
     nw = tl.load(noise_weight).to(tl.float32)
@@ -77,9 +62,72 @@ def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, 
         tl.store(out_mod + offset(b, c, h, w, smb, smc, smh, smw), (v * s).to(out_mod.dtype.element_ty), mask=ok)
 
 
+def _conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
+                          syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
+                          B, C, H, W, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
+                          CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
+    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
+    v = tl.load(y + offset(b, c, h, w, syb, syc, syh, syw), mask=ok).to(tl.float32)
+    _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
+            sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+
+
+def _conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
+                             syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
+                             B, C, Hq, Wq, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
+                             BR: tl.constexpr, BI: tl.constexpr):
+    """The upsampling layer's epilogue, one 2x2 output quad per row of the tile (channels inner):
+    the quad's 16-tap blurs share a 5x5 input footprint, so each program loads 25 taps for 4
+    outputs instead of 64."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
+    c = tl.program_id(1) * BI + tl.arange(0, BI)[None, :]
+    qd = rows % Wq
+    p = (rows // Wq) % Hq
+    b = rows // (Wq * Hq)
+    ok = (b < B) & (c < C)
+    plane = y + offset(b, c, 0, 0, syb, syc, syh, syw)
+    a00 = tl.zeros([BR, BI], dtype=tl.float32)
+    a01 = tl.zeros([BR, BI], dtype=tl.float32)
+    a10 = tl.zeros([BR, BI], dtype=tl.float32)
+    a11 = tl.zeros([BR, BI], dtype=tl.float32)
+    # output row 2p + dy reads input rows 2p + dy - 1 .. 2p + dy + 2 with taps k = 1, 3, 3, 1:
+    # input row 2p + r - 1 (r = 0..4) is tap r - dy of output dy (k(i) = 1 + i * (3 - i))
+    for r in tl.static_range(5):
+        yr = 2 * p + (r - 1)
+        row_ok = ok & (yr >= 0) & (yr < Hy)
+        for q in tl.static_range(5):
+            xq = 2 * qd + (q - 1)
+            t = tl.load(plane + yr * syh + xq * syw, mask=row_ok & (xq >= 0) & (xq < Wy), other=0.0).to(tl.float32)
+            if r <= 3:
+                if q <= 3:
+                    a00 += t * ((1 + r * (3 - r)) * (1 + q * (3 - q)))
+                if q >= 1:
+                    a01 += t * ((1 + r * (3 - r)) * (1 + (q - 1) * (4 - q)))
+            if r >= 1:
+                if q <= 3:
+                    a10 += t * ((1 + (r - 1) * (4 - r)) * (1 + q * (3 - q)))
+                if q >= 1:
+                    a11 += t * ((1 + (r - 1) * (4 - r)) * (1 + (q - 1) * (4 - q)))
+    scale = 1.0 / 64.0 * 4.0  # the reference kernel: outer([1, 3, 3, 1]) / 64 * up_factor^2
+    h = 2 * p
+    w = 2 * qd
+    _finish(a00 * scale, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
+            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+    _finish(a01 * scale, b, c, h, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
+            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+    _finish(a10 * scale, b, c, h + 1, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
+            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+    _finish(a11 * scale, b, c, h + 1, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
+            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+
+
 @functools.cache
-def _kernel():
-    return jit(_conv_epilogue_kernel)
+def _kernels():
+    import triton
+    _finish_jit = triton.jit(_finish)
+    kernels = (jit(_conv_epilogue_kernel), jit(_conv_epilogue_up_kernel))
+    globals()["_finish"] = _finish_jit  # the kernels resolve their helper in this module's globals
+    return kernels
 
 
 def conv_epilogue(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
@@ -121,6 +169,12 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     args = (y, demod.contiguous(), noise, noise_weight, bias.reshape(-1),
             first if next_style is None else next_style.contiguous(), first, first if out_mod is None else out_mod,
             *y.stride(), *noise_strides, *first.stride(), *(first if out_mod is None else out_mod).stride(), Hy, Wy)
-    launch(_kernel(), first.shape, is_channels_last(first), args, UP=up, WRITE_X=write_x,
-           WRITE_MOD=next_style is not None)
+    plain, upsampling = _kernels()
+    flags = {"WRITE_X": write_x, "WRITE_MOD": next_style is not None}
+    if not up:
+        launch(plain, first.shape, is_channels_last(first), args, **flags)
+        return out, out_mod
+    rows = B * (H // 2) * (W // 2)
+    br, bi = tile_shape(rows, C, tile=UP_TILE)
+    run(upsampling, ((rows + br - 1) // br, (C + bi - 1) // bi), args, B, C, H // 2, W // 2, **flags, BR=br, BI=bi)
     return out, out_mod
