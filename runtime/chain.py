@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable, Sequence
+
+import torch
 
 from .config import GeneratorConfig
 
@@ -108,3 +111,32 @@ def style_w_indices(config: GeneratorConfig) -> list[int]:
 def block_index(node: LayerNode) -> int:
     """Block of a node: -1 for the 4x4 stage, b for the block ending at 8 * 2**b."""
     return -1 if node.resolution == 4 else node.resolution.bit_length() - 4
+
+
+# (node, style, noise or None): one step of a run of consecutive nodes
+Step = tuple["LayerNode", torch.Tensor, "torch.Tensor | None"]
+# (node, x, style, noise, skip) -> the node's output
+RunNode = Callable[..., torch.Tensor]
+
+
+def node_inputs(x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None,
+                skip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """A node's named inputs (``noise`` and ``skip`` only where the node takes them)."""
+    inputs = {"x": x, "style": style}
+    if noise is not None:
+        inputs["noise"] = noise
+    if skip is not None:
+        inputs["skip"] = skip
+    return inputs
+
+
+def run_steps(run_node: RunNode, steps: Sequence[Step], x: torch.Tensor,
+              rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run consecutive nodes one at a time; returns the last features and RGB."""
+    for node, style, noise in steps:
+        out = run_node(node, x, style, noise, rgb)
+        if node.kind == TO_RGB:
+            rgb = out
+        else:
+            x = out
+    return x, rgb

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .backends.torch_backend import MAPPING, STYLES
-from .chain import TO_RGB, LayerNode, build_chain, style_channels
+from .chain import LayerNode, build_chain, node_inputs, run_steps, style_channels
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .errors import SoatError
@@ -115,13 +115,8 @@ class Generator:
     def run_node(self, node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None,
                  skip: torch.Tensor | None = None) -> torch.Tensor:
         """One chain node on given tensors; returns its ``x`` or ``rgb`` output."""
-        inputs = {"x": x, "style": style}
-        if noise is not None:
-            inputs["noise"] = noise
-        if skip is not None:
-            inputs["skip"] = skip
         with torch.autograd.profiler.record_function(node.id):
-            return self.backend.run(node.id, inputs)[node.output]
+            return self.backend.run(node.id, node_inputs(x, style, noise, skip))[node.output]
 
     def run_chain(self, styles: Sequence[torch.Tensor], noise_at: NoiseFn, nodes: Sequence[LayerNode],
                   x: torch.Tensor, rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -139,13 +134,7 @@ class Generator:
         backend_chain = getattr(self.backend, "run_chain", None)
         if backend_chain is not None:
             return backend_chain(steps, x, rgb)
-        for node, style, noise in steps:
-            out = self.run_node(node, x, style, noise, rgb)
-            if node.kind == TO_RGB:
-                rgb = out
-            else:
-                x = out
-        return x, rgb
+        return run_steps(self.run_node, steps, x, rgb)
 
     def generate(self, styles: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Plain synthesis: sigma list -> image ``[B, 3, R, R]`` in [-1, 1]."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from .. import layers
 from ...triton_kernels.modulate import modulate
-from ..chain import CONST, CONV_UP, TO_RGB, LayerNode, build_chain
+from ..chain import CONST, CONV_UP, TO_RGB, LayerNode, Step, build_chain, node_inputs, run_steps
 from ..weights import StyleGAN2Weights
 
 MAPPING, STYLES = "mapping", "styles"
@@ -71,7 +73,7 @@ class TorchBackend:
                                m.noise.weight, m.activate.bias, upsample=node.kind == CONV_UP)
         return {"x": x}
 
-    def run_chain(self, steps: list[tuple[LayerNode, torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
+    def run_chain(self, steps: Sequence[Step], x: torch.Tensor,
                   rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Consecutive nodes ``(node, style, noise)`` from features ``x`` (and RGB); returns the last of each.
 
@@ -79,13 +81,11 @@ class TorchBackend:
         so a run of layers makes no separate modulation pass (nor its rounding).
         """
         if not self.fast:
-            for node, style, noise in steps:
-                x, rgb = self._step(node, style, noise, x, rgb)
-            return x, rgb
+            return run_steps(self._run_node, steps, x, rgb)
         x_mod = None
         for k, (node, style, noise) in enumerate(steps):
             if node.kind == TO_RGB:
-                x, rgb = self._step(node, style, noise, x, rgb)
+                rgb = self._run_node(node, x, style, noise, rgb)
                 continue
             later = steps[k + 1:]
             following = next((s for s in later if s[0].kind != TO_RGB), None)
@@ -97,12 +97,6 @@ class TorchBackend:
                                                              None if following is None else following[1], write_x)
         return x, rgb
 
-    def _step(self, node: LayerNode, style: torch.Tensor, noise: torch.Tensor | None, x: torch.Tensor,
-              rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        inputs = {"x": x, "style": style}
-        if noise is not None:
-            inputs["noise"] = noise
-        if rgb is not None:
-            inputs["skip"] = rgb
-        out = self.run(node.id, inputs)[node.output]
-        return (x, out) if node.kind == TO_RGB else (out, rgb)
+    def _run_node(self, node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                  skip: torch.Tensor | None) -> torch.Tensor:
+        return self.run(node.id, node_inputs(x, style, noise, skip))[node.output]

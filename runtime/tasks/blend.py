@@ -11,14 +11,12 @@ from typing import Callable, Sequence
 import torch
 
 from ... import triton_kernels as K
-from ..chain import TO_RGB, LayerNode
+from ..chain import TO_RGB, LayerNode, RunNode
 from ..errors import SoatError
 from ..noise import NoiseArg, NoiseFn, node_noise
 
 # (node, out_sigma1, out_sigma2) -> blended output
 Combine = Callable[[LayerNode, torch.Tensor, torch.Tensor], torch.Tensor]
-# (node, x, style, noise, skip) -> output
-RunNode = Callable[..., torch.Tensor]
 
 BLEND_MODES = {"horizontal": 3, "vertical": 2}
 
