@@ -69,7 +69,8 @@ def task_call(G, task: str, batch: int, styles_from=None) -> tuple[Callable[...,
     """
     gen = torch.Generator().manual_seed(1234)
     z = torch.randn(2 * batch, G.config.style_dim, generator=gen)
-    s = [t.to(G.device, G.dtype) for t in (styles_from or G).styles(z)]
+    source = styles_from if styles_from is not None else G
+    s = [t.to(G.device, G.dtype) for t in source.styles(z)]
     s1, s2 = [t[:batch] for t in s], [t[batch:] for t in s]
     R = G.size
     box = (R // 4, R // 4, R // 2, R // 2)

@@ -23,8 +23,9 @@ def is_capturing() -> bool:
 
 
 def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
-    """Index of the first tensor holding NaN or inf, else None; one host sync for the whole list
-    (none while capturing, where the graph checks its inputs itself)."""
+    """Index of the first tensor holding NaN or inf, else None; one host sync for the whole list.
+    Skipped while a CUDA graph is being captured (no sync is allowed there; ``GraphedTask``
+    checks its inputs inside the graph instead)."""
     if is_capturing() or not tensors:
         return None
     if len({t.device for t in tensors}) == 1:

@@ -1,7 +1,8 @@
 """Styled-conv epilogue: everything after the shared-weight conv of one layer, in one pass.
 
-For the conv output ``y`` (``[B, C, H, W]``, or ``[B, C, 2H + 1, 2W + 1]`` after the
-stride-2 transposed conv of an upsampling layer):
+For the conv output ``y`` (``[B, C, H, W]``, or ``[B, C, H + 1, W + 1]`` for an upsampling
+layer, whose stride-2 transposed conv makes ``2h + 1`` rows of ``h`` input rows, ``H = 2h``),
+the output ``[B, C, H, W]`` is:
 
     v = blur(y) if up else y          # the [1, 3, 3, 1] x [1, 3, 3, 1] / 16 FIR, pad 1
     v = v * demod[b, c] + noise_weight * noise[b or 0, 0, h, w] + bias[c]
@@ -137,7 +138,8 @@ def conv_epilogue(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noi
     The runtime's own call (shapes come from the chain, so no user-facing checks here).
 
     Args:
-        y: conv output ``[B, C, Hy, Wy]``; ``Hy = 2H + 1`` when ``up``, else ``H``.
+        y: conv output ``[B, C, Hy, Wy]``; ``Hy = H + 1`` when ``up`` (``H`` the output height,
+            twice the conv input's), else ``H``.
         demod: ``[B, C]`` demodulation factors. noise: ``[1 or B, 1, H, W]``.
         noise_weight: ``[1]`` (a tensor, read on the device: no host sync).
         bias: ``[C]`` (any shape with ``C`` elements).
@@ -157,6 +159,8 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     reads the features), ``x_mod`` when ``next_style`` is given, rounded once from the
     fp32 value (one rounding fewer than modulating the stored ``x``).
     """
+    if not write_x and next_style is None:
+        raise ValueError("conv_epilogue_modulated needs write_x or next_style: it would write nothing")
     if not use_triton(impl, y, demod, noise, noise_weight, bias):
         x = conv_epilogue_ref(y, demod, noise, noise_weight, bias, up)
         return (x if write_x else None), (None if next_style is None else modulate_ref(x, next_style))

@@ -37,8 +37,8 @@ def to_rgb_ref(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias:
 
 def _to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
                    I, H, W, Hs, Ws, HAS_SKIP: tl.constexpr, BP: tl.constexpr, BI: tl.constexpr):
-    b = tl.program_id(0)
-    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    b = tl.program_id(1)  # batch on axis 1 (at most 65535), pixels on axis 0 (no such limit)
+    p = tl.program_id(0) * BP + tl.arange(0, BP)
     ok = p < H * W
     h = p // W
     w = p % W
@@ -94,6 +94,6 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: tor
     skip_arg = out if skip is None else skip
     args = (x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out, *x.stride(),
             *skip_arg.stride(), *out.stride(), inputs, height, width, *skip_arg.shape[-2:])
-    grid = (batch, (height * width + BLOCK_P - 1) // BLOCK_P)
+    grid = ((height * width + BLOCK_P - 1) // BLOCK_P, batch)
     run(_kernel(), grid, args, HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I)
     return out

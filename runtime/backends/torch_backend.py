@@ -8,7 +8,7 @@ import torch
 
 from .. import layers
 from ...triton_kernels.modulate import modulate
-from ..chain import CONST, CONV_UP, TO_RGB, LayerNode, Step, build_chain, node_inputs, run_steps
+from ..chain import CONST, CONV, CONV_UP, TO_RGB, LayerNode, Step, build_chain, node_inputs, run_steps
 from ..weights import StyleGAN2Weights
 
 MAPPING, STYLES = "mapping", "styles"
@@ -87,8 +87,11 @@ class TorchBackend:
             if node.kind == TO_RGB:
                 rgb = self._run_node(node, x, style, noise, rgb)
                 continue
+            if node.kind == CONST:
+                x = self._run_node(node, x, style, noise, rgb)
+                continue
             later = steps[k + 1:]
-            following = next((s for s in later if s[0].kind != TO_RGB), None)
+            following = next((s for s in later if s[0].kind in (CONV, CONV_UP)), None)
             # x itself is needed by a ToRGB right after this layer, or as the run's result
             write_x = following is None or later[0][0].kind == TO_RGB
             if x_mod is None:

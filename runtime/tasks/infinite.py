@@ -75,6 +75,7 @@ RADIUS = int(TRUNCATE * SIGMA + 0.5)  # scipy.ndimage's kernel radius: 3
 SEED_LIMIT = 2 ** 64  # Philox's key holds any seed below this
 SPAN_CACHE_SIZE = 8
 STYLE_CACHE_SIZE = 64
+MAX_GRAPHS = 8  # CUDA graphs kept per generator for streaming (each holds its own capture)
 
 
 class SpanKey(NamedTuple):
@@ -189,13 +190,18 @@ class _Caches:
 
 
 def _replayed(G, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)``; on CUDA replayed from a CUDA graph per shape (streaming at batch 1-16 is
-    bound by kernel launches otherwise). The result is the graph's static output: copy it."""
-    if G.device.type != "cuda":
-        return fn(*args)
+    """``fn(G, *args)``; on CUDA replayed from a CUDA graph per shape (streaming at batch 1-16 is
+    bound by kernel launches otherwise). The result is the graph's static output: copy it.
+
+    The graph holds ``G`` weakly (the caches are keyed weakly by ``G``), and at most
+    ``MAX_GRAPHS`` graphs are kept per generator (one per truncation value for the styles);
+    calls beyond that run eagerly."""
     graphs = _caches(G).graphs
+    if G.device.type != "cuda" or (name not in graphs and len(graphs) >= MAX_GRAPHS):
+        return fn(G, *args)
     if name not in graphs:
-        graphs[name] = graphed(fn)
+        ref = weakref.ref(G)
+        graphs[name] = graphed(lambda *a: fn(ref(), *a))
     return graphs[name](*args)
 
 
@@ -218,7 +224,7 @@ def cached_spans(G) -> list[SpanKey]:
 
 
 def clear_cache(G) -> None:
-    """Drop the cached styles and spans of ``G``."""
+    """Drop the cached styles, spans and CUDA graphs of ``G``."""
     with _CACHES_LOCK:
         _CACHES.pop(G, None)
 
@@ -227,7 +233,7 @@ def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Ten
     """sigma of endless latent ``index``: ``[1, C_k]`` each, computed alone (batch 1) and cached."""
     def make() -> list[torch.Tensor]:
         z = torch.from_numpy(endless_latents(seed, index, 1, G.config.style_dim)).to(G.device)
-        styles = _replayed(G, f"styles{truncation!r}", lambda z_: G.styles(z_, truncation), z)
+        styles = _replayed(G, f"styles{truncation!r}", lambda g, z_: g.styles(z_, truncation), z)
         return [s.clone() for s in styles]
     return _caches(G).styles.get((seed, index, truncation), make)
 
@@ -243,7 +249,7 @@ def span_pieces(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[t
     s1 = [torch.cat(entry) for entry in zip(*firsts)]
     s2 = [torch.cat(entry) for entry in zip(*seconds)]
     if isinstance(noise, str) and noise == "fixed":
-        spans = _replayed(G, "merge_extension", lambda a, b: merge_extension(G, a, b, noise), s1, s2)
+        spans = _replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
     else:  # random noise is drawn on the host per call: no graph
         spans = merge_extension(G, s1, s2, noise)
     out = []
