@@ -11,7 +11,7 @@ from .chain import LayerNode, build_chain, node_inputs, run_steps, style_channel
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .errors import SoatError
-from .noise import NoiseArg, NoiseFn, make_noise_fn
+from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
 from .styles import StyleArg, check_styles, truncate, unflatten_styles
 
 MEAN_STYLE_SAMPLES = 50_000
@@ -127,8 +127,7 @@ class Generator:
         """
         steps, (height, width) = [], x.shape[-2:]
         for node in nodes:
-            noise = None if node.noise_index is None else noise_at(node.noise_index, x.shape[0],
-                                                                   *node.output_size(height, width))
+            noise = noise_for_input(node, x.shape[0], height, width, noise_at)
             steps.append((node, styles[node.style_index], noise))
             height, width = node.output_size(height, width)
         backend_chain = getattr(self.backend, "run_chain", None)

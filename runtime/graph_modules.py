@@ -25,18 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..triton_kernels.conv_epilogue import conv_epilogue_modulated
-from ..triton_kernels.demod import demod
+from ..triton_kernels.demod import demod, demod_ref
 from ..triton_kernels.modulate import modulate
 from ..triton_kernels.to_rgb import to_rgb
 from . import layers
 from .backends.torch_backend import MAPPING, STYLES
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
 from .weights import StyleGAN2Weights
-
-
-def _blur_weight(channels: int) -> torch.Tensor:
-    """The 4x4 FIR kernel per channel for a depthwise conv: ``[C, 1, 4, 4]`` (symmetric: no flip needed)."""
-    return layers.BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1)
 
 
 class ConstNode(nn.Module):
@@ -69,7 +64,7 @@ class ModConv(nn.Module):
         if demodulate:
             self.register_buffer("weight_sq", w.pow(2).sum([2, 3]).t().contiguous())  # [I, O]
         if upsample:
-            self.register_buffer("blur", _blur_weight(w.shape[0]))
+            self.register_buffer("blur", layers.depthwise_blur_weight(w.shape[0]))
 
     def shared_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The conv of an already modulated input with the shared weight (``2H + 1`` wide when upsampling)."""
@@ -79,7 +74,7 @@ class ModConv(nn.Module):
 
     def demod(self, style: torch.Tensor) -> torch.Tensor:
         """``[B, O]`` demodulation factors."""
-        return torch.rsqrt(style.pow(2) @ self.weight_sq + 1e-8)
+        return demod_ref(style, self.weight_sq)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         out = self.shared_conv(x * style[:, :, None, None])
@@ -151,7 +146,7 @@ class ToRGBSkipNode(ToRGBNode):
 
     def __init__(self, module: nn.Module):
         super().__init__(module)
-        self.register_buffer("blur", _blur_weight(3))
+        self.register_buffer("blur", layers.depthwise_blur_weight(3))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.fused:

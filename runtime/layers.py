@@ -16,6 +16,11 @@ import torch.nn.functional as F
 _K1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
 # outer([1,3,3,1]) / 64 * 4: the normalised blur kernel times up**2 (sum 4).
 BLUR_KERNEL = torch.outer(_K1, _K1) / 64.0 * 4.0
+
+
+def depthwise_blur_weight(channels: int) -> torch.Tensor:
+    """The 4x4 FIR kernel per channel for a depthwise conv: ``[C, 1, 4, 4]`` (symmetric: no flip needed)."""
+    return BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1)
 SQRT2 = math.sqrt(2.0)
 
 

@@ -16,10 +16,14 @@ NoiseFn = Callable[[int, int, int, int], torch.Tensor]
 
 def node_noise(node, x: torch.Tensor, noise_at: NoiseFn) -> torch.Tensor | None:
     """The noise for chain ``node`` given its input ``x [B, C, H, W]`` (None for nodes without noise)."""
+    return noise_for_input(node, x.shape[0], x.shape[-2], x.shape[-1], noise_at)
+
+
+def noise_for_input(node, batch: int, height: int, width: int, noise_at: NoiseFn) -> torch.Tensor | None:
+    """The noise for chain ``node`` given its input's batch and size (None for nodes without noise)."""
     if node.noise_index is None:
         return None
-    h, w = node.output_size(x.shape[-2], x.shape[-1])
-    return noise_at(node.noise_index, x.shape[0], h, w)
+    return noise_at(node.noise_index, batch, *node.output_size(height, width))
 
 
 def widen_noise(noise: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:

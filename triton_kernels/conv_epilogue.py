@@ -26,7 +26,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..runtime.layers import BLUR_KERNEL, SQRT2
+from ..runtime.layers import SQRT2, depthwise_blur_weight
 from ._dispatch import use_triton
 from .modulate import modulate_ref
 from ._tiles import empty_map, is_channels_last, jit, launch, run, tile_shape
@@ -41,7 +41,7 @@ def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
     """The torch ops the kernel replaces (as ``runtime/graph_modules.py`` writes them)."""
     out = y * demod[:, :, None, None]
     if up:
-        blur = BLUR_KERNEL.to(y.device, y.dtype)[None, None].repeat(y.shape[1], 1, 1, 1)
+        blur = depthwise_blur_weight(y.shape[1]).to(y.device, y.dtype)
         out = F.conv2d(out, blur, padding=1, groups=y.shape[1])
     out = out + noise_weight * noise
     return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * SQRT2
