@@ -34,7 +34,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from soat.bench.suite import TASKS, Config, run_suite
-    from soat.runtime.errors import SoatError
+    from soat.errors import SoatError
 
     tasks = _list(args.tasks)
     unknown = [t for t in tasks if t not in TASKS]

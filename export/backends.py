@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from ..runtime.checkpoint import file_sha256
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ..runtime.generator import Generator
 from ..runtime.load import load_weights
 from .manifest import Manifest, load_noise, read_manifest

@@ -19,7 +19,7 @@ import torch
 from ..runtime.chain import build_chain, style_channels
 from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from .graphs import graph_ids, graph_io, onnx_outputs
 
 FORMAT = "soat-export"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ..runtime.generator import Generator
 from ..runtime.load import load_weights
 from ..runtime.weights import StyleGAN2Weights

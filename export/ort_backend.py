@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from .graphs import graph_io, onnx_outputs, output_shape
 from .manifest import Manifest
 

@@ -26,7 +26,7 @@ import torch
 from ..runtime.backends.torch_backend import MAPPING, STYLES
 from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from .graphs import Shape, graph_io, input_shapes, onnx_outputs
 from .manifest import Manifest
 

@@ -2,7 +2,7 @@
 
 from .chain import LayerNode, build_chain
 from .config import GeneratorConfig
-from .errors import SoatError
+from ..errors import SoatError
 from .generator import Generator
 from .load import load
 

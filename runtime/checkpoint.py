@@ -16,7 +16,7 @@ import zipfile
 import torch
 
 from .config import GeneratorConfig
-from .errors import SoatError
+from ..errors import SoatError
 from .weights import StyleGAN2Weights
 
 _BLUR_KEY = re.compile(r"^(convs\.\d+\.conv\.blur\.kernel|to_rgbs\.\d+\.upsample\.kernel)$")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import SoatError
+from ..errors import SoatError
 from .styles import StyleArg, flatten_styles
 
 FORMAT = "soat-codes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import SoatError
+from ..errors import SoatError
 
 SUPPORTED_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import SoatError
+from ..errors import SoatError
 
 
 def is_capturing() -> bool:

@@ -10,7 +10,7 @@ from .backends.torch_backend import MAPPING, STYLES
 from .chain import LayerNode, build_chain, node_inputs, run_steps, style_channels
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
-from .errors import SoatError
+from ..errors import SoatError
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
 from .styles import StyleArg, check_styles, truncate, unflatten_styles
 

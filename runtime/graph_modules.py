@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..triton_kernels.conv_epilogue import conv_epilogue_modulated
+from ..triton_kernels.fir import depthwise_blur_weight
 from ..triton_kernels.demod import demod, demod_ref
 from ..triton_kernels.modulate import modulate
 from ..triton_kernels.to_rgb import to_rgb
@@ -64,7 +65,7 @@ class ModConv(nn.Module):
         if demodulate:
             self.register_buffer("weight_sq", w.pow(2).sum([2, 3]).t().contiguous())  # [I, O]
         if upsample:
-            self.register_buffer("blur", layers.depthwise_blur_weight(w.shape[0]))
+            self.register_buffer("blur", depthwise_blur_weight(w.shape[0]))
 
     def shared_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The conv of an already modulated input with the shared weight (``2H + 1`` wide when upsampling)."""
@@ -146,7 +147,7 @@ class ToRGBSkipNode(ToRGBNode):
 
     def __init__(self, module: nn.Module):
         super().__init__(module)
-        self.register_buffer("blur", layers.depthwise_blur_weight(3))
+        self.register_buffer("blur", depthwise_blur_weight(3))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if self.fused:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .errors import SoatError
+from ..errors import SoatError
 from .styles import flatten_styles
 
 PRIOR_SAMPLES = 10_000

@@ -8,49 +8,13 @@ bias + leaky ReLU * sqrt(2), ToRGB with an upsampled skip.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-_K1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
-# outer([1,3,3,1]) / 64 * 4: the normalised blur kernel times up**2 (sum 4).
-BLUR_KERNEL = torch.outer(_K1, _K1) / 64.0 * 4.0
+from ..triton_kernels.fir import BLUR_KERNEL, upfirdn2d
 
-
-def depthwise_blur_weight(channels: int) -> torch.Tensor:
-    """The 4x4 FIR kernel per channel for a depthwise conv: ``[C, 1, 4, 4]`` (symmetric: no flip needed)."""
-    return BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1)
 SQRT2 = math.sqrt(2.0)
-
-
-@lru_cache(maxsize=None)
-def _fir(kernel_key: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The flipped FIR kernel ``[1, 1, kh, kw]`` on a device, made once (no host copies per call)."""
-    k = torch.tensor(kernel_key, dtype=torch.float32)
-    return torch.flip(k, [0, 1]).to(device=device, dtype=dtype)[None, None]
-
-
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int, pad: tuple[int, int]) -> torch.Tensor:
-    """Upsample by zero insertion, pad, and filter with a 4x4 FIR kernel.
-
-    Args:
-        x: ``[B, C, H, W]``.
-        kernel: ``[kh, kw]`` (symmetric, so correlation = convolution).
-        up: 1 or 2; each sample is followed by ``up - 1`` zeros.
-        pad: ``(p0, p1)`` zeros before/after, on both axes.
-    Returns:
-        ``[B, C, up*H + p0 + p1 - kh + 1, up*W + p0 + p1 - kw + 1]``.
-    """
-    b, c, h, w = x.shape
-    out = x.reshape(b * c, 1, h, 1, w, 1)
-    if up > 1:
-        out = F.pad(out, (0, up - 1, 0, 0, 0, up - 1))
-    out = out.reshape(b * c, 1, h * up, w * up)
-    out = F.pad(out, (pad[0], pad[1], pad[0], pad[1]))
-    k = _fir(tuple(map(tuple, kernel.tolist())), out.device, out.dtype)
-    out = F.conv2d(out, k)
-    return out.reshape(b, c, out.shape[-2], out.shape[-1])
 
 
 def modulated_weight(weight: torch.Tensor, scale: float, style: torch.Tensor, demodulate: bool) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from .backends.torch_backend import TorchBackend
 from .checkpoint import load_checkpoint, random_weights
 from .config import GeneratorConfig
-from .errors import SoatError
+from ..errors import SoatError
 from .generator import Generator
 from .nvidia import is_nvidia_pickle, load_nvidia
 from .safetensors_format import is_safetensors, load_safetensors

@@ -6,7 +6,7 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from .errors import SoatError
+from ..errors import SoatError
 from .cudagraph import first_nonfinite
 
 NoiseArg = Union[str, Sequence[torch.Tensor]]

@@ -47,12 +47,12 @@ import torch
 
 from .checkpoint import file_sha256, infer_config, weights_from_state_dict
 from .config import GeneratorConfig
-from .errors import SoatError
+from ..errors import SoatError
+from ..triton_kernels.fir import NORMALISED_FILTER
 from .weights import StyleGAN2Weights
 
 # torch.save's legacy (pre-zip) files also start with a pickle: of this magic number.
 _TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
-_FILTER = torch.outer(torch.tensor([1.0, 3.0, 3.0, 1.0]), torch.tensor([1.0, 3.0, 3.0, 1.0])) / 64.0
 _STYLEGAN3_LAYER = re.compile(r"^L\d+_")
 
 
@@ -237,7 +237,7 @@ def _modulated(layer: PersistentState, prefix: str, where: str) -> dict[str, tor
 def _styled_conv(layer: PersistentState, prefix: str, noise_index: int, where: str) -> dict[str, torch.Tensor]:
     if layer.state.get("activation", "lrelu") != "lrelu":
         raise SoatError(f"{where}: {prefix} uses activation {layer.state['activation']!r}; StyleGAN2 uses 'lrelu'")
-    if not torch.allclose(_tensor(layer, "resample_filter", where), _FILTER, atol=1e-6):
+    if not torch.allclose(_tensor(layer, "resample_filter", where), NORMALISED_FILTER, atol=1e-6):
         raise SoatError(f"{where}: {prefix} resamples with a filter other than [1, 3, 3, 1], which this runtime "
                         "does not implement")
     noise = _tensor(layer, "noise_const", where)

@@ -19,7 +19,7 @@ import torch
 from .chain import style_channels
 from .checkpoint import weights_from_state_dict
 from .config import GeneratorConfig
-from .errors import SoatError
+from ..errors import SoatError
 from .weights import StyleGAN2Weights
 
 FORMAT = "soat-stylegan2"

@@ -6,7 +6,7 @@ from typing import Sequence, Union
 
 import torch
 
-from .errors import SoatError
+from ..errors import SoatError
 from .cudagraph import first_nonfinite
 
 StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]

@@ -32,7 +32,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ..runtime.images import to_uint8
 from ..runtime.tasks.infinite import SpanKey, check_truncation, column_pieces, piece_bounds, span_piece
 from .batcher import SpanBatcher

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"soat serve needs the serve extra ({exc.name} is missing): pip install 'soat[serve]'", file=sys.stderr)
         return 2
-    from ..runtime.errors import SoatError
+    from ..errors import SoatError
     from .replica import ReplicaOptions
 
     if args.max_batch < 1:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:
     """``(replicas, (min, max) or None, gpus_per_replica)`` from the Ray flags, checked."""
-    from ..runtime.errors import SoatError
+    from ..errors import SoatError
     if not args.ray:
         for flag in ("replicas", "autoscale", "gpus_per_replica"):
             if getattr(args, flag) is not None:

@@ -29,7 +29,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 
 MAGIC = b"SOAT"
 HEADER = struct.Struct("<4sIQIB3x")

@@ -44,7 +44,7 @@ import ray
 from ray import serve
 from ray.serve import Application
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from .replica import ReplicaApp, ReplicaOptions
 
 APP_NAME = "soat"

@@ -24,7 +24,7 @@ from typing import Mapping
 
 from starlette.responses import JSONResponse
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ..runtime.load import load
 from .app import create_app
 

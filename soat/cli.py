@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from soat.runtime.errors import SoatError
+from soat.errors import SoatError
 
 DEFAULT_MODEL = "random"
 

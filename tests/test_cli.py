@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from soat.cli import main, parse_seeds
-from soat.runtime.errors import SoatError
+from soat.errors import SoatError
 
 SMALL = ["--size", "32", "--channel-multiplier", "1"]
 

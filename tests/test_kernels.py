@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("triton", reason="the kernel tests need the triton package (pip install 'soat[test]')")
 
-from soat.runtime.errors import SoatError  # noqa: E402
+from soat.errors import SoatError  # noqa: E402
 from soat.triton_kernels import (WIDEN_MODES, concat_w, mask_lerp, place_columns, ramp, ramp_lerp,  # noqa: E402
                                  region_copy, shift_lerp, widen)
 from soat.triton_kernels._dispatch import use_triton  # noqa: E402

@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import soat  # noqa: E402
-from soat.runtime.errors import SoatError  # noqa: E402
+from soat.errors import SoatError  # noqa: E402
 from soat.serve.app import background_server  # noqa: E402
 from soat.serve.protocol import unpack_frame  # noqa: E402
 from soat.serve.replica import ReplicaOptions, local_identity  # noqa: E402

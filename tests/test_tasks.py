@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import soat
 from soat.runtime.tasks.local import alpha_is_zero, boxes_mask
-from soat.triton_kernels import ramp
+from soat.triton_kernels.ramp_lerp import ramp
 from conftest import make_styles, pick, rel_err
 
 # ---- helpers ---------------------------------------------------------------------------------------

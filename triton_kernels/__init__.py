@@ -1,16 +1,8 @@
-"""Feature ops between engine calls: Triton kernels on CUDA, torch references elsewhere.
+"""Triton kernels for the feature ops between layer calls and for the fast path's fused layers.
 
-Each op's module holds its kernel, its torch reference and its wrapper. The torch
-backend's fast form also runs the layer kernels here (``conv_epilogue``, ``modulate``,
-``demod``, ``rgb_skip``); those are runtime-internal and not re-exported.
+Each op has a module holding its torch reference and its public wrapper (``ramp_lerp.py``)
+and a kernel module beside it written as the Triton tutorials write them
+(``ramp_lerp_kernel.py``), imported on the first Triton launch. ``ops`` gathers the
+feature ops the tasks call; the layer kernels (``conv_epilogue``, ``modulate``, ``demod``,
+``to_rgb``) serve the fast backend. This package imports nothing from the runtime.
 """
-
-from .columns import concat_w, place_columns
-from .mask_lerp import mask_lerp, resize_mask
-from .ramp_lerp import ramp, ramp_lerp
-from .region_copy import region_copy
-from .shift_lerp import shift_lerp
-from .widen import MODES as WIDEN_MODES, widen
-
-__all__ = ["concat_w", "place_columns", "mask_lerp", "resize_mask", "ramp", "ramp_lerp", "region_copy",
-           "shift_lerp", "widen", "WIDEN_MODES"]

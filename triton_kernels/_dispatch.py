@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 
 IMPLS = ("auto", "triton", "ref")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ._dispatch import check_int, check_maps, use_triton
 from ._tiles import empty_map, is_channels_last, is_dense_map, jit, launch
 

@@ -22,11 +22,12 @@ run of layers the separate modulation pass (a read and a write) and its rounding
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
 
-from ..runtime.layers import SQRT2, depthwise_blur_weight
+from .fir import depthwise_blur_weight
 from ._dispatch import use_triton
 from .modulate import modulate_ref
 from ._tiles import empty_map, is_channels_last, jit, launch, run, tile_shape
@@ -44,7 +45,7 @@ def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
         blur = depthwise_blur_weight(y.shape[1]).to(y.device, y.dtype)
         out = F.conv2d(out, blur, padding=1, groups=y.shape[1])
     out = out + noise_weight * noise
-    return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * SQRT2
+    return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * math.sqrt(2.0)
 
 
 def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import torch
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ._dispatch import check_maps, use_triton
 from ._tiles import empty_map, is_channels_last, jit, launch
 

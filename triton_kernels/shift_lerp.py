@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ._dispatch import check_int_rows, check_maps, use_triton
 from ._tiles import device_table, empty_map, is_channels_last, jit, launch
 

@@ -17,7 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..runtime.layers import BLUR_KERNEL, upfirdn2d
+from .fir import BLUR_KERNEL, upfirdn2d
 from ._dispatch import use_triton
 from ._tiles import jit, run
 

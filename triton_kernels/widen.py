@@ -17,7 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ..runtime.errors import SoatError
+from ..errors import SoatError
 from ._dispatch import check_maps, use_triton
 from ._tiles import empty_map, is_channels_last, jit, launch
 

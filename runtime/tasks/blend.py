@@ -10,9 +10,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ... import triton_kernels as K
+from ...triton_kernels import ops as K
 from ..chain import TO_RGB, LayerNode, RunNode
-from ..errors import SoatError
+from ...errors import SoatError
 from ..noise import NoiseArg, NoiseFn, node_noise
 
 # (node, out_sigma1, out_sigma2) -> blended output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import SoatError
+from ...errors import SoatError
 
 Box = tuple[int, int, int, int]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import triton_kernels as K
-from ..errors import SoatError
+from ...triton_kernels import ops as K
+from ...errors import SoatError
 from ..noise import NoiseArg
 
 WIDEN_AFTER = "to_rgbs.0"  # the 8x8 block's ToRGB

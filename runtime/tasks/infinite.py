@@ -63,9 +63,9 @@ from typing import Any, Callable, Hashable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ... import triton_kernels as K
+from ...triton_kernels import ops as K
 from ..cudagraph import GraphedTask, graphed
-from ..errors import SoatError
+from ...errors import SoatError
 from ..noise import NoiseArg
 from .blend import merge_extension
 

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ... import triton_kernels as K
-from ..errors import SoatError
+from ...triton_kernels import ops as K
+from ...errors import SoatError
 from ..cudagraph import is_capturing
 from ..noise import NoiseArg, shared_noise
 from .blend import check_pair, lerp_chain

@@ -12,8 +12,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ... import triton_kernels as K
-from ..errors import SoatError
+from ...triton_kernels import ops as K
+from ...errors import SoatError
 from ..noise import NoiseArg
 from ..styles import StyleArg
 from .blend import merge_extension

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ... import triton_kernels as K
+from ...triton_kernels import ops as K
 from ..chain import TO_RGB
-from ..errors import SoatError
+from ...errors import SoatError
 from ..noise import NoiseArg
 from .boxes import box_list, check_box
 

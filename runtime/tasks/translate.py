@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ... import triton_kernels as K
-from ..errors import SoatError
+from ...triton_kernels import ops as K
+from ...errors import SoatError
 from ..noise import NoiseArg
 from .blend import lerp_chain
 from .local import check_mask
