@@ -18,7 +18,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--channel-multiplier", type=int, choices=[1, 2], default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tasks", default="generate,blend,merge_extension,blend_bbox,expand,panorama_stream")
-    p.add_argument("--backends", default="torch", help="comma list: torch, onnxruntime, tensorrt")
+    p.add_argument("--backends", default="auto",
+                   help="comma list: auto (fast for fp16/bf16, torch for fp32), torch, fast, onnxruntime, tensorrt")
     p.add_argument("--dtypes", default="fp32,fp16", help="comma list: fp32, fp16, bf16")
     p.add_argument("--batches", default="1,8,32", help="comma list of batch sizes")
     p.add_argument("--graphs", choices=["on", "off", "both"], default=None,
@@ -34,6 +35,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from soat.bench.suite import TASKS, Config, run_suite
+    from soat.runtime.load import resolve_backend
     from soat.errors import SoatError
 
     tasks = _list(args.tasks)
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if graphs != "off" and not cuda:
         raise SoatError("--graphs needs --device cuda")
     modes = {"on": [True], "off": [False], "both": [False, True]}[graphs]
-    configs = [Config(b, d, g) for b in _list(args.backends) for d in _list(args.dtypes) for g in modes]
+    configs = [Config(resolve_backend(b, d), d, g) for b in _list(args.backends) for d in _list(args.dtypes)
+               for g in modes]
     try:
         batches = [int(b) for b in _list(args.batches)]
     except ValueError:

@@ -28,11 +28,12 @@ from typing import Callable
 import torch
 
 from soat.runtime.config import GeneratorConfig
-from soat.triton_kernels import concat_w, mask_lerp, place_columns, ramp_lerp, region_copy, shift_lerp, widen
+from soat.runtime.tasks.panorama_geometry import span_pad
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
 from soat.triton_kernels.modulate import modulate, modulate_ref
+from soat.triton_kernels.ops import concat_w, mask_lerp, place_columns, ramp_lerp, region_copy, shift_lerp, widen
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
 from soat.triton_kernels.region_copy import region_copy_ref
 from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref
@@ -99,7 +100,7 @@ def cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
     out.append(Case("concat_w", f"2 x {list(a.shape)}", 4 * a.numel() * es, concat_w, concat_w_ref, (a, b)))
     pano = torch.zeros(batch, 3, size, 4 * size, dtype=dtype, device=device)  # 4 images: 2R + 2R columns
     (span,) = _maps(1, (batch, 3, size, 2 * size), dtype, device)
-    p = size // 2
+    p = span_pad(size)
     out.append(Case("place_columns", f"{list(span.shape)} -> {list(pano.shape)}", 2 * batch * 3 * size * size * es,
                     place_columns, place_columns_ref, (pano, span, size + p, p, size)))
     out += layer_cases(size, batch, dtype, device)

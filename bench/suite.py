@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import soat
-from soat.runtime.cudagraph import graphed
+from soat.runtime.tasks.panorama_geometry import span_columns
 
 TASKS = ("generate", "blend", "merge_extension", "blend_bbox", "expand", "patch_swap", "panorama_stream")
 
@@ -74,6 +74,7 @@ def task_call(G, task: str, batch: int, styles_from=None) -> tuple[Callable[...,
     s1, s2 = [t[:batch] for t in s], [t[batch:] for t in s]
     R = G.size
     box = (R // 4, R // 4, R // 2, R // 2)
+    lo, hi = span_columns(R, 1)  # the R new columns a middle span gives
     calls = {
         "generate": (lambda a: G.generate(a), (s1,)),
         "blend": (lambda a, b: G.blend(a, b), (s1, s2)),
@@ -83,7 +84,7 @@ def task_call(G, task: str, batch: int, styles_from=None) -> tuple[Callable[...,
         "patch_swap": (lambda a, b: G.patch_swap(a, b, ((0, 0, R // 2, R // 2), (R // 2, R // 2, R // 2, R // 2))),
                        (s1, s2)),
         # one streaming step: the next span (R new columns per image) of a panorama
-        "panorama_stream": (lambda a, b: G.merge_extension(a, b)[..., R // 2:R + R // 2], (s1, s2)),
+        "panorama_stream": (lambda a, b: G.merge_extension(a, b)[..., lo:hi], (s1, s2)),
     }
     return calls[task]
 
@@ -142,8 +143,8 @@ def percentile(samples: list[float], q: float) -> float:
 
 def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, reference: dict,
               styles_from=None) -> Result:
-    fn, args = task_call(G, task, batch, styles_from)
-    run = graphed(fn) if cfg.graphs else fn
+    fn, args = task_call(G, task, batch, styles_from)  # the plain call: G replays its CUDA graphs when loaded with them
+    run = fn
     dev = G.device
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -176,13 +177,13 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
     combos = [(c, t, b) for c in configs for t in tasks for b in batches]
     models: dict = {}
     for cfg, task, batch in tqdm(combos, desc="bench", unit="run"):
-        key = (cfg.backend, cfg.dtype)
+        key = (cfg.backend, cfg.dtype, cfg.graphs)
         if key not in models:
             models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
-                                    channel_multiplier=channel_multiplier)
+                                    channel_multiplier=channel_multiplier, graphs=cfg.graphs)
         try:
             results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference,
-                                     models.get((BASELINE.backend, BASELINE.dtype))))
+                                     models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one failed config must not lose the rest
             tqdm.write(f"{cfg.name} {task} B={batch}: failed: {str(e).splitlines()[0]}")
             continue

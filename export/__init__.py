@@ -1,12 +1,12 @@
-"""Export: per-layer ONNX graphs with feature I/O, and the backends that run them.
+"""Export: per-layer ONNX graphs with feature I/O, and the manifest.
 
     soat.export.export("ckpt.pt", "ckpt-onnx")              # or `soat export ckpt.pt -o ckpt-onnx`
     G = soat.load("ckpt-onnx", backend="onnxruntime")       # every task runs unchanged
 
-Modules: ``onnx_export`` (the exporter), ``modules`` (the graph modules), ``graphs``
-(graph names, axes and shapes), ``manifest`` (the folder's manifest and its checks),
-``backends`` (``load_exported`` and the export cache), ``ort_backend``,
-``trt_backend``, ``cli``.
+Modules: ``onnx_export`` (the exporter: it traces ``soat.runtime.graph_modules`` against
+the graph contract of ``soat.runtime.graphs`` and writes ``soat.runtime.manifest``),
+``cache`` (checkpoints exported once into the cache for ``soat.load(..., backend="onnxruntime")``)
+and ``cli``. The backends that run exports live in ``soat.runtime.backends``.
 """
 
 from .onnx_export import export

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .manifest import DTYPES
+from ..runtime.manifest import DTYPES
 from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export
 
 

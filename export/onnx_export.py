@@ -21,15 +21,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import SoatError
+from .. import version
+from ..runtime.backends.fast_backend import FastTorchBackend
+from ..runtime.backends.torch_backend import TorchBackend
 from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
-from ..errors import SoatError
 from ..runtime.generator import Generator
-from ..runtime.load import load_weights
-from ..runtime.weights import StyleGAN2Weights
-from .graphs import dynamic_axes, example_shapes, graph_ids, graph_io, onnx_outputs, output_shape
-from .manifest import DTYPES, FORMAT_VERSION, NOISE_FILE, build_manifest, write_manifest
 from ..runtime.graph_modules import graph_module
+from ..runtime.graphs import dynamic_axes, example_shapes, graph_ids, graph_io, onnx_outputs, output_shape
+from ..runtime.manifest import DTYPES, FORMAT_VERSION, NOISE_FILE, build_manifest, write_manifest
+from ..runtime.sources import load_weights
+from ..runtime.weights import StyleGAN2Weights
 
 MIN_OPSET, MAX_OPSET = 17, 20  # 20 is the TorchScript exporter's newest opset (torch 2.4 ... 2.13)
 DEFAULT_OPSET = 17
@@ -39,8 +42,7 @@ _TORCHSCRIPT = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.exp
 
 
 def exporter_version() -> str:
-    from soat import __version__  # imported here: soat/__init__ may import this package
-    return __version__
+    return version.__version__
 
 
 def export(source: str | os.PathLike | Generator, out_dir: str | os.PathLike, dtype: str = "fp32",
@@ -50,7 +52,7 @@ def export(source: str | os.PathLike | Generator, out_dir: str | os.PathLike, dt
     ``noise.npz`` and ``manifest.json``.
 
     Args:
-        source: a checkpoint path, ``"random[:SEED]"``, or a torch-backend ``Generator``.
+        source: a checkpoint path, ``"random[:SEED]"``, or a ``Generator`` on the torch or fast backend.
         out_dir: the export folder (created if needed; files of the same names are replaced).
         dtype: ``fp32`` or ``fp16`` (weights and every graph input/output).
         opset: ONNX opset, 17 to 20.
@@ -99,12 +101,13 @@ def cache_key(fingerprint: str, dtype: str, opset: int) -> str:
 def _resolve(source, size: int | None, channel_multiplier: int | None):
     """``(weights, fixed noise, source name, fingerprint)`` of an export source."""
     if isinstance(source, Generator):
-        if source.backend.name != "torch":
-            raise SoatError(f"export needs a torch-backend Generator (this one runs on {source.backend.name}); "
-                            "pass its checkpoint path instead")
+        if not isinstance(source.backend, (TorchBackend, FastTorchBackend)):
+            raise SoatError(f"export needs a Generator that holds its weights (torch or fast backend; this one runs "
+                            f"on {source.backend.name}); pass its checkpoint path instead")
         return source.backend.weights, source.fixed_noise, source.source, source.fingerprint
     if not isinstance(source, (str, os.PathLike)):
-        raise SoatError(f"source={source!r} must be a checkpoint path, 'random[:SEED]' or a torch-backend Generator")
+        raise SoatError(f"source={source!r} must be a checkpoint path, 'random[:SEED]' or a torch/fast-backend "
+                        "Generator")
     name = os.fspath(source)
     weights, fingerprint = load_weights(name, size, channel_multiplier)
     return weights, weights.fixed_noise(), name, fingerprint

@@ -1,9 +1,7 @@
-"""The SOAT runtime: the layer chain, its backends, sigma space and the editing tasks."""
+"""The SOAT runtime: the layer chain and its graph contract, the backends, sigma space and the editing tasks.
 
-from .chain import LayerNode, build_chain
-from .config import GeneratorConfig
-from ..errors import SoatError
-from .generator import Generator
-from .load import load
-
-__all__ = ["LayerNode", "build_chain", "GeneratorConfig", "SoatError", "Generator", "load"]
+Modules, spine first: ``config`` and ``chain`` (the layer nodes), ``graphs`` (each graph's
+named inputs/outputs), ``backend`` (the ``Backend`` protocol), ``backends/`` (torch, fast,
+onnxruntime, tensorrt), ``generator`` (sigma space and the task methods), ``tasks/`` (each task
+a short schedule over the chain), ``load`` (``soat.load``). The public API is re-exported by ``soat``.
+"""

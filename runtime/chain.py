@@ -60,10 +60,6 @@ class LayerNode:
     up: int = 1
 
     @property
-    def is_styled_conv(self) -> bool:
-        return self.kind in (CONV, CONV_UP)
-
-    @property
     def output(self) -> str:
         return self.outputs[0]
 
@@ -103,16 +99,6 @@ def style_channels(config: GeneratorConfig) -> list[int]:
     return [n.in_channels for n in build_chain(config)[1:]]
 
 
-def style_w_indices(config: GeneratorConfig) -> list[int]:
-    """For each sigma entry, the W+ index that feeds it."""
-    return [n.w_index for n in build_chain(config)[1:]]
-
-
-def block_index(node: LayerNode) -> int:
-    """Block of a node: -1 for the 4x4 stage, b for the block ending at 8 * 2**b."""
-    return -1 if node.resolution == 4 else node.resolution.bit_length() - 4
-
-
 # (node, style, noise or None): one step of a run of consecutive nodes
 Step = tuple["LayerNode", torch.Tensor, "torch.Tensor | None"]
 # (node, x, style, noise, skip) -> the node's output
@@ -130,13 +116,16 @@ def node_inputs(x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None
     return inputs
 
 
+def advance(node: LayerNode, out: torch.Tensor, x: torch.Tensor,
+            rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The chain's ``(features, RGB)`` after ``node`` gave ``out``: a ToRGB's output is the new RGB,
+    any other node's the new features."""
+    return (x, out) if node.kind == TO_RGB else (out, rgb)
+
+
 def run_steps(run_node: RunNode, steps: Sequence[Step], x: torch.Tensor,
               rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run consecutive nodes one at a time; returns the last features and RGB."""
     for node, style, noise in steps:
-        out = run_node(node, x, style, noise, rgb)
-        if node.kind == TO_RGB:
-            rgb = out
-        else:
-            x = out
+        x, rgb = advance(node, run_node(node, x, style, noise, rgb), x, rgb)
     return x, rgb

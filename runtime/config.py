@@ -53,11 +53,6 @@ class GeneratorConfig:
         """Entries of W+ (2L - 2)."""
         return 2 * self.log_size - 2
 
-    @property
-    def num_styles(self) -> int:
-        """Entries of the sigma list (3L - 4)."""
-        return 3 * self.log_size - 4
-
     def channels(self, resolution: int) -> int:
         """Feature channels at a resolution (SPEC §1)."""
         cm = self.channel_multiplier

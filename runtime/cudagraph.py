@@ -9,6 +9,7 @@ graph (the checks that read values back to the host are skipped during capture).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -76,14 +77,19 @@ class GraphedTask:
     other leaves are part of the signature. The graph also checks its inputs for NaN
     and inf (one flag read back after the replay: the call's only host sync). All
     captures share one memory pool, so a call's result lives until the next call of any
-    shape: clone it if it must outlive that.
+    shape: clone it if it must outlive that. With ``max_graphs``, the least recently used
+    capture is dropped when a new one would exceed it.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2):
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int | None = None):
         self.fn = fn
         self.warmup = warmup
-        self._graphs: dict[tuple, _Capture] = {}
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, _Capture] = OrderedDict()
         self._pool = None  # one memory pool for every capture: replays are sequential, so they can share it
+
+    def __len__(self) -> int:
+        return len(self._graphs)
 
     def __call__(self, *args: Any) -> torch.Tensor:
         leaves, spec = pytree.tree_flatten(args)
@@ -92,9 +98,12 @@ class GraphedTask:
             raise SoatError("graphed tasks need CUDA tensors; load the generator with device='cuda'")
         key = (_signature(leaves), str(spec))
         if key not in self._graphs:
+            if self.max_graphs is not None and len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
             self._graphs[key] = self._capture(leaves, spec, tensors)
         else:
             self._graphs[key].load(tensors)
+            self._graphs.move_to_end(key)
         captured = self._graphs[key]
         captured.graph.replay()
         if not bool(captured.finite):

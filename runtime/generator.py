@@ -6,15 +6,20 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .backends.torch_backend import MAPPING, STYLES
-from .chain import LayerNode, build_chain, node_inputs, run_steps, style_channels
+from ..errors import SoatError
+from .backend import Backend
+from .chain import LayerNode, build_chain, node_inputs, style_channels
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
-from ..errors import SoatError
+from .graphs import MAPPING, STYLES
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
 from .styles import StyleArg, check_styles, truncate, unflatten_styles
+from .task_graphs import TaskGraphs
 
 MEAN_STYLE_SAMPLES = 50_000
+# the tasks Generator.warmup can run, with how many style lists each takes
+WARMUP_STYLE_LISTS = {"generate": 1, "expand": 1, "shift": 1, "blend": 2, "merge": 2, "merge_extension": 2,
+                      "blend_bbox": 2, "patch_swap": 2}
 MEAN_STYLE_SEED = 0x50A7
 
 
@@ -22,15 +27,17 @@ class Generator:
     """A StyleGAN2 generator as a layer chain run by a backend.
 
     Args:
-        backend: executor with ``run(node_id, inputs) -> outputs`` and ``device``/``dtype``.
+        backend: the executor of the graphs (``soat.runtime.backend.Backend``).
         config: the model layout.
         fixed_noise: ``noises.noise_{i}`` buffers, each ``[1, 1, r, r]``.
         source: where the weights came from (path or ``random:SEED``), for ``info``.
         fingerprint: a string identifying the weights (checkpoint sha256 or the seed).
+        graphs: on CUDA, replay every task call from a CUDA graph captured per input signature
+            (``task_graphs.py``); ``False`` runs every call eagerly.
     """
 
-    def __init__(self, backend: Any, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
-                 source: str = "", fingerprint: str = ""):
+    def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
+                 source: str = "", fingerprint: str = "", graphs: bool = True):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -42,6 +49,7 @@ class Generator:
         self.style_channels = style_channels(config)
         self._mean_styles: list[torch.Tensor] | None = None
         self._noise_cache: dict = {}
+        self.graphs = TaskGraphs(self, graphs)
 
     def __repr__(self) -> str:
         c = self.config
@@ -122,24 +130,27 @@ class Generator:
                   x: torch.Tensor, rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run ``nodes`` in order with one style list; returns the last features and RGB.
 
-        A backend with its own ``run_chain(steps, x, rgb)`` (the torch backend: it fuses
-        across layer boundaries) runs the whole list; others run node by node.
+        The backend runs the whole list (the fast backend fuses across layer boundaries).
         """
         steps, (height, width) = [], x.shape[-2:]
         for node in nodes:
             noise = noise_for_input(node, x.shape[0], height, width, noise_at)
             steps.append((node, styles[node.style_index], noise))
             height, width = node.output_size(height, width)
-        backend_chain = getattr(self.backend, "run_chain", None)
-        if backend_chain is not None:
-            return backend_chain(steps, x, rgb)
-        return run_steps(self.run_node, steps, x, rgb)
+        return self.backend.run_chain(steps, x, rgb)
 
     def generate(self, styles: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Plain synthesis: sigma list -> image ``[B, 3, R, R]`` in [-1, 1]."""
-        s = self.check_styles(styles)
-        _, rgb = self.run_chain(s, self.noise_fn(noise), self.chain[1:], self.constant(s))
-        return rgb.clamp(-1, 1)
+        return self.graphs.call(self, _generate, (styles, noise))
+
+    def warmup(self, task: str, batch: int = 1, **arguments: Any) -> None:
+        """Run ``task`` once at ``batch`` on the mean style, so that its CUDA graph is captured now
+        (a service's start-up) rather than on the first request. ``arguments``: the task's other
+        arguments (``box=...`` for ``blend_bbox``; the graph is per argument value)."""
+        if task not in WARMUP_STYLE_LISTS:
+            raise SoatError(f"task={task!r} cannot be warmed up; use one of {', '.join(WARMUP_STYLE_LISTS)}")
+        styles = [s.expand(batch, -1).contiguous() for s in self.mean_styles()]
+        getattr(self, task)(*[styles] * WARMUP_STYLE_LISTS[task], **arguments)
 
     def _check_latent(self, t: torch.Tensor, name: str, ndim: int | None) -> torch.Tensor:
         if not isinstance(t, torch.Tensor) or (ndim is not None and t.ndim != ndim) \
@@ -156,23 +167,28 @@ class Generator:
               noise: NoiseArg = "fixed") -> torch.Tensor:
         """Feature-interpolation blend of two images (SPEC Blend); ``[B, 3, R, R]``."""
         from .tasks.blend import blend
-        return blend(self, styles1, styles2, mode, noise)
+        return self.graphs.call(self, blend, (styles1, styles2, mode, noise))
 
     def merge_extension(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Two-image panorama span (SPEC Merge extension); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge_extension
-        return merge_extension(self, styles1, styles2, noise)
+        return self.graphs.call(self, merge_extension, (styles1, styles2, noise))
 
     def merge(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Merge extension with a plain linspace alpha (SPEC Merge); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge
-        return merge(self, styles1, styles2, noise)
+        return self.graphs.call(self, merge, (styles1, styles2, noise))
 
     def panorama(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                  progress: bool = False) -> torch.Tensor:
         """Panorama of N >= 2 images (SPEC Panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
         from .tasks.panorama import panorama
-        return panorama(self, style_lists, noise, progress)
+        return panorama(self, style_lists, noise, progress)  # spans of N-long work: launches are not its cost
+
+    def panorama_styles(self, n: int, seed: int = 0, truncation: float = 0.7) -> list[list[torch.Tensor]]:
+        """The reference panorama sampler: N style lists (each ``[1, C_k]``) of smoothed latents."""
+        from .tasks.panorama import panorama_styles
+        return panorama_styles(self, n, seed, truncation)
 
     def panorama_stream(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                         progress: bool = False) -> Iterator[torch.Tensor]:
@@ -192,7 +208,7 @@ class Generator:
         ``noise`` defaults to ``"random"`` as in the reference (seed with ``torch.manual_seed``).
         """
         from .tasks.expand import expand
-        return expand(self, styles, mode, noise)
+        return self.graphs.call(self, expand, (styles, mode, noise))
 
     def blend_mask(self, styles1: StyleArg, styles2: StyleArg, mask: torch.Tensor, pose_align: bool = False,
                    num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
@@ -204,20 +220,20 @@ class Generator:
                    num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Local attribute transfer inside a box ``(x, y, w, h)`` (or a list of boxes), in output pixels."""
         from .tasks.local import blend_bbox
-        return blend_bbox(self, styles1, styles2, box, pose_align, num_blend, noise)
+        return self.graphs.call(self, blend_bbox, (styles1, styles2, box, pose_align, num_blend, noise))
 
     def patch_swap(self, styles1: StyleArg, styles2: StyleArg, boxes: Any, swap: bool = True,
                    noise: NoiseArg = "fixed") -> torch.Tensor:
         """Copy (and swap) 16x16 feature regions of image 2 into image 1 (SPEC Patch swap)."""
         from .tasks.local import patch_swap
-        return patch_swap(self, styles1, styles2, boxes, swap, noise)
+        return self.graphs.call(self, patch_swap, (styles1, styles2, boxes, swap, noise))
 
     def shift(self, styles: StyleArg, source_box: Any, targets: Any, layers: Sequence[int] | None = None,
               strength: float = 1.0, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Replicate a patch: at the given resolutions, blend features with a copy shifted from
         ``source_box`` onto each target (SPEC Shift)."""
         from .tasks.shift import shift
-        return shift(self, styles, source_box, targets, layers, strength, noise)
+        return self.graphs.call(self, shift, (styles, source_box, targets, layers, strength, noise))
 
     # ---- GAN inversion (soat.runtime.inversion) ------------------------------------------------
     def invert(self, images: Any, steps: int = 1000, lpips: Any = "auto", prior_weight: float = 1e-3,
@@ -229,3 +245,9 @@ class Generator:
         """
         from .inversion import invert
         return invert(self, images, steps, lpips, prior_weight, lr, progress)
+
+
+def _generate(G: Generator, styles: StyleArg, noise: NoiseArg) -> torch.Tensor:
+    s = G.check_styles(styles)
+    _, rgb = G.run_chain(s, G.noise_fn(noise), G.chain[1:], G.constant(s))
+    return rgb.clamp(-1, 1)

@@ -1,6 +1,7 @@
-"""Graph modules: one small ``nn.Module`` per chain graph, in the shared-weight (fast, exportable) form.
+"""Graph modules: one small ``nn.Module`` per graph of ``graphs.py``, in the shared-weight form.
 
-The exporter traces these into ONNX, and the torch backend runs them as its fast form.
+The exporter traces these into ONNX; the fast torch backend runs its fused kernels on
+their prepared weights (``ModConv.weight``, ``weight_sq``, noise weight, bias).
 
 The reference modulated conv (``runtime/layers.py``) is one grouped conv with
 ``groups = B``. ONNX's ``Conv.group`` is a static attribute, so that form would
@@ -24,14 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..triton_kernels.conv_epilogue import conv_epilogue_modulated
+from ..triton_kernels.demod import demod_ref
 from ..triton_kernels.fir import depthwise_blur_weight
-from ..triton_kernels.demod import demod, demod_ref
-from ..triton_kernels.modulate import modulate
-from ..triton_kernels.to_rgb import to_rgb
 from . import layers
-from .backends.torch_backend import MAPPING, STYLES
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
+from .graphs import MAPPING, STYLES
 from .weights import StyleGAN2Weights
 
 
@@ -87,14 +85,7 @@ class ModConv(nn.Module):
 
 
 class StyledConvNode(nn.Module):
-    """``x [B, I, H, W], style [B, I], noise [1 or B, 1, H', W'] -> x [B, O, H', W']``.
-
-    ``fused`` (set by the torch backend, never for export): the modulation and the whole
-    epilogue (demodulation, blur, noise, bias, leaky ReLU) run as one kernel each
-    (``soat.triton_kernels``, with the demodulation factors; their torch references off CUDA).
-    """
-
-    fused = False
+    """``x [B, I, H, W], style [B, I], noise [1 or B, 1, H', W'] -> x [B, O, H', W']``."""
 
     def __init__(self, module: nn.Module, upsample: bool):
         super().__init__()
@@ -103,29 +94,12 @@ class StyledConvNode(nn.Module):
         self.register_buffer("bias", module.activate.bias.detach().view(1, -1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            out, _ = self.fused_step(modulate(x, style), style, noise, None, True)
-            return out
         out = self.conv(x, style) + self.noise_weight * noise
         return F.leaky_relu(out + self.bias, 0.2) * layers.SQRT2
 
-    def fused_step(self, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
-                   next_style: torch.Tensor | None, write_x: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The fused layer on an already modulated input; returns ``(x or None, next conv's input or None)``."""
-        y = self.conv.shared_conv(x_mod)
-        d = demod(style, self.conv.weight_sq)
-        return conv_epilogue_modulated(y, d, noise, self.noise_weight, self.bias, self.conv.upsample, next_style,
-                                       write_x)
-
 
 class ToRGBNode(nn.Module):
-    """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1).
-
-    ``fused`` (torch backend): one kernel for the modulated 1x1 conv, the bias and (skip form)
-    the upsampled skip; ``x`` is read once and never copied.
-    """
-
-    fused = False
+    """``x [B, I, H, W], style [B, I] -> rgb [B, 3, H, W]`` (to_rgb1)."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
@@ -133,8 +107,6 @@ class ToRGBNode(nn.Module):
         self.register_buffer("bias", module.bias.detach().clone())  # [1, 3, 1, 1]
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return to_rgb(x, style, self.conv.weight[:, :, 0, 0], self.bias, None)
         return self.conv(x, style) + self.bias
 
 
@@ -150,8 +122,6 @@ class ToRGBSkipNode(ToRGBNode):
         self.register_buffer("blur", depthwise_blur_weight(3))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return to_rgb(x, style, self.conv.weight[:, :, 0, 0], self.bias, skip)
         up = F.conv_transpose2d(skip, self.blur, stride=2, padding=1, groups=3)
         return super().forward(x, style) + up
 

@@ -252,7 +252,7 @@ def invert(G: Any, images: ImageArg, steps: int = 1000, lpips: Any = "auto", pri
     """Fit flat sigma codes to images; returns ``[B, total]`` on G's device (``G.unflatten_styles`` for a list).
 
     Args:
-        G: a torch-backend ``Generator``.
+        G: a ``Generator`` on a differentiable backend (torch or fast).
         images: see ``load_targets``.
         steps: Adam steps.
         lpips: see ``perceptual_loss``.
@@ -260,9 +260,9 @@ def invert(G: Any, images: ImageArg, steps: int = 1000, lpips: Any = "auto", pri
         lr: peak learning rate of ``lr_schedule``.
         progress: show a progress bar with the mean loss.
     """
-    if G.backend.name != "torch":
+    if not G.backend.differentiable:
         raise SoatError(f"inversion needs gradients, which the {G.backend.name} backend does not give; "
-                        "load the model with backend='torch'")
+                        "load the model with backend='torch' or 'fast'")
     _check_options(steps, prior_weight, lr)
     target = load_targets(images, G.size).to(G.device)
     perceptual = perceptual_loss(lpips, G.device, target.shape[-1])

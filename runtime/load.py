@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import os
-import re
 
 import torch
 
-from .backends.torch_backend import TorchBackend
-from .checkpoint import load_checkpoint, random_weights
-from .config import GeneratorConfig
 from ..errors import SoatError
+from ..export.cache import cached_export
+from .backends.fast_backend import FastTorchBackend
+from .backends.ort_backend import OrtBackend
+from .backends.torch_backend import TorchBackend
+from .backends.trt_backend import TensorRTBackend
 from .generator import Generator
-from .nvidia import is_nvidia_pickle, load_nvidia
-from .safetensors_format import is_safetensors, load_safetensors
+from .manifest import check_matches, load_noise, read_manifest
+from .sources import cache_dir, load_weights
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-_RANDOM = re.compile(r"^random(?::(\d+))?$")
+WEIGHT_BACKENDS = ("torch", "fast")  # run a checkpoint's weights in torch
+EXPORT_BACKENDS = ("onnxruntime", "tensorrt")  # run an export folder's graphs
+BACKENDS = ("auto", *WEIGHT_BACKENDS, *EXPORT_BACKENDS)
+EXPORT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16"}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -41,22 +44,33 @@ def parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load(source: str = "random", backend: str = "torch", device: str | torch.device = "cpu",
+def resolve_backend(backend: str, dtype: str | torch.dtype) -> str:
+    """The backend ``auto`` stands for: ``fast`` for fp16/bf16, ``torch`` (the reference) for fp32."""
+    if backend != "auto":
+        return backend
+    return "torch" if parse_dtype(dtype) == torch.float32 else "fast"
+
+
+def load(source: str | os.PathLike = "random", backend: str = "auto", device: str | torch.device = "cpu",
          dtype: str | torch.dtype = "fp32", size: int | None = None,
-         channel_multiplier: int | None = None, fast: bool | None = None) -> Generator:
+         channel_multiplier: int | None = None, graphs: bool = True) -> Generator:
     """Load a generator.
 
     Args:
         source: a rosinality/SOAT checkpoint (``{"g_ema": state_dict}``), an NVIDIA StyleGAN2
             ``.pkl`` (read without running code), a soat ``.safetensors`` file, an export folder
             (``soat export``), or ``"random"`` / ``"random:SEED"`` for the embedded seeded model.
-        backend: ``torch`` (reference), ``onnxruntime`` or ``tensorrt``.
+        backend: ``torch`` (the reference arithmetic), ``fast`` (shared-weight convs and fused
+            Triton layer kernels), ``auto`` (``fast`` for fp16/bf16, ``torch`` for fp32),
+            ``onnxruntime`` or ``tensorrt`` (an export folder; a checkpoint is exported into the
+            cache first).
         device: ``cpu`` or ``cuda``.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         size, channel_multiplier: the layout; inferred from a checkpoint (given values are
             checked against it), defaults 256 and 2 for the random model.
-        fast: torch backend only: the shared-weight channels_last form (default: on for
-            fp16/bf16, off for fp32, whose default is the reference form).
+        graphs: on CUDA (torch and fast backends), replay each task call from a CUDA graph
+            captured per input signature; ``False`` runs every call eagerly. The first call of
+            a new shape or argument value is slower (warm-up and capture; ``G.warmup``).
     Returns:
         A ``Generator``.
     """
@@ -64,24 +78,29 @@ def load(source: str = "random", backend: str = "torch", device: str | torch.dev
         raise SoatError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     dev, dt = parse_device(device), parse_dtype(dtype)
     source = os.fspath(source)
-    if backend != "torch":
-        from ..export.backends import load_exported
-        return load_exported(source, backend, dev, dt, size, channel_multiplier)
+    if not isinstance(graphs, bool):
+        raise SoatError(f"graphs={graphs!r} must be True or False")
+    if backend in EXPORT_BACKENDS:
+        return _load_export(source, backend, dev, dt, size, channel_multiplier)
     weights, fingerprint = load_weights(source, size, channel_multiplier)
     noise = weights.fixed_noise()
-    return Generator(TorchBackend(weights, dev, dt, fast), weights.config, noise, source, fingerprint)
+    backend_class = TorchBackend if resolve_backend(backend, dt) == "torch" else FastTorchBackend
+    runner = backend_class(weights, dev, dt)
+    return Generator(runner, weights.config, noise, source, fingerprint, graphs)
 
 
-def load_weights(source: str, size: int | None = None, channel_multiplier: int | None = None):
-    """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
-    ``.safetensors`` file, or a rosinality/SOAT torch checkpoint."""
-    m = _RANDOM.match(source)
-    if m:
-        seed = int(m.group(1) or 0)
-        config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
-        return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
-    if is_safetensors(source):
-        return load_safetensors(source, size, channel_multiplier)
-    if is_nvidia_pickle(source):
-        return load_nvidia(source, size, channel_multiplier)
-    return load_checkpoint(source, size, channel_multiplier)
+def _load_export(source: str, backend: str, device: torch.device, dtype: torch.dtype, size: int | None,
+                 channel_multiplier: int | None) -> Generator:
+    """A Generator whose graphs run on ``backend`` from an export folder (or a checkpoint exported into the cache)."""
+    dtype_name = EXPORT_DTYPES.get(dtype)
+    if dtype_name is None:
+        raise SoatError(f"dtype={str(dtype).replace('torch.', '')} is not available with backend={backend!r}; "
+                        "exports are fp32 or fp16")
+    folder = source if os.path.isdir(source) else cached_export(source, dtype_name, size, channel_multiplier)
+    manifest = read_manifest(folder)
+    check_matches(manifest, dtype_name, size, channel_multiplier)
+    if backend == "onnxruntime":
+        runner = OrtBackend(manifest, device, dtype)
+    else:
+        runner = TensorRTBackend(manifest, device, dtype, engine_dir=os.path.join(cache_dir(), "tensorrt"))
+    return Generator(runner, manifest.config, load_noise(manifest), source, manifest.source["fingerprint"])

@@ -89,15 +89,3 @@ def load_safetensors(path: str, size: int | None = None,
             raise SoatError(f"{path!r} holds a model with {name}={stored} but {name}={given} was given; "
                             "leave it out to use the file's")
     return weights_from_state_dict(sd, config, path), meta["fingerprint"]
-
-
-def convert(source: str, output: str, size: int | None = None, channel_multiplier: int | None = None) -> str:
-    """``soat convert``: any loadable model (checkpoint, NVIDIA pickle, ``random:SEED``) -> ``output``."""
-    from .load import load_weights
-
-    if not output.lower().endswith(SUFFIX):
-        raise SoatError(f"output={output!r} must end with {SUFFIX}")
-    weights, fingerprint = load_weights(source, size, channel_multiplier)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    save_safetensors(weights, output, fingerprint)
-    return output

@@ -33,8 +33,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from ..errors import SoatError
+from ..version import __version__
 from ..runtime.images import to_uint8
-from ..runtime.tasks.infinite import SpanKey, check_truncation, column_pieces, piece_bounds, span_piece
+from ..runtime.tasks.infinite import SpanKey, check_truncation, span
+from ..runtime.tasks.panorama_geometry import column_pieces, stitch
 from .batcher import SpanBatcher
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
@@ -63,10 +65,9 @@ class Server:
         self.encoder.shutdown(wait=False, cancel_futures=True)
 
 
-def exact_columns(G, key: SpanKey, lo: int, hi: int) -> np.ndarray:
-    """Span-local columns ``[lo, hi)`` of one span computed alone: ``[R, hi - lo, 3]`` uint8."""
-    offset = piece_bounds(G.size, key.index)[0]
-    return to_uint8(span_piece(G, key)[..., lo - offset:hi - offset])[0]
+def exact_span(G, key: SpanKey) -> np.ndarray:
+    """One span's contributed columns computed alone (as ``panorama_columns`` does): ``[R, w, 3]`` uint8."""
+    return to_uint8(span(G, key))[0]
 
 
 def create_app(G, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
@@ -79,7 +80,6 @@ def create_app(G, truncation: float = 0.7, max_batch: int = 16, window_s: float 
         return FileResponse(STATIC / "index.html")
 
     async def info(request: Request) -> Response:
-        from soat import __version__
         return JSONResponse({
             "version": __version__, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
             "backend": G.backend.name, "device": str(G.device), "dtype": str(G.dtype).replace("torch.", ""),
@@ -94,10 +94,10 @@ def create_app(G, truncation: float = 0.7, max_batch: int = 16, window_s: float 
             q = parse_panorama_query(request.query_params)
         except SoatError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        parts = [await server.on_worker(exact_columns, G, SpanKey(q.seed, index, truncation), lo, hi)
-                 for index, lo, hi in column_pieces(G.size, q.x, q.w)]
+        pieces = column_pieces(G.size, q.x, q.w)
+        parts = [await server.on_worker(exact_span, G, SpanKey(q.seed, p.index, truncation)) for p in pieces]
         loop = asyncio.get_running_loop()
-        png = await loop.run_in_executor(server.encoder, encode_image, np.concatenate(parts, axis=1), "png")
+        png = await loop.run_in_executor(server.encoder, encode_image, stitch(G.size, pieces, parts, q.w), "png")
         return Response(png, media_type="image/png")
 
     async def stream(ws: WebSocket) -> None:

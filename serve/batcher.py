@@ -18,7 +18,8 @@ from concurrent.futures import Executor
 import numpy as np
 
 from ..runtime.images import to_uint8
-from ..runtime.tasks.infinite import LRU, SpanKey, column_pieces, piece_bounds, span_pieces
+from ..runtime.tasks.infinite import LRU, SpanKey, spans
+from ..runtime.tasks.panorama_geometry import column_pieces, stitch
 
 
 class SpanBatcher:
@@ -58,13 +59,8 @@ class SpanBatcher:
     async def tile(self, seed: int, start: int, width: int) -> np.ndarray:
         """Columns ``[start, start + width)`` of panorama ``seed``: ``[R, width, 3]`` uint8."""
         pieces = column_pieces(self.G.size, start, width)
-        keys = [SpanKey(seed, index, self.truncation) for index, _, _ in pieces]
-        spans = await asyncio.gather(*(self.span(k) for k in keys))
-        parts = []
-        for (index, lo, hi), span in zip(pieces, spans):
-            offset = piece_bounds(self.G.size, index)[0]
-            parts.append(span[:, lo - offset:hi - offset])
-        return np.concatenate(parts, axis=1)
+        parts = await asyncio.gather(*(self.span(SpanKey(seed, p.index, self.truncation)) for p in pieces))
+        return stitch(self.G.size, pieces, parts, width)
 
     async def span(self, key: SpanKey) -> np.ndarray:
         """One span's contributed columns, ``[R, hi - lo, 3]`` uint8, from the cache or the next batch."""
@@ -120,7 +116,7 @@ class SpanBatcher:
 
     def _compute(self, batch: list[SpanKey]) -> list[np.ndarray]:
         """On the worker thread: one batched generator call, then pixels to the host."""
-        pieces = [np.ascontiguousarray(to_uint8(p)[0]) for p in span_pieces(self.G, batch)]
+        pieces = [np.ascontiguousarray(to_uint8(p)[0]) for p in spans(self.G, batch)]
         self.stats["batches"] += 1
         self.stats["spans"] += len(batch)
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runtime.load import BACKENDS
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to an ``argparse`` subparsers object; ``run`` executes it."""
@@ -19,7 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="checkpoint, export folder or random[:SEED] (default: the embedded random model)")
     p.add_argument("--size", type=int, default=None, help="resolution of the random model (default 256)")
     p.add_argument("--channel-multiplier", type=int, default=None, help="channel multiplier of the random model")
-    p.add_argument("--backend", default="torch", help="torch, onnxruntime or tensorrt")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="torch, fast, auto (fast for fp16/bf16, else torch), onnxruntime or tensorrt")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
     p.add_argument("--truncation", type=float, default=0.7, help="psi of the served panoramas (default 0.7)")

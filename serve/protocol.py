@@ -34,7 +34,6 @@ from ..errors import SoatError
 MAGIC = b"SOAT"
 HEADER = struct.Struct("<4sIQIB3x")
 FORMATS = {"png": 0, "jpeg": 1, "webp": 2}
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_WIDTH = 8192  # columns in one HTTP request
 MAX_TILE = 2048  # columns in one stream frame
 MAX_COLUMN = 2 ** 53 - 1  # exact in a JavaScript number

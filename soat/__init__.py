@@ -10,14 +10,19 @@
     blend = soat.graphed(lambda a, b: G.blend(a, b))         # one CUDA graph per input shape
 """
 
-from soat.runtime import GeneratorConfig, Generator, LayerNode, SoatError, build_chain, load
+from soat.errors import SoatError
+from soat.runtime.chain import LayerNode, build_chain
+from soat.runtime.codes import load_codes, save_codes
+from soat.runtime.config import GeneratorConfig
 from soat.runtime.cudagraph import graphed
+from soat.runtime.generator import Generator
 from soat.runtime.images import save_png, to_pil, to_uint8
+from soat.runtime.load import load
+from soat.runtime.sources import convert
 from soat.runtime.styles import flatten_styles
-from soat.runtime.tasks.panorama import panorama_styles
 from soat.runtime.tasks.translate import translate
+from soat.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["GeneratorConfig", "Generator", "LayerNode", "SoatError", "build_chain", "graphed", "load", "save_png",
-           "to_pil", "to_uint8", "flatten_styles", "panorama_styles", "translate", "__version__"]
+__all__ = ["GeneratorConfig", "Generator", "LayerNode", "SoatError", "build_chain", "convert", "flatten_styles",
+           "graphed", "load", "load_codes", "save_codes", "save_png", "to_pil", "to_uint8", "translate",
+           "__version__"]

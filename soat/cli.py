@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from soat.errors import SoatError
+from soat.runtime.load import BACKENDS
 
 DEFAULT_MODEL = "random"
 
@@ -98,9 +99,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_panorama(args: argparse.Namespace) -> int:
-    import soat
     G = load_model(args)
-    styles = soat.panorama_styles(G, args.n, seed=args.seed, truncation=args.truncation)
+    styles = G.panorama_styles(args.n, seed=args.seed, truncation=args.truncation)
     save(G.panorama(styles, noise=args.noise, progress=True), args.output)
     return 0
 
@@ -159,7 +159,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=DEFAULT_MODEL,
                    help="rosinality/SOAT .pt, NVIDIA .pkl, soat .safetensors, export folder, or random[:SEED] (default)")
-    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="torch (reference), fast (fused kernels), auto (fast for fp16/bf16, else torch), "
+                        "onnxruntime or tensorrt (export folders; a checkpoint is exported into the cache)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--size", type=int, help="model size (checked against a checkpoint; default 256 for random)")
@@ -239,15 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_tools(sub) -> None:
-    """Subcommands whose modules live with their feature: (module, parser adder, command function)."""
-    import importlib
-    for module, adder, command in (("soat.export.cli", "add_parser", "run"),
-                                   ("soat.serve.cli", "add_parser", "run"),
-                                   ("soat.runtime.invert_cli", "add_invert_parser", "cmd_invert"),
-                                   ("soat.runtime.invert_cli", "add_convert_parser", "cmd_convert"),
-                                   ("soat.bench.cli", "add_parser", "run")):
-        mod = importlib.import_module(module)
-        getattr(mod, adder)(sub).set_defaults(func=getattr(mod, command))
+    """Subcommands whose parsers live with their feature: (parser adder, command function)."""
+    from soat import invert_cli
+    from soat.bench import cli as bench_cli
+    from soat.export import cli as export_cli
+    from soat.serve import cli as serve_cli
+    for adder, command in ((export_cli.add_parser, export_cli.run), (serve_cli.add_parser, serve_cli.run),
+                           (invert_cli.add_invert_parser, invert_cli.cmd_invert),
+                           (invert_cli.add_convert_parser, invert_cli.cmd_convert),
+                           (bench_cli.add_parser, bench_cli.run)):
+        adder(sub).set_defaults(func=command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ def demo_tasks(G, G2) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
     a, b = _styles(G, 1), _styles(G, 2)
     a2, b2 = _styles(G2, 1), _styles(G2, 2)
     box = (R // 4, R // 4, R // 2, R // 2)
-    panorama = soat.panorama_styles(G, 4, seed=90)
+    panorama = G.panorama_styles(4, seed=90)
 
     def expand() -> torch.Tensor:
         torch.manual_seed(0)

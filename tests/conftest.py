@@ -8,10 +8,26 @@ arithmetic shows in the images. Generators are session-scoped: tests must not mu
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-import soat
+# Where the kernel tests put their tensors: on a GPU the Triton kernels compile and run on CUDA
+# tensors, elsewhere on CPU tensors in Triton's interpreter. triton.jit reads TRITON_INTERPRET when
+# a kernel module is imported (on the first Triton launch), so it is set here, before any test runs.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import soat  # noqa: E402
+
+
+@pytest.fixture
+def exact_fp32(monkeypatch):
+    """On CUDA, cuDNN runs fp32 convs in TF32 (a 10-bit mantissa) by default: tests that compare
+    fp32 paths to tight tolerances use this to make every fp32 conv true fp32."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -64,12 +64,12 @@ def test_bench_runs_on_cpu_and_writes_json_and_chart(tmp_path, capsys):
     data = json.loads((tmp_path / "results.json").read_text())
     rows = data["results"]
     assert len(rows) == 2 * 3 * 2
-    assert {r["config"] for r in rows} == {"torch-fp32", "torch-bf16"}
-    bf16 = [r for r in rows if r["config"] == "torch-bf16"]
+    assert {r["config"] for r in rows} == {"torch-fp32", "fast-bf16"}  # --backends auto: fast for bf16
+    bf16 = [r for r in rows if r["config"] == "fast-bf16"]
     assert all(r["ratio_to_fp32"] > 0 and r["rel_err"] < 0.05 and r["psnr_db"] > 30 for r in bf16)
     assert data["meta"]["device"].startswith("CPU")
     assert (tmp_path / "chart.png").stat().st_size > 0  # matplotlib is a test dependency
-    assert "torch-bf16" in capsys.readouterr().out
+    assert "fast-bf16" in capsys.readouterr().out
 
 
 def test_user_errors_are_one_line_and_status_2(capsys, tmp_path):

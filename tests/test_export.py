@@ -18,9 +18,9 @@ import torch
 
 import soat
 import soat.export
-from soat.export.backends import cached_export
-from soat.export.graphs import graph_ids, input_shapes
-from soat.export.manifest import FORMAT_VERSION, MANIFEST, read_manifest
+from soat.export.cache import cached_export
+from soat.runtime.graphs import graph_ids, input_shapes
+from soat.runtime.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from soat.export.onnx_export import cache_key
 from soat.runtime.chain import build_chain
 from soat.runtime.checkpoint import file_sha256
@@ -244,7 +244,7 @@ def test_checkpoint_source_is_exported_once_into_the_cache(g8, tmp_path, monkeyp
 def test_cache_key_depends_on_source_dtype_opset_and_version(monkeypatch):
     keys = {cache_key("random:3:8:1", "fp32", 17), cache_key("random:3:8:2", "fp32", 17),
             cache_key("random:3:8:1", "fp16", 17), cache_key("random:3:8:1", "fp32", 18)}
-    monkeypatch.setattr(soat, "__version__", "99.0")
+    monkeypatch.setattr(soat.version, "__version__", "99.0")
     keys.add(cache_key("random:3:8:1", "fp32", 17))
     assert len(keys) == 5 and cache_key("random:3:8:1", "fp32", 17) == cache_key("random:3:8:1", "fp32", 17)
 

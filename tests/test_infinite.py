@@ -6,8 +6,10 @@ import torch
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 import soat
+from soat.runtime.tasks import endless_sampler as sampler
 from soat.runtime.tasks import infinite as inf
-from soat.runtime.tasks.panorama import panorama_width
+from soat.runtime.tasks import panorama_geometry as geo
+from soat.runtime.tasks.panorama_geometry import panorama_width
 
 SIZE = 8
 
@@ -22,35 +24,35 @@ def G():
 def test_weights_are_scipys_kernel():
     impulse = np.zeros(15)
     impulse[7] = 1.0
-    np.testing.assert_allclose(inf.WEIGHTS, gaussian_filter1d(impulse, 0.7)[7 - inf.RADIUS:8 + inf.RADIUS], rtol=1e-12)
-    assert inf.RADIUS == 3
-    assert inf.NORMALISER == pytest.approx(np.sqrt(np.sum(inf.WEIGHTS ** 2)))
+    np.testing.assert_allclose(sampler.WEIGHTS, gaussian_filter1d(impulse, 0.7)[7 - sampler.RADIUS:8 + sampler.RADIUS], rtol=1e-12)
+    assert sampler.RADIUS == 3
+    assert sampler.NORMALISER == pytest.approx(np.sqrt(np.sum(sampler.WEIGHTS ** 2)))
 
 
 def test_latents_match_scipy_filter_away_from_the_ends():
-    raw = np.stack([inf.raw_latent(11, j) for j in range(20)])
-    ref = gaussian_filter(raw, [0.7, 0], mode="wrap")[3:17] / inf.NORMALISER
-    np.testing.assert_allclose(inf.endless_latents(11, 3, 14), ref, rtol=0, atol=1e-6)
+    raw = np.stack([sampler.raw_latent(11, j) for j in range(20)])
+    ref = gaussian_filter(raw, [0.7, 0], mode="wrap")[3:17] / sampler.NORMALISER
+    np.testing.assert_allclose(sampler.endless_latents(11, 3, 14), ref, rtol=0, atol=1e-6)
 
 
 def test_latents_depend_only_on_seed_and_index():
-    whole = inf.endless_latents(5, -4, 12)
-    assert np.array_equal(inf.endless_latents(5, 1, 3), whole[5:8])
-    assert not np.array_equal(inf.endless_latents(6, 1, 3), whole[5:8])
+    whole = sampler.endless_latents(5, -4, 12)
+    assert np.array_equal(sampler.endless_latents(5, 1, 3), whole[5:8])
+    assert not np.array_equal(sampler.endless_latents(6, 1, 3), whole[5:8])
     # neighbouring raw latents come from disjoint counter ranges, not shifted copies of one stream
-    a, b = inf.raw_latent(5, 0), inf.raw_latent(5, 1)
+    a, b = sampler.raw_latent(5, 0), sampler.raw_latent(5, 1)
     assert not np.isin(a, b).any()
     # the fixed normaliser keeps unit variance, as the reference's global RMS does
-    assert np.sqrt(np.mean(inf.endless_latents(5, 0, 400).astype(np.float64) ** 2)) == pytest.approx(1, abs=0.03)
+    assert np.sqrt(np.mean(sampler.endless_latents(5, 0, 400).astype(np.float64) ** 2)) == pytest.approx(1, abs=0.03)
 
 
 @pytest.mark.parametrize("size", [8, 16, 256])
 def test_column_pieces_follow_the_reference_stitching(size):
     # the first N spans of the reference layout, flattened to (span, local column) per output column
     n = 6
-    ref = [(i, c) for i, (lo, hi) in enumerate(inf.piece_bounds(size, i) for i in range(n)) for c in range(lo, hi)]
+    ref = [(i, c) for i, (lo, hi) in enumerate(geo.span_columns(size, i) for i in range(n)) for c in range(lo, hi)]
     for start, width in [(0, 1), (0, len(ref)), (size + size // 2 - 1, 3), (7, 2 * size + 5), (len(ref) - 9, 9)]:
-        pieces = inf.column_pieces(size, start, width)
+        pieces = geo.column_pieces(size, start, width)
         got = [(i, c) for i, lo, hi in pieces for c in range(lo, hi)]
         assert got == ref[start:start + width]
         assert all(hi > lo for _, lo, hi in pieces)
@@ -73,7 +75,7 @@ def test_only_covering_spans_are_computed(G):
     inf.clear_cache(G)
     start, width = 10 * SIZE + 3, 2 * SIZE
     G.panorama_columns(9, start, width)
-    expected = {i for i, _, _ in inf.column_pieces(SIZE, start, width)}
+    expected = {i for i, _, _ in geo.column_pieces(SIZE, start, width)}
     assert {k.index for k in inf.cached_spans(G)} == expected
     assert len(expected) == 3
 

@@ -19,7 +19,7 @@ import soat
 from soat.runtime.codes import load_codes, save_codes
 from soat.runtime.inversion import (LPIPS_WEIGHT, PRIOR_SAMPLES, PRIOR_SEED, VGG16_FILE, inversion_loss,
                                     load_targets, lr_schedule, perceptual_loss, sigma_prior)
-from soat.runtime.invert_cli import add_invert_parser, cmd_invert
+from soat.invert_cli import add_invert_parser, cmd_invert
 from soat.runtime.styles import flatten_styles
 from conftest import make_styles, rel_err
 

@@ -1,8 +1,8 @@
 """Triton feature-op kernels against their torch references.
 
-CI runs the kernels on CPU tensors under the Triton interpreter (set here, before Triton
-is imported). With ``TRITON_INTERPRET=0`` on a GPU machine the same tests run on CUDA
-tensors through compiled kernels (slow: several hundred kernel variants get compiled).
+The tensors live on ``DEVICE`` (conftest): on a GPU machine the kernels compile and run on
+CUDA tensors (slow the first time: several hundred kernel variants get compiled); elsewhere
+conftest sets ``TRITON_INTERPRET=1`` and they run on CPU tensors in Triton's interpreter (CI).
 
 Tolerances: the styled-conv epilogue (fp32 in the kernel, one rounding) against its fp32
 reference: fp32 ``rtol=atol=1e-5``, fp16/bf16 ``atol = eps * max|ref|`` (one rounding of the
@@ -13,39 +13,38 @@ from fp32, the reference after each of its three tensor ops: up to about 3 half-
 of the largest term).
 """
 
-import os
+import subprocess
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from conftest import DEVICE
+from soat.errors import SoatError
+from soat.triton_kernels._dispatch import use_triton
+from soat.triton_kernels.columns import place_columns_ref
+from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref
+from soat.triton_kernels.demod import demod, demod_ref
+from soat.triton_kernels.mask_lerp import mask_lerp_ref
+from soat.triton_kernels.modulate import modulate, modulate_ref
+from soat.triton_kernels.ops import (WIDEN_MODES, concat_w, mask_lerp, place_columns, ramp, ramp_lerp, region_copy,
+                                     shift_lerp, widen)
+from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
+from soat.triton_kernels.region_copy import region_copy_ref
+from soat.triton_kernels.shift_lerp import shift_lerp_ref
+from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref
+from soat.triton_kernels.widen import widen_ref
 
 pytest.importorskip("triton", reason="the kernel tests need the triton package (pip install 'soat[test]')")
 
-from soat.errors import SoatError  # noqa: E402
-from soat.triton_kernels import (WIDEN_MODES, concat_w, mask_lerp, place_columns, ramp, ramp_lerp,  # noqa: E402
-                                 region_copy, shift_lerp, widen)
-from soat.triton_kernels._dispatch import use_triton  # noqa: E402
-from soat.triton_kernels.columns import place_columns_ref  # noqa: E402
-from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref  # noqa: E402
-from soat.triton_kernels.demod import demod, demod_ref  # noqa: E402
-from soat.triton_kernels.mask_lerp import mask_lerp_ref  # noqa: E402
-from soat.triton_kernels.modulate import modulate, modulate_ref  # noqa: E402
-from soat.triton_kernels.ramp_lerp import ramp_lerp_ref  # noqa: E402
-from soat.triton_kernels.region_copy import region_copy_ref  # noqa: E402
-from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref  # noqa: E402
-from soat.triton_kernels.shift_lerp import shift_lerp_ref  # noqa: E402
-from soat.triton_kernels.widen import widen_ref  # noqa: E402
-
-DEVICE = "cpu" if os.environ["TRITON_INTERPRET"] == "1" else "cuda"
 # [B, C, H, W]: B in {1, 3}, ragged C, odd and even sizes; 16x16 at B=3 spans several programs
 GEOMS = [(1, 3, 5, 7), (3, 5, 5, 7), (1, 5, 9, 13), (3, 3, 9, 13), (3, 5, 16, 16), (1, 3, 16, 16)]
 FORMATS = [(dt, cl) for dt in (torch.float32, torch.float16, torch.bfloat16) for cl in (False, True)]
 CASES = [pytest.param(g, dt, cl, id=f"{'x'.join(map(str, g))}-{str(dt)[6:]}{'-cl' if cl else ''}")
          for g in GEOMS for dt, cl in FORMATS]
+
+
+pytestmark = pytest.mark.usefixtures("exact_fp32")  # true fp32 references on CUDA (conftest)
 
 
 def maps(n, shape, dtype=torch.float32, channels_last=False, seed=0):
@@ -310,5 +309,7 @@ def test_dispatch(monkeypatch):
 
 
 def test_importing_soat_does_not_import_triton():
-    code = "import sys, soat, soat.triton_kernels; assert 'triton' not in sys.modules, 'triton was imported'"
+    code = ("import sys, soat, soat.triton_kernels.ops, soat.triton_kernels.conv_epilogue, soat.triton_kernels.demod, "
+            "soat.triton_kernels.modulate, soat.triton_kernels.to_rgb; "
+            "assert 'triton' not in sys.modules, 'triton was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

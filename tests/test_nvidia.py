@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 import soat
-from soat.runtime.checkpoint import random_weights
+from soat.runtime.random_model import random_weights
 from soat.runtime.config import GeneratorConfig
-from soat.runtime.invert_cli import add_convert_parser, cmd_convert
+from soat.invert_cli import add_convert_parser, cmd_convert
 from conftest import make_styles, rel_err
 
 MARKER = "soat-test-executed-marker"

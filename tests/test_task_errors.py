@@ -187,10 +187,10 @@ def test_bad_shift(g16, s16, kwargs, pattern):
 # ---- masks and per-layer limits ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mask, pattern", [
-    (torch.zeros(1, 16, 16), r"mask must be a tensor \[1 or 2, 1, H, W\]; got \[1, 16, 16\]"),
-    (torch.zeros(1, 3, 16, 16), r"mask must be a tensor \[1 or 2, 1, H, W\]; got \[1, 3, 16, 16\]"),
-    (torch.zeros(3, 1, 16, 16), r"mask must be a tensor \[1 or 2, 1, H, W\]; got \[3, 1, 16, 16\]"),
-    ([[0.0]], r"mask must be a tensor \[1 or 2, 1, H, W\]; got list"),
+    (torch.zeros(1, 16, 16), r"mask must be a tensor \[1 or 2, 1, Hm, Wm\] \(the images have batch 2\); got \[1, 16, 16\]"),
+    (torch.zeros(1, 3, 16, 16), r"mask must be a tensor \[1 or 2, 1, Hm, Wm\] \(the images have batch 2\); got \[1, 3, 16, 16\]"),
+    (torch.zeros(3, 1, 16, 16), r"mask must be a tensor \[1 or 2, 1, Hm, Wm\] \(the images have batch 2\); got \[3, 1, 16, 16\]"),
+    ([[0.0]], r"mask must be a tensor \[1 or 2, 1, Hm, Wm\] \(the images have batch 2\); got list"),
     (torch.full((1, 1, 16, 16), 1.5), r"mask values must be finite and inside \[0, 1\]"),
     (torch.full((1, 1, 16, 16), -0.2), r"mask values must be finite and inside \[0, 1\]"),
     (torch.full((1, 1, 16, 16), float("nan")), r"mask values must be finite"),
@@ -234,7 +234,7 @@ def test_bad_panorama(g16, s16, lists, pattern):
 
 def test_panorama_sampler_needs_two(g16):
     with raises(r"n=1: a panorama needs at least 2 images"):
-        soat.panorama_styles(g16, 1)
+        g16.panorama_styles(1)
 
 
 # ---- translation -------------------------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_panorama_sampler_needs_two(g16):
     ({"alpha": 1.5}, r"alpha=1.5 must be a number in \[0, 1\] or a mask tensor"),
     ({"early_alpha": -0.1}, r"early_alpha=-0.1 must be a number in \[0, 1\]"),
     ({"alpha": "half"}, r"alpha='half' must be a number in \[0, 1\]"),
-    ({"alpha": torch.zeros(1, 2, 16, 16)}, r"mask must be a tensor \[1 or 2, 1, H, W\]; got \[1, 2, 16, 16\]"),
+    ({"alpha": torch.zeros(1, 2, 16, 16)}, r"mask must be a tensor \[1 or 2, 1, Hm, Wm\] \(the images have batch 2\); got \[1, 2, 16, 16\]"),
     ({"alpha": torch.full((1, 1, 16, 16), 2.0)}, r"mask values must be finite and inside \[0, 1\]"),
 ])
 def test_bad_translate(g16, g16b, s16, kwargs, pattern):

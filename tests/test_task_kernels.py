@@ -1,20 +1,17 @@
-"""Every task with its feature ops run by the Triton kernels (interpreter on the CPU) equals the
-same task with the torch reference ops: the kernels as the tasks call them, shapes and strides
-included. fp32, rel err <= 1e-6 (the kernels are checked op by op in test_kernels.py)."""
+"""Every task with its feature ops run by the Triton kernels (compiled on a GPU, the interpreter on
+the CPU) equals the same task with the torch reference ops: the kernels as the tasks call them,
+shapes and strides included. fp32 (TF32 off on a GPU), rel err <= 1e-6 (the kernels are checked op
+by op in test_kernels.py)."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton", reason="needs the triton package (pip install 'soat[test]')")
 
 import soat  # noqa: E402
-from conftest import make_styles, rel_err  # noqa: E402
+from conftest import DEVICE, make_styles, rel_err  # noqa: E402
 
-MASK = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+MASK = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3)).to(DEVICE)
 
 # 16 px models keep the interpreter quick; patch swap needs 32 px
 TASKS = {
@@ -31,9 +28,18 @@ TASKS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("exact_fp32")  # true fp32 convs on CUDA (conftest)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """16 and 32 px models on the kernels' device (the Triton kernels need CUDA tensors there)."""
+    return {size: soat.load(f"random:{size}", size=size, channel_multiplier=1, device=DEVICE) for size in (16, 32)}
+
+
 @pytest.mark.parametrize("task", list(TASKS))
-def test_task_with_triton_ops_equals_reference_ops(g16, g32, task, monkeypatch):
-    G = g32 if task == "patch_swap" else g16
+def test_task_with_triton_ops_equals_reference_ops(models, task, monkeypatch):
+    G = models[32 if task == "patch_swap" else 16]
     a, b = make_styles(G, 2, seed=7), make_styles(G, 2, seed=8)
     monkeypatch.setenv("SOAT_FEATURE_OPS", "ref")
     ref = TASKS[task](G, a, b)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import soat
+from soat.runtime.backend import NodeByNode
 from soat.runtime.tasks.local import alpha_is_zero, boxes_mask
 from soat.triton_kernels.ramp_lerp import ramp
 from conftest import make_styles, pick, rel_err
@@ -34,18 +35,33 @@ def spec_ramp(n: int, pad: bool = True) -> torch.Tensor:
     return torch.from_numpy(a).float()
 
 
-def spec_alpha_zero(i: int, pose_align: bool, num_blend: int) -> bool:
-    """SPEC Blend with a box: conv1 always blends; to_rgb1 is cut only by pose alignment;
-    a block layer i >= 2 is cut when i > num_blend, or by pose alignment when i < 4."""
-    if i == 0:
-        return False
-    if i == 1:
-        return pose_align
-    return i > num_blend or (pose_align and i < 4)
+# SPEC Blend with a box, spelled out for a 20-entry sigma list: the sigma indices whose alpha is
+# cut to zero, for (pose_align, num_blend). conv1 (0) always blends; to_rgb1 (1) is cut only by
+# pose alignment; a block layer i >= 2 is cut when i > num_blend, or by pose alignment when i < 4.
+SPEC_ZERO_ALPHA = {
+    (False, 99): set(),
+    (True, 99): {1, 2, 3},
+    (False, 9): set(range(10, 20)),
+    (False, 5): set(range(6, 20)),
+    (True, 5): {1, 2, 3, *range(6, 20)},
+    (False, 4): set(range(5, 20)),
+    (True, 4): {1, 2, 3, *range(5, 20)},
+    (False, 3): set(range(4, 20)),
+    (True, 3): set(range(1, 20)),
+    (False, 2): set(range(3, 20)),
+    (True, 2): set(range(1, 20)),
+    (False, 1): set(range(2, 20)),
+    (True, 1): set(range(1, 20)),
+    (False, 0): set(range(2, 20)),
+    (True, 0): set(range(1, 20)),
+}
 
 
-class Recorder:
-    """A backend that runs the torch backend and keeps every call's inputs and outputs."""
+class Recorder(NodeByNode):
+    """A backend that runs the torch backend node by node and keeps every call's inputs and outputs."""
+
+    differentiable = True
+    capturable = False
 
     def __init__(self, backend):
         self.inner, self.calls = backend, []
@@ -381,11 +397,9 @@ def test_translate_all_ones_is_generator2(g16, g16b):
 
 # ---- blend with a mask or a box ---------------------------------------------------------------------------------
 
-def test_alpha_zero_table():
-    for pose in (False, True):
-        for nb in (0, 1, 2, 3, 4, 5, 9, 99):
-            assert [alpha_is_zero(i, pose, nb) for i in range(20)] == [spec_alpha_zero(i, pose, nb)
-                                                                     for i in range(20)], (pose, nb)
+@pytest.mark.parametrize("pose, num_blend", list(SPEC_ZERO_ALPHA))
+def test_alpha_zero_table(pose, num_blend):
+    assert {i for i in range(20) if alpha_is_zero(i, pose, num_blend)} == SPEC_ZERO_ALPHA[pose, num_blend]
 
 
 def test_blend_mask_zero_is_generate_s1(g16):
@@ -399,7 +413,7 @@ def test_blend_mask_ones_is_per_layer_choice(g16, pose_align, num_blend):
     """An all-ones mask takes sigma2's output wherever alpha is not cut, sigma1's where it is: the plain
     chain of the per-layer mixture of the two sigma lists."""
     s1, s2 = two_styles(g16)
-    mixed = [a if spec_alpha_zero(i, pose_align, num_blend) else b for i, (a, b) in enumerate(zip(s1, s2))]
+    mixed = [a if i in SPEC_ZERO_ALPHA[pose_align, num_blend] else b for i, (a, b) in enumerate(zip(s1, s2))]
     got = g16.blend_mask(s1, s2, torch.ones(1, 1, 16, 16), pose_align=pose_align, num_blend=num_blend)
     assert rel_err(got, g16.generate(mixed)) < 1e-6
 

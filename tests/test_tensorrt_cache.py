@@ -12,7 +12,7 @@ import torch
 
 import soat
 import soat.export
-from soat.export.trt_backend import (LATENT_MAX_BATCH, RECORD_FIELDS, engine_paths, engine_record,
+from soat.runtime.backends.trt_backend import (LATENT_MAX_BATCH, RECORD_FIELDS, engine_paths, engine_record,
                                      profile_shapes, stale_reason)
 from conftest import make_styles, rel_err
 

@@ -1,11 +1,13 @@
-"""Choosing between a Triton kernel and its torch reference, and the argument checks both share."""
+"""Choosing between a Triton kernel and its torch reference, loading the kernels, and the argument checks."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import numbers
 import os
+from types import ModuleType
 
 import torch
 
@@ -26,31 +28,50 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def use_triton(impl: str, *tensors: torch.Tensor) -> bool:
+def use_triton(impl: str, *tensors: torch.Tensor | None) -> bool:
     """True when the Triton kernel should run: ``impl='triton'``, or ``'auto'`` on CUDA tensors.
 
-    ``'auto'`` falls back to the reference where Triton is not installed; the environment
-    variable ``SOAT_FEATURE_OPS`` (``auto``, ``triton`` or ``ref``) replaces ``'auto'`` for
-    every op a task calls (to debug a task with the reference ops on the GPU, or to run the
-    kernels inside whole tasks under the interpreter). ``TRITON_INTERPRET=1`` lets
-    ``impl='triton'`` run on CPU tensors (how CI tests kernels).
+    ``'auto'`` falls back to the reference where Triton is not installed, and whenever an
+    input requires grad (the kernels have no backward pass; the references are plain torch
+    ops, so autograd sees every step). The environment variable ``SOAT_FEATURE_OPS``
+    (``auto``, ``triton`` or ``ref``) replaces ``'auto'`` for every op a task calls (to debug
+    a task with the reference ops on the GPU, or to run the kernels inside whole tasks under
+    the interpreter). ``TRITON_INTERPRET=1`` lets ``impl='triton'`` run on CPU tensors (how
+    CI tests kernels). ``None`` entries (absent optional inputs) are ignored.
     """
+    present = [t for t in tensors if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in present)
+    if impl == "triton" and needs_grad:
+        raise SoatError("impl='triton' has no backward pass and an input requires grad; use impl='auto' "
+                        "(the torch reference runs when gradients are needed) or impl='ref'")
     if impl == "auto":
         impl = os.environ.get("SOAT_FEATURE_OPS", "auto")
     if impl not in IMPLS:
         raise SoatError(f"impl={impl!r} is unknown (SOAT_FEATURE_OPS or the impl argument); use one of {IMPLS}")
-    if impl == "ref":
+    if impl == "ref" or needs_grad:
         return False
-    on_cuda = all(t.is_cuda for t in tensors)
+    on_cuda = all(t.is_cuda for t in present)
     if impl == "auto":
         return on_cuda and triton_installed()
     if not triton_installed():
         raise SoatError("impl='triton' needs the triton package (pip install 'soat[triton]'); or use impl='ref'")
     if not on_cuda and not interpreting():
-        devices = sorted({str(t.device) for t in tensors})
+        devices = sorted({str(t.device) for t in present})
         raise SoatError(f"impl='triton' needs CUDA tensors (got {', '.join(devices)}); "
                         f"CPU tensors run Triton only under TRITON_INTERPRET=1")
     return True
+
+
+@functools.cache
+def kernels(name: str) -> ModuleType:
+    """The kernel module ``soat.triton_kernels.<name>_kernel``, imported on the first Triton launch.
+
+    Importing it imports Triton and jits its kernels, so the op modules call this only once
+    :func:`use_triton` has chosen the kernel: ``import soat`` and the torch references never
+    import Triton. ``triton.jit`` reads ``TRITON_INTERPRET`` when a kernel module is imported:
+    set it before the first launch.
+    """
+    return importlib.import_module(f"{__package__}.{name}_kernel")
 
 
 def _describe(t) -> str:

@@ -1,70 +1,24 @@
-"""Tiling shared by the kernels: a ``[B, C, H, W]`` index space walked in an output's memory order.
+"""Launch geometry shared by the kernels (torch side; the jit helpers are in ``tiles_kernel.py``).
 
-The space is a 2-D grid of rows x inner, where the inner dimension is the one with
-stride 1 in the output (W for contiguous NCHW, C for channels_last) and rows are the
-other three. A program covers a ``[BR, BI]`` tile; the row decomposition (integer
-divisions) is done once per row, not per element, so the kernels stay memory-bound.
-Every tensor is addressed through its own strides, so inputs may have any layout
-(slices, channels_last, broadcast masks) without a copy.
+Most kernels walk a ``[B, C, H, W]`` index space in an output's memory order, as a 2-D
+grid of rows x inner: the inner dimension is the one with stride 1 in the output (W for
+contiguous NCHW, C for channels_last), rows are the other three. A program covers a
+``[BR, BI]`` tile; the row decomposition (integer divisions) is done once per row, not
+per element, so the kernels stay memory-bound. Every tensor is addressed through its
+own strides, so inputs may have any layout (slices, channels_last, broadcast masks)
+without a copy.
 
-Triton is imported on the first kernel build, never at import time. Triton resolves
-a kernel's names in its module's globals (the interpreter re-executes the kernel
-source there), so :func:`jit` binds ``tl`` and the tile helpers into the kernel's
-module before jitting it.
+This module imports no Triton: the op modules use it before deciding to launch.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-tl = None  # triton.language, bound by jit() on first use
-
 TILE = 2048  # elements per program: 16 per thread at 4 warps
 MAX_INNER = 256  # inner (contiguous) extent of a tile
-
-
-def tile_index(B, C, H, W, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
-    """This program's tile: ``b, c, h, w`` index tensors (``[BR, 1]`` or ``[1, BI]``) and the in-bounds mask."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
-    inner = tl.program_id(1) * BI + tl.arange(0, BI)[None, :]
-    if CL:
-        w = rows % W
-        h = (rows // W) % H
-        b = rows // (W * H)
-        c = inner
-        ok = (b < B) & (c < C)
-    else:
-        h = rows % H
-        c = (rows // H) % C
-        b = rows // (H * C)
-        w = inner
-        ok = (b < B) & (w < W)
-    return b, c, h, w, ok
-
-
-def offset(b, c, h, w, sb, sc, sh, sw):
-    """Element offset of ``[b, c, h, w]`` under strides ``sb, sc, sh, sw`` (the batch term in int64)."""
-    return b.to(tl.int64) * sb + c * sc + h * sh + w * sw
-
-
-@functools.cache
-def _helpers() -> dict:
-    import triton
-    import triton.language as language
-
-    globals()["tl"] = language
-    return {"tl": language, "tile_index": triton.jit(tile_index), "offset": triton.jit(offset)}
-
-
-def jit(fn: Callable) -> Callable:
-    """``triton.jit(fn)`` for a module-level kernel, with ``tl``, ``tile_index`` and ``offset`` bound in its module."""
-    import triton
-
-    fn.__globals__.update(_helpers())
-    return triton.jit(fn)
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -82,6 +36,10 @@ def empty_map(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
     return torch.empty(tuple(shape), dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
+def cdiv(n: int, d: int) -> int:
+    return -(-n // d)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -92,22 +50,13 @@ def tile_shape(rows: int, inner: int, tile: int = TILE) -> tuple[int, int]:
     return min(max(tile // bi, 1), _pow2(rows)), bi
 
 
-def launch(kernel: Callable, space: Sequence[int], channels_last: bool, args: Sequence, **meta) -> None:
-    """Run ``kernel[grid](*args, B, C, H, W, CL=..., BR=..., BI=..., **meta)`` over the ``space`` ``[B, C, H, W]``."""
+def tile_grid(space: Sequence[int], channels_last: bool, tile: int = TILE) -> tuple[tuple[int, int], int, int]:
+    """``(grid, BR, BI)`` to walk ``space = [B, C, H, W]`` in ``[BR, BI]`` tiles, inner dimension
+    C if ``channels_last`` else W. An empty space gives an empty grid (a launch that runs nothing)."""
     B, C, H, W = space
-    numel = B * C * H * W
-    if numel == 0:
-        return
-    inner = C if channels_last else W
-    rows = numel // inner
-    br, bi = tile_shape(rows, inner)
-    grid = ((rows + br - 1) // br, (inner + bi - 1) // bi)
-    run(kernel, grid, args, B, C, H, W, CL=channels_last, BR=br, BI=bi, **meta)
-
-
-def run(kernel: Callable, grid: tuple[int, int], args: Sequence, *tail, **meta) -> None:
-    # no implicit mul+add fusion: the kernels round each step as torch's elementwise ops do
-    kernel[grid](*args, *tail, enable_fp_fusion=False, **meta)
+    inner, rows = (C, B * H * W) if channels_last else (W, B * C * H)
+    br, bi = tile_shape(rows, inner, tile)
+    return (cdiv(rows, br), cdiv(inner, bi)), br, bi
 
 
 def device_table(rows: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor:

@@ -3,48 +3,24 @@
 ``concat_w``: two maps side by side along W (the two conv1 outputs of ``merge``).
 ``place_columns``: ``out[..., c0:c0+n] = span[..., s0:s0+n]`` in place (panorama stitching).
 
-Both kernels are copies (outputs equal the reference bit for bit): ``concat_w`` reads
-each output column from one of its two inputs in one launch; ``place_columns`` copies
-the column range through strided views, so the span is never gathered into a temporary.
+Both kernels (``columns_kernel.py``) are copies (outputs equal the reference bit for bit):
+``concat_w`` reads each output column from one of its two inputs in one launch;
+``place_columns`` copies the column range through strided views, so the span is never
+gathered into a temporary.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..errors import SoatError
-from ._dispatch import check_int, check_maps, use_triton
-from ._tiles import empty_map, is_channels_last, is_dense_map, jit, launch
-
-tl = tile_index = offset = None  # bound by _tiles.jit when the kernels are first built
+from ._dispatch import check_int, check_maps, kernels, use_triton
+from ._tiles import is_dense_map
 
 
 def concat_w_ref(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """``[B, C, H, W1]``, ``[B, C, H, W2]`` -> ``[B, C, H, W1 + W2]``."""
     return torch.cat([x1, x2], 3)
-
-
-def _concat_w_kernel(x1, x2, out, W1, s1b, s1c, s1h, s1w, s2b, s2c, s2h, s2w, sob, soc, soh, sow,
-                     B, C, H, W, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
-    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
-    left = w < W1
-    v1 = tl.load(x1 + offset(b, c, h, w, s1b, s1c, s1h, s1w), mask=ok & left)
-    v2 = tl.load(x2 + offset(b, c, h, w - W1, s2b, s2c, s2h, s2w), mask=ok & ~left)
-    tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), tl.where(left, v1, v2), mask=ok)
-
-
-def _copy_kernel(src, dst, ssb, ssc, ssh, ssw, sdb, sdc, sdh, sdw,
-                 B, C, H, W, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
-    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
-    v = tl.load(src + offset(b, c, h, w, ssb, ssc, ssh, ssw), mask=ok)
-    tl.store(dst + offset(b, c, h, w, sdb, sdc, sdh, sdw), v, mask=ok)
-
-
-@functools.cache
-def _kernels() -> tuple:
-    return jit(_concat_w_kernel), jit(_copy_kernel)
 
 
 def concat_w(x1: torch.Tensor, x2: torch.Tensor, impl: str = "auto") -> torch.Tensor:
@@ -58,11 +34,7 @@ def concat_w(x1: torch.Tensor, x2: torch.Tensor, impl: str = "auto") -> torch.Te
     check_maps({"x1": x1, "x2": x2}, same="BCH")
     if not use_triton(impl, x1, x2):
         return concat_w_ref(x1, x2)
-    b, c, h, w1 = x1.shape
-    out = empty_map((b, c, h, w1 + x2.shape[3]), x1)
-    args = (x1, x2, out, w1, *x1.stride(), *x2.stride(), *out.stride())
-    launch(_kernels()[0], out.shape, is_channels_last(out), args)
-    return out
+    return kernels("columns").concat_w(x1, x2)
 
 
 def place_columns_ref(out: torch.Tensor, span: torch.Tensor, out_col: int, span_col: int, width: int) -> torch.Tensor:
@@ -93,7 +65,4 @@ def place_columns(out: torch.Tensor, span: torch.Tensor, out_col: int, span_col:
         raise SoatError("span shares memory with out; place columns from a separate tensor")
     if not use_triton(impl, out, span):
         return place_columns_ref(out, span, out_col, span_col, width)
-    src = span[..., span_col:span_col + width]
-    dst = out[..., out_col:out_col + width]
-    launch(_kernels()[1], dst.shape, is_channels_last(out), (src, dst, *src.stride(), *dst.stride()))
-    return out
+    return kernels("columns").place_columns(out, span, out_col, span_col, width)

@@ -5,24 +5,21 @@ and reads ``f`` at ``(y - dy, x - dx)``: the patch at ``(ty - dy, tx - dx)`` lan
 target. Inside a target ``out = (1 - s) * f + s * f_shifted`` with strength ``s``; outside,
 ``out = f``. All moves read the unmodified ``f``; a later move wins where targets overlap.
 
-The kernel does every move in one pass: each pixel finds the last move whose target
-holds it (the moves sit in a small int32 table on the device), then reads ``f`` there
-and, inside a target, at the shifted position; it never reads ``out``.
+The kernel (``shift_lerp_kernel.py``) does every move in one pass: each pixel finds the
+last move whose target holds it (the moves sit in a small int32 table on the device),
+then reads ``f`` there and, inside a target, at the shifted position; it never reads
+``out``.
 """
 
 from __future__ import annotations
 
-import functools
 import numbers
 from typing import Sequence
 
 import torch
 
 from ..errors import SoatError
-from ._dispatch import check_int_rows, check_maps, use_triton
-from ._tiles import device_table, empty_map, is_channels_last, jit, launch
-
-tl = tile_index = offset = None  # bound by _tiles.jit when the kernel is first built
+from ._dispatch import check_int_rows, check_maps, kernels, use_triton
 
 Move = tuple[int, int, int, int, int, int]
 
@@ -34,34 +31,6 @@ def shift_lerp_ref(f: torch.Tensor, moves: Sequence[Move], strength: float = 1.0
         src = f[..., ty - dy:ty - dy + h, tx - dx:tx - dx + w]
         out[..., ty:ty + h, tx:tx + w] = (1 - strength) * f[..., ty:ty + h, tx:tx + w] + strength * src
     return out
-
-
-def _shift_lerp_kernel(f, out, moves, n_moves, keep, strength, sfb, sfc, sfh, sfw, sob, soc, soh, sow,
-                       B, C, H, W, CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
-    b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
-    y = h + w * 0  # both indices at the full tile shape
-    x = w + h * 0
-    hit = y < 0
-    dy = y * 0
-    dx = x * 0
-    for i in range(n_moves):
-        ty = tl.load(moves + 6 * i)
-        tx = tl.load(moves + 6 * i + 1)
-        inside = (y >= ty) & (y < ty + tl.load(moves + 6 * i + 2))
-        inside = inside & (x >= tx) & (x < tx + tl.load(moves + 6 * i + 3))
-        dy = tl.where(inside, tl.load(moves + 6 * i + 4), dy)
-        dx = tl.where(inside, tl.load(moves + 6 * i + 5), dx)
-        hit = hit | inside
-    v = tl.load(f + offset(b, c, h, w, sfb, sfc, sfh, sfw), mask=ok)
-    shifted = tl.load(f + offset(b, c, y - dy, x - dx, sfb, sfc, sfh, sfw), mask=ok & hit)
-    mixed = keep * v.to(tl.float32) + strength * shifted.to(tl.float32)
-    res = tl.where(hit, mixed.to(out.dtype.element_ty), v)
-    tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), res, mask=ok)
-
-
-@functools.cache
-def _kernel():
-    return jit(_shift_lerp_kernel)
 
 
 def check_moves(moves: Sequence[Move], height: int, width: int) -> list[Move]:
@@ -91,8 +60,4 @@ def shift_lerp(f: torch.Tensor, moves: Sequence[Move], strength: float = 1.0, im
         raise SoatError(f"strength={strength!r} must be a number")
     if not use_triton(impl, f):
         return shift_lerp_ref(f, moves, strength)
-    out = empty_map(f.shape, f)
-    table = device_table(moves, f.device)
-    args = (f, out, table, len(moves), float(1 - strength), float(strength), *f.stride(), *out.stride())
-    launch(_kernel(), out.shape, is_channels_last(out), args)
-    return out
+    return kernels("shift_lerp").shift_lerp(f, moves, strength)

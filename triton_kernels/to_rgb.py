@@ -6,24 +6,18 @@
 ``k = [1, 3, 3, 1]``: per axis, output ``2n`` is ``(skip[n - 1] + 3 skip[n]) / 4`` and output
 ``2n + 1`` is ``(3 skip[n] + skip[n + 1]) / 4`` (zero outside the map). torch runs this as a
 modulated copy of ``x`` (or a per-sample weight and a batched matmul), a depthwise transposed
-conv (a slow cuDNN kernel on 3 channels) and two adds; the kernel reads ``x`` once, four skip
-taps per pixel (from cache), accumulates in fp32 and writes the RGB once.
+conv (a slow cuDNN kernel on 3 channels) and two adds; the kernel (``to_rgb_kernel.py``)
+reads ``x`` once, four skip taps per pixel (from cache), accumulates in fp32 and writes
+the RGB once.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
 
 from .fir import BLUR_KERNEL, upfirdn2d
-from ._dispatch import use_triton
-from ._tiles import jit, run
-
-tl = None  # bound by _tiles.jit when the kernel is first built
-
-BLOCK_P, BLOCK_I = 64, 64  # pixels and input channels per step
+from ._dispatch import kernels, use_triton
 
 
 def to_rgb_ref(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -35,65 +29,9 @@ def to_rgb_ref(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias:
     return out
 
 
-def _to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
-                   I, H, W, Hs, Ws, HAS_SKIP: tl.constexpr, BP: tl.constexpr, BI: tl.constexpr):
-    b = tl.program_id(1)  # batch on axis 1 (at most 65535), pixels on axis 0 (no such limit)
-    p = tl.program_id(0) * BP + tl.arange(0, BP)
-    ok = p < H * W
-    h = p // W
-    w = p % W
-    pix = x + b.to(tl.int64) * sxb + h * sxh + w * sxw  # [BP]
-    acc0 = tl.zeros([BP], dtype=tl.float32)
-    acc1 = tl.zeros([BP], dtype=tl.float32)
-    acc2 = tl.zeros([BP], dtype=tl.float32)
-    for start in range(0, I, BI):
-        i = start + tl.arange(0, BI)
-        i_ok = i < I
-        v = tl.load(pix[:, None] + i[None, :] * sxc, mask=ok[:, None] & i_ok[None, :], other=0.0).to(tl.float32)
-        s = tl.load(style + b * I + i, mask=i_ok, other=0.0).to(tl.float32)
-        acc0 += tl.sum(v * (tl.load(weight + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
-        acc1 += tl.sum(v * (tl.load(weight + I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
-        acc2 += tl.sum(v * (tl.load(weight + 2 * I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
-    for c in tl.static_range(3):
-        if c == 0:
-            v = acc0
-        elif c == 1:
-            v = acc1
-        else:
-            v = acc2
-        v += tl.load(bias + c).to(tl.float32)
-        if HAS_SKIP:
-            plane = skip + b.to(tl.int64) * ssb + c * ssc
-            r0 = (h + 1) // 2 - 1  # the skip rows/cols under h, w (h + 1 >= 1: no negative division)
-            q0 = (w + 1) // 2 - 1
-            wr = 0.25 + 0.5 * (h % 2).to(tl.float32)  # weight of r0; r0 + 1 gets 1 - wr
-            wc = 0.25 + 0.5 * (w % 2).to(tl.float32)
-            for i in tl.static_range(2):
-                r = r0 + i
-                row_w = wr if i == 0 else 1.0 - wr
-                for j in tl.static_range(2):
-                    q = q0 + j
-                    col_w = wc if j == 0 else 1.0 - wc
-                    m = ok & (r >= 0) & (r < Hs) & (q >= 0) & (q < Ws)
-                    v += row_w * col_w * tl.load(plane + r * ssh + q * ssw, mask=m, other=0.0).to(tl.float32)
-        tl.store(out + b.to(tl.int64) * sob + c * soc + h * soh + w * sow, v.to(out.dtype.element_ty), mask=ok)
-
-
-@functools.cache
-def _kernel():
-    return jit(_to_rgb_kernel)
-
-
 def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
            skip: torch.Tensor | None, impl: str = "auto") -> torch.Tensor:
     """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]`` (the runtime's own call; see module docstring)."""
-    if not use_triton(impl, x, style, weight, bias):
+    if not use_triton(impl, x, style, weight, bias, skip):
         return to_rgb_ref(x, style, weight, bias, skip)
-    batch, inputs, height, width = x.shape
-    out = torch.empty(batch, 3, height, width, dtype=x.dtype, device=x.device)
-    skip_arg = out if skip is None else skip
-    args = (x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out, *x.stride(),
-            *skip_arg.stride(), *out.stride(), inputs, height, width, *skip_arg.shape[-2:])
-    grid = ((height * width + BLOCK_P - 1) // BLOCK_P, batch)
-    run(_kernel(), grid, args, HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I)
-    return out
+    return kernels("to_rgb").to_rgb(x, style, weight, bias, skip)

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from ...triton_kernels import ops as K
-from ..chain import TO_RGB, LayerNode, RunNode
+from ..chain import LayerNode, RunNode, advance
 from ...errors import SoatError
 from ..noise import NoiseArg, NoiseFn, node_noise
 
@@ -34,16 +34,13 @@ def lerp_chain(run1: RunNode, run2: RunNode, s1: Sequence[torch.Tensor], s2: Seq
         n2 = n1 if noise2 is None else node_noise(node, x, noise2)
         out1 = run1(node, x, s1[node.style_index], n1, rgb)
         out2 = run2(node, x, s2[node.style_index], n2, rgb)
-        out = combine(node, out1, out2)
-        if node.kind == TO_RGB:
-            rgb = out
-        else:
-            x = out
+        x, rgb = advance(node, combine(node, out1, out2), x, rgb)
     return rgb
 
 
-def check_pair(G, styles1, styles2) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    s1, s2 = G.check_styles(styles1, "styles1"), G.check_styles(styles2, "styles2")
+def check_pair(G, styles1, styles2, G2=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Both style lists checked (``styles2`` against ``G2`` where two generators run), of one batch."""
+    s1, s2 = G.check_styles(styles1, "styles1"), (G2 or G).check_styles(styles2, "styles2")
     if s1[0].shape[0] != s2[0].shape[0]:
         raise SoatError(f"styles1 has batch {s1[0].shape[0]} but styles2 has {s2[0].shape[0]}; they must match")
     return s1, s2

@@ -30,7 +30,8 @@ alone, so that any column can be computed without the ones before it:
 5. **Spans and stitching,** exactly as SPEC's panorama: span
    ``S_i = merge_extension(sigma_i, sigma_{i+1})`` (``R x 2R``), ``p = 2R // 4``;
    column c of the endless image comes from S_0's columns ``[0, R + p)`` first, then
-   from each later span's ``[p, 2R - p)`` (R columns each) in order.
+   from each later span's ``[p, 2R - p)`` (R columns each) in order. The geometry and
+   the stitching are ``panorama_geometry``'s (shared with the finite panorama).
 
 ``panorama_columns(G, seed, start, width)`` computes only the spans that cover
 ``[start, start + width)``, one span per generator call (batch 1), and keeps the last
@@ -49,33 +50,41 @@ columns of ``S_{N-2}``, where the endless image goes on into ``S_{N-1}``. Only t
 sampler differs: the reference draws ``RandomState(seed)`` normals, wraps the filter
 around the N latents and divides by their RMS (``panorama_styles`` keeps that),
 while the endless sampler above gives latents that do not depend on N.
+
+Modules: the sampler (steps 1-3) is ``endless_sampler``, the per-generator caches and
+CUDA-graph replay ``endless_cache``, the column geometry and stitching
+``panorama_geometry``; this module is the task.
+
+Public API (for ``Generator.panorama_columns``, the server and the benchmarks):
+    ``panorama_columns(G, seed, start, width, truncation, noise)``  a column range, exact.
+    ``spans(G, keys, noise)``       the contributed columns of several spans, one batched call.
+    ``span(G, key, noise)``         one span's contributed columns, computed alone; cached.
+    ``latent_styles(G, seed, index, truncation)``  sigma of endless latent ``index``.
+    ``SpanKey(seed, index, truncation)``  names a span.
+    ``check_truncation(truncation)``  the truncation as a float, or a SoatError.
+    ``cached_spans(G)``, ``clear_cache(G)``  the per-generator caches.
+    ``LRU``                          the thread-safe LRU these caches use (for callers'
+                                     own span caches).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-import threading
-import weakref
-from collections import OrderedDict
-from typing import Any, Callable, Hashable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
-import numpy as np
 import torch
 
-from ...triton_kernels import ops as K
-from ..cudagraph import GraphedTask, graphed
 from ...errors import SoatError
 from ..noise import NoiseArg
 from .blend import merge_extension
+from .endless_cache import cached_spans, caches, clear_cache, replayed
+from .endless_sampler import SEED_LIMIT, endless_latents
+from .lru import LRU
+from .panorama_geometry import column_pieces, span_columns, stitch
 
-SIGMA = 0.7
-TRUNCATE = 4.0
-RADIUS = int(TRUNCATE * SIGMA + 0.5)  # scipy.ndimage's kernel radius: 3
-SEED_LIMIT = 2 ** 64  # Philox's key holds any seed below this
-SPAN_CACHE_SIZE = 8
-STYLE_CACHE_SIZE = 64
-MAX_GRAPHS = 8  # CUDA graphs kept per generator for streaming (each holds its own capture)
+__all__ = ["panorama_columns", "spans", "span", "latent_styles", "SpanKey", "check_truncation",
+           "cached_spans", "clear_cache", "LRU"]
 
 
 class SpanKey(NamedTuple):
@@ -86,184 +95,41 @@ class SpanKey(NamedTuple):
     truncation: float
 
 
-def smoothing_weights(sigma: float = SIGMA, radius: int = RADIUS) -> np.ndarray:
-    """``[2 * radius + 1]`` float64: scipy.ndimage's order-0 Gaussian kernel (sums to 1)."""
-    x = np.arange(-radius, radius + 1)
-    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
-    return phi / phi.sum()
-
-
-WEIGHTS = smoothing_weights()
-NORMALISER = float(np.sqrt(np.sum(WEIGHTS ** 2)))  # expected RMS of the smoothed unit normals
-
-
-def raw_latent(seed: int, j: int, dim: int = 512) -> np.ndarray:
-    """Latent ``j`` before smoothing: ``[dim]`` float64 standard normals keyed by ``(seed, j)``."""
-    bits = np.random.Philox(key=seed, counter=(j % 2 ** 64) << 128)
-    return np.random.Generator(bits).standard_normal(dim)
-
-
-def endless_latents(seed: int, first: int, count: int, dim: int = 512) -> np.ndarray:
-    """Smoothed, normalised latents ``first .. first + count - 1``: ``[count, dim]`` float32.
-
-    Each row is the same fixed sequence of elementwise operations on its own window,
-    so a latent's value does not depend on ``first`` or ``count``.
-    """
-    raw = np.stack([raw_latent(seed, j, dim) for j in range(first - RADIUS, first + count + RADIUS)])
-    out = np.zeros((count, dim))
-    for k, w in enumerate(WEIGHTS):
-        out += w * raw[k:k + count]
-    return (out / NORMALISER).astype(np.float32)
-
-
-# ---- column geometry ------------------------------------------------------------------------
-def piece_bounds(size: int, index: int) -> tuple[int, int]:
-    """The ``[lo, hi)`` columns span ``index`` contributes to the endless image (span-local)."""
-    p = 2 * size // 4
-    return (0, size + p) if index == 0 else (p, 2 * size - p)
-
-
-def column_pieces(size: int, start: int, width: int) -> list[tuple[int, int, int]]:
-    """Cover columns ``[start, start + width)``: a list of ``(span index, lo, hi)``, span-local, in order."""
-    head_hi = piece_bounds(size, 0)[1]
-    lo, hi = piece_bounds(size, 1)
-    step = hi - lo
-    pieces = []
-    col, stop = start, start + width
-    while col < stop:
-        if col < head_hi:
-            index, local, end = 0, col, head_hi
-        else:
-            index, offset = divmod(col - head_hi, step)
-            index, local, end = index + 1, lo + offset, hi
-        n = min(stop - col, end - local)
-        pieces.append((index, local, local + n))
-        col += n
-    return pieces
-
-
-# ---- spans ----------------------------------------------------------------------------------
-class LRU:
-    """A small thread-safe least-recently-used map: ``get(key, make)`` returns the cached value or makes it."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def peek(self, key: Hashable):
-        """The value for ``key`` (marked recently used), or None."""
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return None
-
-    def put(self, key: Hashable, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def get(self, key: Hashable, make: Callable[[], object]):
-        """The cached value, else ``make()`` (run outside the lock) stored and returned."""
-        value = self.peek(key)
-        if value is None:
-            value = make()
-            self.put(key, value)
-        return value
-
-    def keys(self) -> list:
-        with self._lock:
-            return list(self._items)
-
-
-class _Caches:
-    def __init__(self):
-        self.styles = LRU(STYLE_CACHE_SIZE)
-        self.spans = LRU(SPAN_CACHE_SIZE)
-        self.graphs: dict[str, GraphedTask] = {}
-
-
-def _replayed(G, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(G, *args)``; on CUDA replayed from a CUDA graph per shape (streaming at batch 1-16 is
-    bound by kernel launches otherwise). The result is the graph's static output: copy it.
-
-    The graph holds ``G`` weakly (the caches are keyed weakly by ``G``), and at most
-    ``MAX_GRAPHS`` graphs are kept per generator (one per truncation value for the styles);
-    calls beyond that run eagerly."""
-    graphs = _caches(G).graphs
-    if G.device.type != "cuda" or (name not in graphs and len(graphs) >= MAX_GRAPHS):
-        return fn(G, *args)
-    if name not in graphs:
-        ref = weakref.ref(G)
-        graphs[name] = graphed(lambda *a: fn(ref(), *a))
-    return graphs[name](*args)
-
-
-_CACHES: "weakref.WeakKeyDictionary[object, _Caches]" = weakref.WeakKeyDictionary()
-
-
-_CACHES_LOCK = threading.Lock()
-
-
-def _caches(G) -> _Caches:
-    with _CACHES_LOCK:
-        if G not in _CACHES:
-            _CACHES[G] = _Caches()
-        return _CACHES[G]
-
-
-def cached_spans(G) -> list[SpanKey]:
-    """The spans of ``G`` held in the ``panorama_columns`` cache, least recently used first."""
-    return _caches(G).spans.keys()
-
-
-def clear_cache(G) -> None:
-    """Drop the cached styles, spans and CUDA graphs of ``G``."""
-    with _CACHES_LOCK:
-        _CACHES.pop(G, None)
-
-
 def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
     """sigma of endless latent ``index``: ``[1, C_k]`` each, computed alone (batch 1) and cached."""
     def make() -> list[torch.Tensor]:
         z = torch.from_numpy(endless_latents(seed, index, 1, G.config.style_dim)).to(G.device)
-        styles = _replayed(G, f"styles{truncation!r}", lambda g, z_: g.styles(z_, truncation), z)
+        styles = replayed(G, f"styles{truncation!r}", lambda g, z_: g.styles(z_, truncation), z)
         return [s.clone() for s in styles]
-    return _caches(G).styles.get((seed, index, truncation), make)
+    return caches(G).styles.get((seed, index, truncation), make)
 
 
-def span_pieces(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
+def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
     """Spans for ``keys`` in one batched ``merge_extension`` call; each key's contributed columns.
 
     Returns:
-        One ``[1, 3, R, hi - lo]`` tensor per key (``piece_bounds``), in key order.
+        One ``[1, 3, R, hi - lo]`` tensor per key (``span_columns``), in key order.
     """
     firsts = [latent_styles(G, k.seed, k.index, k.truncation) for k in keys]
     seconds = [latent_styles(G, k.seed, k.index + 1, k.truncation) for k in keys]
     s1 = [torch.cat(entry) for entry in zip(*firsts)]
     s2 = [torch.cat(entry) for entry in zip(*seconds)]
     if isinstance(noise, str) and noise == "fixed":
-        spans = _replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
+        batch = replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
     else:  # random noise is drawn on the host per call: no graph
-        spans = merge_extension(G, s1, s2, noise)
+        batch = merge_extension(G, s1, s2, noise)
     out = []
     for b, key in enumerate(keys):
-        lo, hi = piece_bounds(G.size, key.index)
-        out.append(spans[b:b + 1, :, :, lo:hi].clone())  # a copy, so the batch can be freed
+        lo, hi = span_columns(G.size, key.index)
+        out.append(batch[b:b + 1, :, :, lo:hi].clone())  # a copy, so the batch can be freed
     return out
 
 
-def span_piece(G, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
+def span(G, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
     """One span's contributed columns ``[1, 3, R, hi - lo]``, computed alone; cached for fixed noise."""
     if isinstance(noise, str) and noise == "fixed":
-        return _caches(G).spans.get(key, lambda: span_pieces(G, [key], noise)[0])
-    return span_pieces(G, [key], noise)[0]
+        return caches(G).spans.get(key, lambda: spans(G, [key], noise)[0])
+    return spans(G, [key], noise)[0]
 
 
 def check_truncation(truncation) -> float:
@@ -290,15 +156,8 @@ def panorama_columns(G, seed: int, start: int, width: int, truncation: float = 0
     start = _check_int("start", start, 0, None)
     width = _check_int("width", width, 1, None)
     base = SpanKey(seed, 0, check_truncation(truncation))
-    out = None
-    col = 0
-    for index, lo, hi in column_pieces(G.size, start, width):
-        piece = span_piece(G, base._replace(index=index), noise)
-        if out is None:
-            out = torch.empty(1, 3, G.size, width, device=piece.device, dtype=piece.dtype)
-        K.place_columns(out, piece, col, lo - piece_bounds(G.size, index)[0], hi - lo)
-        col += hi - lo
-    return out
+    pieces = column_pieces(G.size, start, width)
+    return stitch(G.size, pieces, (span(G, base._replace(index=p.index), noise) for p in pieces), width)
 
 
 def _check_int(name: str, value, lo: int, hi: int | None) -> int:

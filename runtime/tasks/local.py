@@ -20,14 +20,13 @@ SWAP_AFTER = "to_rgbs.1"  # patch swap edits the 16x16 block's output
 SWAP_GRID = 16
 
 
-def check_mask(mask: Any, batch: int) -> torch.Tensor:
-    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
-        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise SoatError(f"mask must be a tensor [1 or {batch}, 1, H, W]; got {shape}")
+def checked_mask(mask: Any, batch: int, G) -> torch.Tensor:
+    """A task's mask (shape, dtype and values in [0, 1] checked) on G's device and dtype."""
+    K.check_mask(mask, batch)
     # a little slack for float rounding (a blurred box peaks at 1 + 1 ulp)
     if not is_capturing() and (not torch.isfinite(mask).all() or mask.min() < -1e-6 or mask.max() > 1 + 1e-6):
         raise SoatError("mask values must be finite and inside [0, 1]")
-    return mask
+    return mask.to(G.device, G.dtype)
 
 
 def alpha_is_zero(style_index: int, pose_align: bool, num_blend: int) -> bool:
@@ -45,7 +44,7 @@ def blend_mask(G, styles1, styles2, mask, pose_align: bool = False, num_blend: i
     s1, s2 = check_pair(G, styles1, styles2)
     if not isinstance(num_blend, int) or isinstance(num_blend, bool):
         raise SoatError(f"num_blend={num_blend!r} must be an integer sigma index")
-    m = check_mask(mask, s1[0].shape[0]).to(G.device, G.dtype)
+    m = checked_mask(mask, s1[0].shape[0], G)
 
     def combine(node, a, b):
         return K.mask_lerp(a, b, m, alpha_is_zero(node.style_index, pose_align, num_blend))

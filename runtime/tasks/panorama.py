@@ -2,7 +2,8 @@
 
 Span ``S_i = merge_extension(sigma_i, sigma_{i+1})`` is ``R x 2R``; with ``p = 2R // 4`` the
 output takes ``[0, R + p)`` of S_0, ``[p, 2R - p)`` of every later span, and the last
-``p`` columns of the last span: width ``2R + (N - 2) R``.
+``p`` columns of the last span: width ``2R + (N - 2) R``. The geometry and the stitching
+are ``panorama_geometry``'s, shared with the endless panorama.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ...triton_kernels import ops as K
 from ...errors import SoatError
 from ..noise import NoiseArg
 from ..styles import StyleArg
 from .blend import merge_extension
+from .panorama_geometry import panorama_pieces, panorama_width, stitch
 
 
 def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Tensor]]:
@@ -28,18 +29,6 @@ def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Ten
     if len(batches) != 1:
         raise SoatError(f"every style list of a panorama must have the same batch; got batches {sorted(batches)}")
     return lists
-
-
-def panorama_width(size: int, n: int) -> int:
-    return 2 * size + (n - 2) * size
-
-
-def span_pieces(size: int, n: int) -> list[tuple[int, int]]:
-    """For each of the ``n - 1`` spans, the ``[start, stop)`` columns it contributes."""
-    p = 2 * size // 4
-    pieces = [(0, size + p)] + [(p, 2 * size - p)] * (n - 2)
-    pieces[-1] = (pieces[-1][0], 2 * size)  # the last span also gives its right edge
-    return pieces
 
 
 def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
@@ -57,25 +46,17 @@ def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed
 
 def _blocks(G, lists: list[list[torch.Tensor]], noise: NoiseArg, progress: bool) -> Iterator[torch.Tensor]:
     """The column blocks of checked style lists, one merge-extension span at a time."""
-    pieces = span_pieces(G.size, len(lists))
+    pieces = panorama_pieces(G.size, len(lists))
     for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
         span = merge_extension(G, lists[i], lists[i + 1], noise)
-        start, stop = pieces[i]
-        yield span[..., start:stop]
+        yield span[..., pieces[i].lo:pieces[i].hi]
 
 
 def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", progress: bool = False) -> torch.Tensor:
     """``[B, 3, R, 2R + (N - 2) R]``, spans written into one preallocated output."""
     lists = check_style_lists(G, style_lists)
-    out = None
-    col = 0
-    for block in _blocks(G, lists, noise, progress):
-        if out is None:
-            b = block.shape[0]
-            out = torch.empty(b, 3, G.size, panorama_width(G.size, len(lists)), device=block.device, dtype=block.dtype)
-        K.place_columns(out, block, col, 0, block.shape[-1])
-        col += block.shape[-1]
-    return out
+    n = len(lists)
+    return stitch(G.size, panorama_pieces(G.size, n), _blocks(G, lists, noise, progress), panorama_width(G.size, n))
 
 
 def panorama_latents(n: int, seed: int, style_dim: int = 512) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ...triton_kernels import ops as K
-from ..chain import TO_RGB
+from ..chain import TO_RGB, advance
 from ...errors import SoatError
 from ..noise import NoiseArg
 from .boxes import box_list, check_box
@@ -80,8 +80,5 @@ def shift(G, styles, source_box, targets, layers: Sequence[int] | None = None, s
         out = rgb if node.kind == TO_RGB else x_out
         if node.resolution in shift_at:
             out = K.shift_lerp(out, layer_moves(src, tgts, G.size, node.resolution), strength)
-        if node.kind == TO_RGB:
-            rgb = out
-        else:
-            x = out
+        x, rgb = advance(node, out, x_out, rgb)
     return rgb.clamp(-1, 1)

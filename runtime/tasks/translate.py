@@ -14,13 +14,13 @@ import torch
 from ...triton_kernels import ops as K
 from ...errors import SoatError
 from ..noise import NoiseArg
-from .blend import lerp_chain
-from .local import check_mask
+from .blend import check_pair, lerp_chain
+from .local import checked_mask
 
 
 def _alpha(value, name: str, batch: int, G) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        return check_mask(value, batch).to(G.device, G.dtype)
+        return checked_mask(value, batch, G)
     if not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise SoatError(f"{name}={value!r} must be a number in [0, 1] or a mask tensor [1 or B, 1, H, W]")
     return torch.full((1, 1, 1, 1), float(value), device=G.device, dtype=G.dtype)
@@ -35,9 +35,7 @@ def translate(G1, G2, styles1, styles2, num_swap: int = 6, alpha=0.7, early_alph
         raise SoatError("translate needs both generators on the same device and dtype")
     if not isinstance(num_swap, int) or isinstance(num_swap, bool) or num_swap < 0:
         raise SoatError(f"num_swap={num_swap!r} must be an integer >= 0")
-    s1, s2 = G1.check_styles(styles1, "styles1"), G2.check_styles(styles2, "styles2")
-    if s1[0].shape[0] != s2[0].shape[0]:
-        raise SoatError(f"styles1 has batch {s1[0].shape[0]} but styles2 has {s2[0].shape[0]}; they must match")
+    s1, s2 = check_pair(G1, styles1, styles2, G2)
     batch = s1[0].shape[0]
     late, early = _alpha(alpha, "alpha", batch, G1), _alpha(early_alpha, "early_alpha", batch, G1)
 

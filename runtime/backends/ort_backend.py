@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import SoatError
-from .graphs import graph_io, onnx_outputs, output_shape
-from .manifest import Manifest
+from ...errors import SoatError
+from ..backend import NodeByNode
+from ..graphs import graph_io, onnx_outputs, output_shape
+from ..manifest import Manifest
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
@@ -29,7 +30,7 @@ def import_onnxruntime():
     return onnxruntime
 
 
-class OrtBackend:
+class OrtBackend(NodeByNode):
     """Runs an export folder's graphs with ONNX Runtime (CPU or CUDA execution provider).
 
     Args:
@@ -39,6 +40,8 @@ class OrtBackend:
     """
 
     name = "onnxruntime"
+    differentiable = False
+    capturable = False
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype):
         self.ort = import_onnxruntime()

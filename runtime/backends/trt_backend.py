@@ -23,12 +23,12 @@ import warnings
 
 import torch
 
-from ..runtime.backends.torch_backend import MAPPING, STYLES
-from ..runtime.checkpoint import file_sha256
-from ..runtime.config import GeneratorConfig
-from ..errors import SoatError
-from .graphs import Shape, graph_io, input_shapes, onnx_outputs
-from .manifest import Manifest
+from ...errors import SoatError
+from ..backend import NodeByNode
+from ..checkpoint import file_sha256
+from ..config import GeneratorConfig
+from ..graphs import MAPPING, STYLES, Shape, graph_io, input_shapes, onnx_outputs
+from ..manifest import Manifest
 
 MAX_BATCH = 16  # chain engines; larger batches run in chunks
 LATENT_MAX_BATCH = 4096  # mapping/styles engines: Generator.estimate_mean_styles maps z 4096 at a time
@@ -98,7 +98,7 @@ def import_tensorrt():
     return tensorrt
 
 
-class TensorRTBackend:
+class TensorRTBackend(NodeByNode):
     """Runs an export folder's graphs as TensorRT engines (CUDA only).
 
     Args:
@@ -110,6 +110,8 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    differentiable = False
+    capturable = False
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, engine_dir: str,
                  max_batch: int = MAX_BATCH):

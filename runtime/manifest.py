@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime.chain import build_chain, style_channels
-from ..runtime.checkpoint import file_sha256
-from ..runtime.config import GeneratorConfig
 from ..errors import SoatError
+from .chain import build_chain, style_channels
+from .checkpoint import file_sha256
+from .config import GeneratorConfig
 from .graphs import graph_ids, graph_io, onnx_outputs
 
 FORMAT = "soat-export"
@@ -134,6 +134,20 @@ def load_noise(manifest: Manifest) -> list[torch.Tensor]:
     if [list(n.shape) for n in noise] != manifest.noise["shapes"]:
         raise SoatError(f"{path!r}: noise shapes {[list(n.shape) for n in noise]} differ from the manifest's")
     return noise
+
+
+def check_matches(manifest: Manifest, dtype: str, size: int | None, channel_multiplier: int | None) -> None:
+    """The export must be in ``dtype``; ``size``/``channel_multiplier``, where given, must match it."""
+    c = manifest.config
+    if manifest.dtype != dtype:
+        raise SoatError(f"export {manifest.folder!r} is {manifest.dtype} but dtype={dtype!r} was asked for; "
+                        f"load it with dtype={manifest.dtype!r}, or export again with --dtype {dtype}")
+    if size is not None and size != c.size:
+        raise SoatError(f"export {manifest.folder!r} holds a {c.size}px generator but size={size} was given; "
+                        "leave size out")
+    if channel_multiplier is not None and channel_multiplier != c.channel_multiplier:
+        raise SoatError(f"export {manifest.folder!r} has channel_multiplier {c.channel_multiplier} but "
+                        f"{channel_multiplier} was given; leave it out")
 
 
 def _check_version(version: object, where: str) -> None:

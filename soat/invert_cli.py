@@ -6,10 +6,10 @@ import argparse
 
 import torch
 
-from .codes import save_codes
-from .images import save_png
-from .load import load
-from .safetensors_format import convert
+from .runtime.codes import save_codes
+from .runtime.images import save_png
+from .runtime.load import load
+from .runtime.sources import convert
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

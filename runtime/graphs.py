@@ -1,9 +1,8 @@
-"""The exported graphs' interfaces: names, dynamic axes and output shapes.
+"""The graph contract: every graph's id, named inputs/outputs, dynamic axes and shapes.
 
-One place says what every graph takes and gives, so that the exporter, the ONNX
-Runtime backend and the TensorRT backend agree. Graph ids are the chain's node ids
-plus ``mapping`` (``z [B, 512] -> w [B, 512]``) and ``styles``
-(``wplus [B, n_latent, 512] -> styles [B, total]``).
+One place says what every graph takes and gives, so that the backends, the exporter
+and the export manifest agree. Graph ids are the chain's node ids plus ``mapping``
+(``z [B, 512] -> w [B, 512]``) and ``styles`` (``wplus [B, n_latent, 512] -> styles [B, total]``).
 """
 
 from __future__ import annotations
@@ -11,9 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from ..runtime.backends.torch_backend import MAPPING, STYLES
-from ..runtime.chain import CONST, TO_RGB, LayerNode, build_chain, style_channels
-from ..runtime.config import GeneratorConfig
+from .chain import CONST, TO_RGB, LayerNode, build_chain, style_channels
+from .config import GeneratorConfig
+
+MAPPING, STYLES = "mapping", "styles"
 
 Shape = tuple[int, ...]
 

@@ -1,0 +1,49 @@
+"""Where weights come from: ``random[:SEED]``, NVIDIA pickles, soat ``.safetensors`` and rosinality
+checkpoints, each read into ``StyleGAN2Weights`` with a fingerprint; conversion to soat's format;
+the cache folder."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..errors import SoatError
+from .config import GeneratorConfig
+from .checkpoint import load_checkpoint
+from .nvidia import is_nvidia_pickle, load_nvidia
+from .random_model import random_weights
+from .safetensors_format import SUFFIX, is_safetensors, load_safetensors, save_safetensors
+from .weights import StyleGAN2Weights
+
+_RANDOM = re.compile(r"^random(?::(\d+))?$")
+
+
+def load_weights(source: str, size: int | None = None,
+                 channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
+    """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
+    ``.safetensors`` file, or a rosinality/SOAT torch checkpoint."""
+    m = _RANDOM.match(source)
+    if m:
+        seed = int(m.group(1) or 0)
+        config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
+        return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
+    if is_safetensors(source):
+        return load_safetensors(source, size, channel_multiplier)
+    if is_nvidia_pickle(source):
+        return load_nvidia(source, size, channel_multiplier)
+    return load_checkpoint(source, size, channel_multiplier)
+
+
+def convert(source: str, output: str, size: int | None = None, channel_multiplier: int | None = None) -> str:
+    """``soat convert``: any loadable model (checkpoint, NVIDIA pickle, ``random:SEED``) -> ``output``."""
+    if not output.lower().endswith(SUFFIX):
+        raise SoatError(f"output={output!r} must end with {SUFFIX}")
+    weights, fingerprint = load_weights(source, size, channel_multiplier)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    save_safetensors(weights, output, fingerprint)
+    return output
+
+
+def cache_dir() -> str:
+    """Root of soat's caches (exports, engines): ``$SOAT_CACHE_DIR``, else ``~/.cache/soat``."""
+    return os.environ.get("SOAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "soat")
