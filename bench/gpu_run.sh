@@ -4,7 +4,8 @@
 #   pip wheel --no-deps --no-build-isolation -w .whl .      # here, before the call
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
-# STEPS picks steps (default: all but kernels): peaks kernels profile suite tput ort serve big.
+# STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
+# invert ort serve big. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
 # websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
@@ -17,11 +18,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/soat-site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/soat-site:${PYTHONPATH:-}
+TESTS_DIR=${TESTS_DIR:-$PWD/tests}
 cd /tmp  # away from the checkout, whose soat/ folder would shadow the installed package
 SOAT="python3 -m soat"
 BATCHES=${BATCHES:-1,8,32}
 TASK_LIST=generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream
-STEPS=${STEPS:-peaks profile suite tput ort serve big}
+STEPS=${STEPS:-tests peaks profile latency tput peers invert ort serve big}
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 filtered() { grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"; }
 
@@ -45,6 +47,42 @@ print(f"bf16 matmul 8192^3: {2 * 8192 ** 3 / ms / 1e9:.0f} TFLOP/s")
 EOF
 }
 
+tests() {
+  log "GPU tests: task graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
+  timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_task_graphs.py" \
+    "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+}
+
+latency() {
+  log "batch-1 latency of plain calls (graphs by default) and eager calls, fp16 / bf16, against the fp32 path"
+  timeout "${LATENCY_S:-300}" $SOAT bench --size 256 --dtypes fp16,bf16 --batches 1 --graphs both --iters "${ITERS:-100}" \
+    --tasks generate,blend,blend_bbox,merge_extension,expand,patch_swap -o "$OUT/latency256" 2>&1 | filtered
+}
+
+peers() {
+  log "peer: torch.compile(mode=reduce-overhead) of the plain PyTorch form, same styles"
+  timeout "${PEERS_S:-300}" python3 -m soat.bench.peers --size 256 --dtypes "${PEER_DTYPES:-fp16,bf16}" \
+    --batches "${PEER_BATCHES:-1,128}" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+invert() {
+  log "inversion: fast backend (kernels yield to their references under autograd) vs torch fp32, same steps"
+  INVERT_STEPS=${INVERT_STEPS:-300} timeout "${INVERT_S:-180}" python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
+import os, time, torch, soat
+steps = int(os.environ["INVERT_STEPS"])
+ref = soat.load("random", device="cuda")
+target = ref.generate(ref.styles(torch.randn(1, 512, generator=torch.Generator().manual_seed(7)), 0.7)).detach()
+for name, kwargs in (("torch fp32", {}), ("fast fp16", {"dtype": "fp16"}), ("fast fp32", {"backend": "fast"})):
+    G = soat.load("random", device="cuda", **kwargs)
+    t0 = time.perf_counter()
+    codes = G.invert(target.to(G.dtype), steps=steps, lpips=False)
+    with torch.no_grad():
+        img = ref.generate(ref.unflatten_styles(codes.float()))
+    psnr = 10 * torch.log10(4.0 / (img - target).square().mean()).item()
+    print(f"{name}: {psnr:.2f} dB after {steps} steps, {time.perf_counter() - t0:.1f} s")
+EOF
+}
+
 kernels() {
   log "kernel microbenchmarks"
   timeout 240 python3 -m soat.bench.kernels ${KERNEL_ARGS:-} --csv "$OUT/kernels.csv" 2>&1 | tail -60 | tee -a "$OUT/log.txt"
@@ -60,13 +98,13 @@ profile() {
 }
 
 suite() {
-  log "task suite: torch fp32 / fp16 / bf16, eager and CUDA graphs"
+  log "task suite: fp32 / fp16 / bf16 (backend auto), eager and CUDA graphs"
   timeout "${SUITE_S:-330}" $SOAT bench --size 256 --dtypes "${DTYPES:-fp32,fp16,bf16}" --batches "$BATCHES" ${SUITE_ARGS:-} \
     --tasks "${TASKS:-$TASK_LIST}" -o "$OUT/bench256" 2>&1 | filtered
 }
 
 tput() {
-  log "throughput: generate and panorama_stream at large batches, fp16 / bf16 CUDA graphs"
+  log "throughput: generate and panorama_stream at large batches, fp16 / bf16, plain calls (graphs by default)"
   timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --graphs on --batches "${TPUT_BATCHES:-32,64,128}" --no-baseline \
     --tasks generate,panorama_stream -o "$OUT/bench256_tput" 2>&1 | filtered
 }
