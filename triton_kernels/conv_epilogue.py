@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fir import depthwise_blur_weight
+from .fir import cached_blur_weight
 from ._dispatch import kernels, use_triton
 from .modulate import modulate_ref
 
@@ -36,7 +36,7 @@ def conv_epilogue_ref(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
     """The torch ops the kernel replaces (as ``runtime/graph_modules.py`` writes them)."""
     out = y * demod[:, :, None, None]
     if up:
-        blur = depthwise_blur_weight(y.shape[1]).to(y.device, y.dtype)
+        blur = cached_blur_weight(y.shape[1], y.device, y.dtype)
         out = F.conv2d(out, blur, padding=1, groups=y.shape[1])
     out = out + noise_weight * noise
     return F.leaky_relu(out + bias.view(1, -1, 1, 1), 0.2) * math.sqrt(2.0)

@@ -18,9 +18,17 @@ NORMALISED_FILTER = torch.outer(torch.tensor(FILTER_TAPS), torch.tensor(FILTER_T
 BLUR_KERNEL = NORMALISED_FILTER * 4.0
 
 
-def depthwise_blur_weight(channels: int) -> torch.Tensor:
+def depthwise_blur_weight(channels: int, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The 4x4 FIR kernel per channel for a depthwise conv: ``[C, 1, 4, 4]`` (symmetric: no flip needed)."""
-    return BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1)
+    return BLUR_KERNEL[None, None].repeat(channels, 1, 1, 1).to(device, dtype)
+
+
+@lru_cache(maxsize=None)
+def cached_blur_weight(channels: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``depthwise_blur_weight`` made once per device and dtype (no host copy per call, so a CUDA-graph
+    capture may use it; callers must not modify it)."""
+    return depthwise_blur_weight(channels, device, dtype)
 
 
 @lru_cache(maxsize=None)

@@ -19,15 +19,16 @@ from ._dispatch import check_maps, kernels, use_triton
 
 
 def ramp(n: int, pad: bool = True, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The alpha ramp ``[n]`` in fp32, built as the reference builds it."""
+    """The alpha ramp ``[n]`` in fp32, built as the reference builds it, on ``device`` (no host copy:
+    it may be built inside a CUDA-graph capture; CPU and CUDA linspace share one formula)."""
     if not pad:
         return torch.linspace(0, 1, n, device=device)
-    alpha = torch.zeros([n])
+    alpha = torch.zeros([n], device=device)
     p = n // 4
     if p:
         alpha[-p:] = 1
-    alpha[p:n - p] = torch.linspace(0, 1, n - 2 * p)
-    return alpha.to(device)
+    alpha[p:n - p] = torch.linspace(0, 1, n - 2 * p, device=device)
+    return alpha
 
 
 def ramp_lerp_ref(x1: torch.Tensor, x2: torch.Tensor, axis: int, pad: bool = True) -> torch.Tensor:

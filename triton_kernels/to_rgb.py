@@ -25,7 +25,7 @@ def to_rgb_ref(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias:
     """``weight``: the scaled ``[3, I]`` 1x1 kernel; ``bias``: 3 values; ``skip``: ``[B, 3, H/2, W/2]`` or None."""
     out = F.conv2d(x * style[:, :, None, None], weight[:, :, None, None]) + bias.reshape(1, -1, 1, 1)
     if skip is not None:
-        out = out + upfirdn2d(skip, BLUR_KERNEL.to(skip.device, skip.dtype), up=2, pad=(2, 1))
+        out = out + upfirdn2d(skip, BLUR_KERNEL, up=2, pad=(2, 1))  # upfirdn2d caches the device copy
     return out
 
 
