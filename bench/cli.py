@@ -1,4 +1,4 @@
-"""``soat bench``: the benchmark suite from the command line."""
+"""``soat bench``: the benchmark suite from the command line, with defaults that fit the device."""
 
 from __future__ import annotations
 
@@ -6,53 +6,102 @@ import argparse
 
 import torch
 
+from ..errors import SoatError
+from ..options import (DTYPE_CHOICES, add_checkpoint, add_device, add_force, check_checkpoint,
+                          check_output_folder, int_range)
+from ..runtime.config import SUPPORTED_SIZES
+from ..runtime.load import BACKENDS
+from .suite import TASKS
+
+# per device: what a run measures when not told (the CPU: fp32 only, few runs, a small model)
+DEFAULTS = {
+    "cpu": {"dtypes": "fp32", "batches": "1,4", "warmup": 1, "iters": 3, "size": 64,
+            "tasks": "generate,blend,merge_extension,blend_bbox"},
+    "cuda": {"dtypes": "fp32,fp16", "batches": "1,8,32", "warmup": 5, "iters": 30, "size": 256,
+             "tasks": "generate,blend,merge_extension,blend_bbox,expand,panorama_stream"},
+}
+OUTPUTS = ("results.json", "chart.png")
+
 
 def _list(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="latency, throughput, memory and fidelity of every task, backend, dtype, batch")
-    p.add_argument("--checkpoint", default="random", help="model (default: the embedded random generator)")
-    p.add_argument("--size", type=int, default=None, help="size of the random model (default 256)")
-    p.add_argument("--channel-multiplier", type=int, choices=[1, 2], default=None)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tasks", default="generate,blend,merge_extension,blend_bbox,expand,panorama_stream")
-    p.add_argument("--backends", default="auto",
-                   help="comma list: auto (fast for fp16/bf16, torch for fp32), torch, fast, onnxruntime, tensorrt")
-    p.add_argument("--dtypes", default="fp32,fp16", help="comma list: fp32, fp16, bf16")
-    p.add_argument("--batches", default="1,8,32", help="comma list of batch sizes")
+    cpu, cuda = DEFAULTS["cpu"], DEFAULTS["cuda"]
+    p = sub.add_parser(
+        "bench", help="latency, throughput, memory and fidelity of the tasks per backend, dtype and batch",
+        description="Time every task x backend x dtype x batch against the fp32 torch path on this machine; "
+                    "prints a header and an ETA first, a row per run, then writes results.json and chart.png. "
+                    f"Defaults follow the device: on the CPU {cpu['dtypes']} only, batches {cpu['batches']}, "
+                    f"{cpu['warmup']}+{cpu['iters']} runs, a {cpu['size']}px random model; on CUDA {cuda['dtypes']}, "
+                    f"batches {cuda['batches']}, {cuda['warmup']}+{cuda['iters']} runs, {cuda['size']}px.")
+    add_checkpoint(p)
+    p.add_argument("--size", type=int, choices=SUPPORTED_SIZES, default=None, metavar="R",
+                   help=f"size of the random model (default {cpu['size']} on the CPU, {cuda['size']} on CUDA)")
+    p.add_argument("--channel-multiplier", type=int, choices=[1, 2], default=None,
+                   help="channel multiplier of the random model (default 2)")
+    add_device(p, "cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tasks", default=None, metavar="LIST",
+                   help=f"comma list of {', '.join(TASKS)} (default on the CPU {cpu['tasks']}; on CUDA {cuda['tasks']})")
+    p.add_argument("--backends", default="auto", metavar="LIST",
+                   help=f"comma list of {', '.join(BACKENDS)}; auto = fast for fp16/bf16, torch for fp32 (default auto)")
+    p.add_argument("--dtypes", default=None, metavar="LIST",
+                   help=f"comma list of {', '.join(DTYPE_CHOICES)} (default {cpu['dtypes']} on the CPU, "
+                        f"{cuda['dtypes']} on CUDA)")
+    p.add_argument("--batches", default=None, metavar="LIST",
+                   help=f"comma list of batch sizes (default {cpu['batches']} on the CPU, {cuda['batches']} on CUDA)")
     p.add_argument("--graphs", choices=["on", "off", "both"], default=None,
                    help="replay whole tasks as CUDA graphs (default: both on CUDA, off on CPU)")
+    p.add_argument("--peers", action="store_true",
+                   help="also time torch.compile(mode='reduce-overhead') of a plain PyTorch StyleGAN2 form on "
+                        "generate, per dtype and batch, in the same run (the anchor for the table)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the fp32 reference rows (large-batch throughput runs; no ratio or PSNR columns)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=30)
-    p.add_argument("-o", "--output", default="bench-results", help="folder for results.json and chart.png")
+    p.add_argument("--warmup", type=int_range(0, 1000), default=None,
+                   help=f"untimed calls before timing (default {cpu['warmup']} on the CPU, {cuda['warmup']} on CUDA)")
+    p.add_argument("--iters", type=int_range(1, 100000), default=None,
+                   help=f"timed calls per row (default {cpu['iters']} on the CPU, {cuda['iters']} on CUDA)")
+    p.add_argument("-o", "--output", default="bench-results", metavar="FOLDER",
+                   help="folder for results.json and chart.png (default bench-results)")
+    add_force(p)
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from soat.bench.suite import TASKS, Config, run_suite
-    from soat.runtime.load import resolve_backend
-    from soat.errors import SoatError
+def _choose(text: str, allowed, flag: str) -> list[str]:
+    items = _list(text)
+    unknown = [t for t in items if t not in allowed]
+    if unknown or not items:
+        raise SoatError(f"{flag} {text!r}: {', '.join(unknown) or 'empty'} unknown; choose from {', '.join(allowed)}")
+    return items
 
-    tasks = _list(args.tasks)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise SoatError(f"--tasks {unknown} unknown; choose from {', '.join(TASKS)}")
+
+def run(args: argparse.Namespace) -> int:
+    from .suite import Config, run_suite
+    from ..runtime.load import resolve_backend
+
     cuda = torch.device(args.device).type == "cuda"
+    d = DEFAULTS["cuda" if cuda else "cpu"]
+    tasks = _choose(args.tasks or d["tasks"], TASKS, "--tasks")
+    backends = _choose(args.backends, BACKENDS, "--backends")
+    dtypes = _choose(args.dtypes or d["dtypes"], DTYPE_CHOICES, "--dtypes")
+    try:
+        batches = [int(b) for b in _list(args.batches or d["batches"])]
+    except ValueError:
+        raise SoatError(f"--batches {args.batches!r} must be a comma list of integers") from None
+    if not batches or min(batches) < 1 or max(batches) > 4096:
+        raise SoatError(f"--batches {args.batches!r}: batch sizes run from 1 to 4096")
     graphs = args.graphs or ("both" if cuda else "off")
     if graphs != "off" and not cuda:
         raise SoatError("--graphs needs --device cuda")
+    check_output_folder(args.output, args.force, OUTPUTS)
+    check_checkpoint(args.checkpoint)
+    size = args.size or (d["size"] if args.checkpoint.split(":")[0] == "random" else None)
     modes = {"on": [True], "off": [False], "both": [False, True]}[graphs]
-    configs = [Config(resolve_backend(b, d), d, g) for b in _list(args.backends) for d in _list(args.dtypes)
-               for g in modes]
-    try:
-        batches = [int(b) for b in _list(args.batches)]
-    except ValueError:
-        raise SoatError(f"--batches {args.batches!r} must be a comma list of integers") from None
-    run_suite(args.checkpoint, args.size, args.channel_multiplier, args.device, configs, tasks, batches,
-              args.warmup, args.iters, args.output, baseline=not args.no_baseline)
+    configs = [Config(resolve_backend(b, t), t, g) for b in backends for t in dtypes for g in modes]
+    warmup = d["warmup"] if args.warmup is None else args.warmup
+    iters = d["iters"] if args.iters is None else args.iters
+    run_suite(args.checkpoint, size, args.channel_multiplier, args.device, configs, tasks, batches,
+              warmup, iters, args.output, baseline=not args.no_baseline, peers=args.peers)
     return 0

@@ -61,8 +61,8 @@ latency() {
 
 peers() {
   log "peer: torch.compile(mode=reduce-overhead) of the plain PyTorch form, same styles"
-  timeout "${PEERS_S:-300}" python3 -m soat.bench.peers --size 256 --dtypes "${PEER_DTYPES:-fp16,bf16}" \
-    --batches "${PEER_BATCHES:-1,128}" 2>&1 | tee -a "$OUT/log.txt"
+  timeout "${PEERS_S:-400}" $SOAT bench --size 256 --tasks generate --dtypes "${PEER_DTYPES:-fp16,bf16}" --graphs on \
+    --batches "${PEER_BATCHES:-1,128}" --peers -o "$OUT/peers256" 2>&1 | filtered
 }
 
 invert() {

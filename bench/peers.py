@@ -7,25 +7,19 @@ demodulated outputs, depthwise FIR blurs, plain torch ops throughout, as NVlabs 
 fuses its elementwise ops with Inductor's Triton kernels and replays CUDA graphs: the
 strongest general-purpose peer a user could build without this project.
 
-    python -m soat.bench.peers --size 256 --dtypes fp16,bf16 --batches 1,8,128
+    soat bench --peers --tasks generate --dtypes fp16,bf16 --batches 1,8,128
 
-prints rows in ``soat bench``'s format (``compile-fp16`` ...); compile time is reported apart.
+adds rows ``compile-fp16`` ... (generate on the suite's styles) to the table; compile time is
+reported apart, in each row's ``extra``.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import torch
 from torch import nn
 
-import soat
-from soat.bench.suite import Result, format_row, percentile, task_call, time_call
 from soat.runtime.chain import TO_RGB, build_chain
 from soat.runtime.graph_modules import graph_module
-from soat.runtime.load import parse_dtype
 from soat.runtime.sources import load_weights
 
 
@@ -57,45 +51,3 @@ def compiled_peer(source: str, size: int | None, channel_multiplier: int | None,
                   dtype: torch.dtype) -> nn.Module:
     peer = PlainStyleGAN2(source, size, channel_multiplier).to(device, dtype).eval().requires_grad_(False)
     return torch.compile(peer.to(memory_format=torch.channels_last), mode="reduce-overhead")
-
-
-def peer_results(source: str, size: int | None, channel_multiplier: int | None, device: str, dtypes: list[str],
-                 batches: list[int], warmup: int, iters: int) -> list[Result]:
-    """Generate with the compiled peer, per dtype and batch, on the styles ``soat bench`` uses."""
-    G = soat.load(source, size=size, channel_multiplier=channel_multiplier, device=device, graphs=False)
-    results = []
-    for name in dtypes:
-        dtype = parse_dtype(name)
-        peer = compiled_peer(source, size, channel_multiplier, device, dtype)
-        for batch in batches:
-            _, (styles,) = task_call(G, "generate", batch)
-            styles = [s.to(dtype) for s in styles]
-            start = time.perf_counter()
-            with torch.no_grad():
-                peer(styles)  # compile (and capture) for this shape
-                samples = time_call(lambda: peer(styles), torch.device(device), warmup, iters)
-            p50 = statistics.median(samples)
-            results.append(Result("generate", f"compile-{name}", batch, p50, percentile(samples, 0.99),
-                                  batch / p50 * 1e3, None,
-                                  extra={"compile_and_warmup_s": round(time.perf_counter() - start, 1)}))
-    return results
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="random")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--channel-multiplier", type=int, choices=[1, 2], default=None)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtypes", default="fp16,bf16")
-    p.add_argument("--batches", default="1,8,128")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--iters", type=int, default=50)
-    args = p.parse_args()
-    for r in peer_results(args.checkpoint, args.size, args.channel_multiplier, args.device, args.dtypes.split(","),
-                          [int(b) for b in args.batches.split(",")], args.warmup, args.iters):
-        print(format_row(r), f"(compile + warm-up {r.extra['compile_and_warmup_s']} s)")
-
-
-if __name__ == "__main__":
-    main()

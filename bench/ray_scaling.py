@@ -2,8 +2,9 @@
 
 Starts its own local Ray instance, deploys the panorama app with each replica count in
 turn (``ray_app.application``), opens ``--clients`` WebSocket streams through Serve's proxy
-(each a different seed, so no span is shared between clients) and counts the columns
-received in a fixed window after a warm-up. A ``plain`` row runs the same app without Ray
+(each a different seed, so no span is shared between clients; the clients run in
+``--processes`` processes of their own, ``serve_load``) and counts the columns received in a
+fixed window after a warm-up, with each frame's latency. A ``plain`` row runs the same app without Ray
 (``background_server``, one torch thread) in this process for the proxy's cost.
 
     python -m soat.bench.ray_scaling --replicas 1,2,4 --clients 8 --size 64 --seconds 20
@@ -17,22 +18,17 @@ torch thread (Ray sets OMP_NUM_THREADS to the replica's CPUs).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
-import json
 import os
 import platform
 import socket
 import time
-from collections import Counter
 from dataclasses import dataclass
 
-from websockets.asyncio.client import connect
-
-from soat.serve.protocol import unpack_frame
+from soat.bench.serve_load import LoadResult, run_load
 from soat.serve.replica import ReplicaOptions
 
-CREDIT = 4  # frames each client keeps requested (the server's per-stream pipeline depth)
+CREDIT = 8  # frames each client keeps requested
 STAGGER_S = 0.25  # between client arrivals (all within the warm-up)
 
 
@@ -44,40 +40,26 @@ class Row:
     columns: int
     seconds: float
     streams_per_replica: str
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    order_errors: int = 0
 
     @property
     def columns_per_s(self) -> float:
         return self.columns / self.seconds
 
 
-async def _client(url: str, seed: int, tile: int, start: float, stop: float, counts: list, index: int,
-                  replicas: list) -> None:
-    """One viewer: keeps ``CREDIT`` frames requested; counts the columns that arrive in ``[start, stop)``."""
-    await asyncio.sleep(index * STAGGER_S)  # viewers arrive one by one, so Serve sees each replica's load
-    async with connect(f"{url}/api/stream?seed={seed}&tile={tile}&format=jpeg", max_size=None) as ws:
-        replicas[index] = ws.response.headers.get("x-soat-replica", "plain")
-        await ws.recv()  # hello
-        await ws.send(json.dumps({"credit": CREDIT}))
-        while time.monotonic() < stop:
-            _, _, width, _, _ = unpack_frame(await asyncio.wait_for(ws.recv(), 120))
-            if time.monotonic() >= start:
-                counts[index] += width
-            await ws.send(json.dumps({"credit": 1}))
+def measure(base_url: str, clients: int, tile: int, warmup_s: float, seconds: float, seed0: int,
+            processes: int = 4) -> LoadResult:
+    """``clients`` streams (in ``processes`` processes of their own, ``serve_load``) for ``seconds`` after
+    ``warmup_s``; viewers arrive ``STAGGER_S`` apart, so Serve sees each replica's load."""
+    return run_load(base_url, clients, seconds, max(warmup_s, STAGGER_S * clients + 1), processes, credit=CREDIT,
+                    tile=tile, seed0=seed0, stagger_s=STAGGER_S)
 
 
-def measure(base_url: str, clients: int, tile: int, warmup_s: float, seconds: float, seed0: int) -> tuple[int, str]:
-    """Total columns received by ``clients`` streams in ``seconds`` after ``warmup_s``; streams per replica."""
-    ws_url = base_url.replace("http://", "ws://")
-    counts, replicas = [0] * clients, [""] * clients
-
-    async def go():
-        start = time.monotonic() + warmup_s
-        await asyncio.gather(*(_client(ws_url, seed0 + i, tile, start, start + seconds, counts, i, replicas)
-                               for i in range(clients)))
-
-    asyncio.run(go())
-    spread = "/".join(str(n) for _, n in Counter(replicas).most_common())
-    return sum(counts), spread
+def _row(setup: str, replicas: int, r: LoadResult) -> Row:
+    spread = "/".join(str(n) for n in r.replicas.values())
+    return Row(setup, replicas, r.clients, r.columns, r.seconds, spread, r.p50_ms, r.p99_ms, r.order_errors)
 
 
 def free_port() -> int:
@@ -96,8 +78,8 @@ def run_plain(options: ReplicaOptions, args, clients: list[int]) -> list[Row]:
     rows = []
     with background_server(options.app(G, local_identity())) as base:
         for k, n in enumerate(clients):
-            columns, spread = measure(base, n, args.tile or args.size, args.warmup, args.seconds, 100 * k)
-            rows.append(Row("plain (no Ray)", 1, n, columns, args.seconds, spread))
+            r = measure(base, n, args.tile or args.size, args.warmup, args.seconds, 100 * k, args.processes)
+            rows.append(_row("plain (no Ray)", 1, r))
             print(_table([rows[-1]]), flush=True)
     return rows
 
@@ -119,9 +101,9 @@ def run_ray(options: ReplicaOptions, args, clients: int) -> list[Row]:
             serve.run(application(options, replicas=n, gpus_per_replica=args.gpus_per_replica), name="bench",
                       route_prefix="/")
             print(f"{n} replicas up in {time.monotonic() - t0:.1f} s", flush=True)
-            columns, spread = measure(f"http://127.0.0.1:{port}", clients, args.tile or args.size,
-                                      args.warmup, args.seconds, 1000 * (k + 1))
-            rows.append(Row("Ray Serve", n, clients, columns, args.seconds, spread))
+            r = measure(f"http://127.0.0.1:{port}", clients, args.tile or args.size, args.warmup, args.seconds,
+                        1000 * (k + 1), args.processes)
+            rows.append(_row("Ray Serve", n, r))
             print(_table([rows[-1]]), flush=True)
     finally:
         serve.shutdown()
@@ -130,9 +112,10 @@ def run_ray(options: ReplicaOptions, args, clients: int) -> list[Row]:
 
 
 def _table(rows: list[Row]) -> str:
-    lines = ["| setup | replicas | clients | columns/s | streams per replica |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r.setup} | {r.replicas} | {r.clients} | {r.columns_per_s:,.0f} | {r.streams_per_replica} |"
-              for r in rows]
+    lines = ["| setup | replicas | clients | columns/s | p50 / p99 ms | order errors | streams per replica |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.setup} | {r.replicas} | {r.clients} | {r.columns_per_s:,.0f} | {r.p50_ms:.0f} / {r.p99_ms:.0f} "
+              f"| {r.order_errors} | {r.streams_per_replica} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -144,18 +127,21 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--max-batch", type=int, default=None, help="spans per generator call (default 64 on CUDA, else 16)")
     p.add_argument("--replicas", default="1,2,4", help="comma list of replica counts")
     p.add_argument("--clients", default="8", help="comma list of concurrent stream counts (plain runs each; "
                                                  "Ray runs the largest)")
     p.add_argument("--tile", type=int, default=None, help="columns per frame (default: the model size)")
     p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--processes", type=int, default=min(8, os.cpu_count() or 1), help="client processes")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--no-plain", action="store_true", help="skip the run without Ray")
     p.add_argument("--no-ray", action="store_true", help="only the run without Ray (no Ray needed)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
+    max_batch = args.max_batch or (64 if args.device.startswith("cuda") else 16)
     options = ReplicaOptions(checkpoint=args.checkpoint, size=args.size, channel_multiplier=args.channel_multiplier,
-                             device=args.device, dtype=args.dtype)
+                             device=args.device, dtype=args.dtype, max_batch=max_batch)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {options}; "
           f"load average before: {os.getloadavg()}", flush=True)
     clients = [int(n) for n in args.clients.split(",")]
@@ -167,9 +153,10 @@ def main() -> None:
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["setup", "replicas", "clients", "columns", "seconds", "columns_per_s", "streams_per_replica"])
+            w.writerow(["setup", "replicas", "clients", "columns", "seconds", "columns_per_s", "p50_ms", "p99_ms",
+                        "order_errors", "streams_per_replica"])
             w.writerows([r.setup, r.replicas, r.clients, r.columns, r.seconds, round(r.columns_per_s, 1),
-                         r.streams_per_replica] for r in rows)
+                         round(r.p50_ms, 1), round(r.p99_ms, 1), r.order_errors, r.streams_per_replica] for r in rows)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import torch
 from tqdm import tqdm
 
 import soat
+from soat.runtime.images import atomic_output
+from soat.runtime.load import parse_dtype
 from soat.runtime.tasks.panorama_geometry import span_columns
 
 TASKS = ("generate", "blend", "merge_extension", "blend_bbox", "expand", "patch_swap", "panorama_stream")
@@ -165,13 +167,54 @@ def bench_one(G, cfg: Config, task: str, batch: int, warmup: int, iters: int, re
                   ref_p50 / p50 if ref_p50 else None)
 
 
+# rough cost of one call relative to ``generate`` at the same batch (two syntheses, wider spans)
+TASK_COST = {"generate": 1.0, "blend": 2.0, "merge_extension": 3.0, "blend_bbox": 2.0, "expand": 2.0,
+             "patch_swap": 2.0, "panorama_stream": 3.0}
+
+
+def header(device: str, source: str, size: int | None, channel_multiplier: int | None, configs: list[Config],
+           tasks: list[str], batches: list[int], warmup: int, iters: int) -> str:
+    """What the run will measure, printed before anything is loaded."""
+    layout = f"{size}px" if size else "size from the checkpoint"
+    if channel_multiplier:
+        layout += f" cm{channel_multiplier}"
+    return "\n".join([
+        f"soat bench on {device_name(device)} (torch {torch.__version__})",
+        f"  model:   {source} ({layout})",
+        f"  configs: {', '.join(c.name for c in configs)}  (dtypes {', '.join(dict.fromkeys(c.dtype for c in configs))})",
+        f"  tasks:   {', '.join(tasks)}",
+        f"  batches: {', '.join(map(str, batches))}",
+        f"  runs:    {warmup} warm-up + {iters} timed per row, {len(configs) * len(tasks) * len(batches)} rows"])
+
+
+def estimate_seconds(G, configs: list[Config], tasks: list[str], batches: list[int], warmup: int,
+                     iters: int) -> tuple[float, float]:
+    """``(eta_s, ms of one generate call at batch 1)``: one probe call scaled by batch, task and repetitions
+    (other precisions are assumed as fast as fp32; a first estimate, not a promise)."""
+    fn, args = task_call(G, "generate", 1)
+    with torch.no_grad():
+        fn(*args)
+        if G.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(*args)
+        if G.device.type == "cuda":
+            torch.cuda.synchronize()
+    one = time.perf_counter() - t0
+    per_config = sum(TASK_COST.get(t, 2.0) * b for t in tasks for b in batches) * (warmup + iters + 2) * one
+    return per_config * len(configs), one * 1e3
+
+
 def run_suite(source: str, size: int | None, channel_multiplier: int | None, device: str, configs: list[Config],
               tasks: list[str], batches: list[int], warmup: int, iters: int, out_dir: str,
-              baseline: bool = True) -> list[Result]:
+              baseline: bool = True, peers: bool = False) -> list[Result]:
     """Benchmark every combination (the baseline first, unless ``baseline=False``: then no ratios or
-    fidelity columns) and write ``results.json`` and ``chart.png``."""
-    os.makedirs(out_dir, exist_ok=True)
+    fidelity columns) and write ``results.json`` and ``chart.png``. Prints a header, then an ETA.
+    ``peers``: also time ``torch.compile`` of the plain PyTorch form (``peers.py``) on generate, per
+    dtype and batch, in the same run."""
     configs = ([BASELINE] if baseline else []) + [c for c in configs if c != BASELINE]
+    print(header(device, source, size, channel_multiplier, configs, tasks, batches, warmup, iters), flush=True)
+    os.makedirs(out_dir, exist_ok=True)
     reference: dict = {}
     results: list[Result] = []
     combos = [(c, t, b) for c in configs for t in tasks for b in batches]
@@ -181,6 +224,10 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
         if key not in models:
             models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
                                     channel_multiplier=channel_multiplier, graphs=cfg.graphs)
+            if len(models) == 1:
+                eta, one_ms = estimate_seconds(models[key], configs, tasks, batches, warmup, iters)
+                tqdm.write(f"  loaded:  {models[key].size}px cm{models[key].config.channel_multiplier}; "
+                           f"one generate call {one_ms:.0f} ms -> ETA about {_duration(eta)}")
         try:
             results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference,
                                      models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
@@ -190,10 +237,44 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
         tqdm.write(format_row(results[-1]))
         # after every row, so that a run cut short keeps what it measured
         write_json(results, run_info(models, source, warmup, iters), os.path.join(out_dir, "results.json"))
+    for dtype in sorted({c.dtype for c in configs}) if peers else ():
+        for batch in batches:
+            results.append(peer_result(source, size, channel_multiplier, device, dtype, batch, warmup, iters,
+                                       reference, models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
+            tqdm.write(format_row(results[-1]))
     info = run_info(models, source, warmup, iters)
-    write_chart(results, info, os.path.join(out_dir, "chart.png"))
+    chart = write_chart(results, info, os.path.join(out_dir, "chart.png"))
     print(format_table(results, info))
+    if chart:
+        print(f"wrote {os.path.join(out_dir, 'results.json')} and {chart}")
     return results
+
+
+def peer_result(source: str, size: int | None, channel_multiplier: int | None, device: str, dtype: str,
+                batch: int, warmup: int, iters: int, reference: dict, styles_from) -> Result:
+    """``generate`` by ``torch.compile(mode="reduce-overhead")`` of the plain PyTorch form, on the suite's
+    styles; fidelity and speed-up against the baseline's row where it ran."""
+    from .peers import compiled_peer
+
+    peer = compiled_peer(source, size, channel_multiplier, device, parse_dtype(dtype))
+    G = styles_from if styles_from is not None else soat.load(source, size=size, channel_multiplier=channel_multiplier,
+                                                              device=device, graphs=False)
+    _, (styles,) = task_call(G, "generate", batch)
+    styles = [s.to(parse_dtype(dtype)) for s in styles]
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = peer(styles).float().clone()  # compiles (and captures) for this shape
+        samples = time_call(lambda: peer(styles), torch.device(device), warmup, iters)
+    p50 = statistics.median(samples)
+    ref_out, ref_p50 = reference.get(("generate", batch), (None, None))
+    return Result("generate", f"compile-{dtype}", batch, p50, percentile(samples, 0.99), batch / p50 * 1e3, None,
+                  None if ref_out is None else psnr(out, ref_out), None if ref_out is None else rel_err(out, ref_out),
+                  ref_p50 / p50 if ref_p50 else None,
+                  extra={"compile_and_warmup_s": round(time.perf_counter() - start, 1)})
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def run_info(models: dict, source: str, warmup: int, iters: int) -> dict:
@@ -205,7 +286,7 @@ def run_info(models: dict, source: str, warmup: int, iters: int) -> dict:
 
 
 def write_json(results: list[Result], meta: dict, path: str) -> None:
-    with open(path, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         json.dump({"meta": meta, "results": [asdict(r) for r in results]}, f, indent=1)
 
 
@@ -231,8 +312,13 @@ def format_row(r: Result) -> str:
             f"{r.img_per_s:>10.1f}{ratio:>8}{ps:>9}{err:>9}{mem:>9}")
 
 
+def _num(v: float) -> str:
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
 def write_chart(results: list[Result], meta: dict, path: str) -> str | None:
-    """Images/s per task and config (best batch), as a grouped bar chart."""
+    """One row per task: p50 latency (p99 as a whisker) and images/s against batch, one bar per config,
+    linear axes, the value on every bar and the speed-up over the fp32 torch path on the throughput bars."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -240,20 +326,56 @@ def write_chart(results: list[Result], meta: dict, path: str) -> str | None:
     except ImportError:
         print("matplotlib is not installed: no chart (pip install matplotlib)")
         return None
+    if not results:
+        return None
     tasks = sorted({r.task for r in results}, key=list(TASKS).index)
     configs = list(dict.fromkeys(r.config for r in results))
-    best = {(r.task, r.config): max(x.img_per_s for x in results if (x.task, x.config) == (r.task, r.config))
-            for r in results}
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * max(1, len(configs) / 2)), 4))
+    batches = sorted({r.batch for r in results})
+    by = {(r.task, r.config, r.batch): r for r in results}
     width = 0.8 / len(configs)
-    for i, cfg in enumerate(configs):
-        ax.bar([t + i * width for t in range(len(tasks))], [best[(t, cfg)] for t in tasks], width, label=cfg)
-    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], tasks, rotation=20)
-    ax.set_ylabel("images/s (best batch)")
-    ax.set_yscale("log")
-    ax.set_title(f"SOAT on {meta['device']}, {meta['size']}px")
-    ax.legend(fontsize=8)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(len(tasks), 2, squeeze=False,
+                             figsize=(min(16.0, max(10.0, 1.1 * len(batches) * len(configs) + 5)), 2.9 * len(tasks) + 1.2))
+    for row, task in enumerate(tasks):
+        lat_ax, thr_ax = axes[row]
+        for i, cfg in enumerate(configs):
+            xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(batches))]
+            rows = [by.get((task, cfg, b)) for b in batches]
+            p50 = [r.p50_ms if r else 0.0 for r in rows]
+            p99 = [r.p99_ms if r else 0.0 for r in rows]
+            color = colors[i % len(colors)]
+            lat_ax.bar(xs, p99, width, color=color, alpha=0.35)  # p99 behind, light
+            bars = lat_ax.bar(xs, p50, width, color=color, label=cfg)
+            lat_ax.bar_label(lat_ax.containers[-2], labels=[f"{_num(a)}\n{_num(b)}" if a else ""
+                                                            for a, b in zip(p50, p99)], fontsize=7, padding=2)
+            ips = [r.img_per_s if r else 0.0 for r in rows]
+            bars = thr_ax.bar(xs, ips, width, color=color, label=cfg)
+            labels = []
+            for r in rows:
+                if r is None:
+                    labels.append("")
+                    continue
+                text = _num(r.img_per_s)
+                if r.ratio_to_fp32 is not None and r.config != BASELINE.name:
+                    text += f"\n{r.ratio_to_fp32:.2f}x"
+                labels.append(text)
+            thr_ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
+        for ax, ylabel, what in ((lat_ax, "ms per call", "latency, ms"), (thr_ax, "images/s", "throughput")):
+            ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.set_title(f"{task}: {what}", fontsize=9, loc="left")
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_axisbelow(True)
+            ax.margins(y=0.25)
+            ax.set_ylim(bottom=0)
+    axes[0][0].legend(fontsize=7, loc="upper left", title="config", title_fontsize=7)
+    dtypes = ", ".join(dict.fromkeys(c.split("-")[1] for c in configs))
+    fig.suptitle(f"SOAT on {meta['device']}\nmodel {meta['model']} ({meta['size']}px, cm{meta['channel_multiplier']}), "
+                 f"dtypes {dtypes}, torch {meta['torch']}, {meta['iters']} timed runs per bar\n"
+                 "left: latency per call, p50 solid / p99 light (labels p50 over p99);  "
+                 "right: images/s, Nx = speed-up over torch-fp32", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path

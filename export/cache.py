@@ -2,14 +2,24 @@
 ``<cache_dir>/exports/<key>`` (``$SOAT_CACHE_DIR``, default ``~/.cache/soat``), keyed by the
 source's fingerprint, dtype, opset and exporter version, and reused while its manifest verifies.
 ``soat.load(CHECKPOINT, backend="onnxruntime")`` goes through here.
+
+Concurrency: a cache folder is written once and never replaced while valid. Processes that
+miss it take an exclusive lock (``fcntl.flock`` on ``<key>.lock``) and check again, so one
+exports (into a ``.tmp-*`` folder, renamed into place) while the others wait and then use
+its result. An exporter also holds a lock on its ``.tmp-*`` folder; a ``.tmp-*`` folder
+that nobody holds and that is older than ``DEBRIS_AGE_S`` was left by a killed export and
+is removed on the next use of the cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+import time
+from typing import Iterator
 
 from ..errors import SoatError
 from ..runtime.checkpoint import file_sha256
@@ -17,33 +27,94 @@ from ..runtime.manifest import read_manifest
 from ..runtime.sources import cache_dir, load_weights
 from .onnx_export import DEFAULT_OPSET, cache_key, export_weights
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (one process at a time must use the cache)
+    fcntl = None
+
+TMP_PREFIX = ".tmp-"
+DEBRIS_AGE_S = 600  # a .tmp-* folder nobody holds and untouched this long is a killed export's
+
 
 def cached_export(source: str, dtype: str, size: int | None = None, channel_multiplier: int | None = None,
                   opset: int = DEFAULT_OPSET) -> str:
-    """The cache folder holding ``source``'s export, made (atomically) when missing or invalid."""
+    """The cache folder holding ``source``'s export, made (atomically, by one process) when missing or invalid."""
     weights = None
     if os.path.isfile(source):
         fingerprint = file_sha256(source)  # load_checkpoint's fingerprint, without reading the weights
     else:
         weights, fingerprint = load_weights(source, size, channel_multiplier)
     folder = os.path.join(cache_dir(), "exports", cache_key(fingerprint, dtype, opset))
+    root = os.path.dirname(folder)
+    os.makedirs(root, exist_ok=True)
+    clean_debris(root)
     if _is_valid(folder):
         return folder
-    if weights is None:
-        weights, fingerprint = load_weights(source, size, channel_multiplier)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(folder))
-    try:
-        export_weights(weights, weights.fixed_noise(), source, fingerprint, tmp, dtype, opset,
-                       progress=sys.stderr.isatty())
-        shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover
-        os.replace(tmp, folder)
-    except OSError:
-        if not _is_valid(folder):  # not another process that won the race
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _locked(folder + ".lock", blocking=True):
+        if _is_valid(folder):  # another process exported it while this one waited
+            return folder
+        if weights is None:
+            weights, fingerprint = load_weights(source, size, channel_multiplier)
+        tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root)
+        try:
+            with _locked(tmp, blocking=True):  # marks the folder as live for clean_debris
+                export_weights(weights, weights.fixed_noise(), source, fingerprint, tmp, dtype, opset,
+                               progress=sys.stderr.isatty())
+                shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover; valid folders are never replaced
+                os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def clean_debris(root: str, max_age_s: float = DEBRIS_AGE_S) -> list[str]:
+    """Remove ``.tmp-*`` folders under ``root`` that no live process holds and that are older than
+    ``max_age_s``; returns their paths."""
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = os.path.join(root, name)
+        if not name.startswith(TMP_PREFIX) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        try:
+            if now - os.stat(path).st_mtime < max_age_s:
+                continue
+            with _locked(path, blocking=False) as held:
+                if held:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(path: str, blocking: bool) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (a lock file, created if missing, or a folder) for the block;
+    yields whether it is held (always, when ``blocking``)."""
+    if fcntl is None:
+        yield True
+        return
+    if os.path.isdir(path):
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError as e:
+            raise SoatError(f"cannot lock {path!r} in the export cache ({e.strerror or e}); "
+                            "set SOAT_CACHE_DIR to a local folder") from None
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _is_valid(folder: str) -> bool:

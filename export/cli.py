@@ -1,32 +1,49 @@
-"""``soat export CHECKPOINT -o DIR [--dtype fp32|fp16] [--opset N]`` (wired into ``soat/cli.py``)."""
+"""``soat export --checkpoint MODEL -o DIR [--format onnx|aoti] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
+[--opset N] [--force]`` (wired into ``soat/cli.py``)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..runtime.manifest import DTYPES
+from ..options import add_checkpoint, add_force, add_layout, check_checkpoint, check_output_folder
+from ..runtime.manifest import AOTI_DTYPES, MANIFEST
+from .aoti_export import export_aoti
 from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    p = subparsers.add_parser("export", help="write per-layer ONNX graphs and a manifest to a folder",
-                              description="Export a generator to per-layer ONNX graphs (feature I/O), the mapping "
-                                          "and affine graphs, the fixed noise and manifest.json. Load the folder "
-                                          "with soat.load(DIR, backend='onnxruntime').")
-    p.add_argument("checkpoint", help="rosinality/SOAT checkpoint (.pt), or random[:SEED] for the built-in model")
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="export folder (created if needed)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="precision of weights and graph I/O")
+    p = subparsers.add_parser("export", help="write per-layer ONNX graphs or AOTInductor packages and a manifest",
+                              description="Export a generator to per-layer graphs (feature I/O), the mapping "
+                                          "and affine graphs, the fixed noise and manifest.json: ONNX (load with "
+                                          "soat.load(DIR, backend='onnxruntime')) or AOTInductor packages (--format "
+                                          "aoti: soat.load(DIR, backend='aoti') or the C++ libsoat).")
+    add_checkpoint(p)
+    p.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="DIR",
+                   help="export folder (written under a temporary name, then renamed; an existing export is "
+                        "replaced only with --force)")
+    p.add_argument("--format", choices=["onnx", "aoti"], default="onnx",
+                   help="onnx (default) or aoti (torch.export + AOTInductor, one .pt2 per graph)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="aoti: the device the packages are compiled for (default cpu)")
+    p.add_argument("--dtype", choices=AOTI_DTYPES, default="fp32",
+                   help="precision of weights and graph I/O (onnx: fp32 or fp16)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
-    p.add_argument("--size", type=int, default=None, help="output size of a random model (inferred from a checkpoint)")
-    p.add_argument("--channel-multiplier", type=int, default=None, help="channel multiplier of a random model")
+    add_layout(p)
+    add_force(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``soat export``; prints the manifest path. ``SoatError`` propagates to the CLI's handler."""
-    path = export(args.checkpoint, args.out, dtype=args.dtype, opset=args.opset, progress=not args.no_progress,
-                  size=args.size, channel_multiplier=args.channel_multiplier)
+    check_checkpoint(args.checkpoint)
+    check_output_folder(args.out, args.force, [MANIFEST])
+    if args.format == "aoti":
+        path = export_aoti(args.checkpoint, args.out, dtype=args.dtype, device=args.device,
+                           progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier)
+    else:
+        path = export(args.checkpoint, args.out, dtype=args.dtype, opset=args.opset, progress=not args.no_progress,
+                      size=args.size, channel_multiplier=args.channel_multiplier)
     print(path)
     return 0

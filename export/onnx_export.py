@@ -11,11 +11,14 @@ between torch releases.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
+import shutil
+import tempfile
 import warnings
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +33,7 @@ from ..runtime.config import GeneratorConfig
 from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
 from ..runtime.graphs import dynamic_axes, example_shapes, graph_ids, graph_io, onnx_outputs, output_shape
-from ..runtime.manifest import DTYPES, FORMAT_VERSION, NOISE_FILE, build_manifest, write_manifest
+from ..runtime.manifest import DTYPES, FORMAT_VERSION, MANIFEST, NOISE_FILE, build_manifest, write_manifest
 from ..runtime.sources import load_weights
 from ..runtime.weights import StyleGAN2Weights
 
@@ -96,6 +99,36 @@ def cache_key(fingerprint: str, dtype: str, opset: int) -> str:
     """The export cache's folder name: sha256 of the source fingerprint, dtype, opset and exporter version."""
     text = "\n".join([fingerprint, dtype, str(opset), exporter_version(), str(FORMAT_VERSION)])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str) -> Iterator[str]:
+    """Write an export folder atomically: yields a temporary sibling folder, renamed to ``out_dir`` when the
+    block succeeds (and removed when it fails). An existing export (or empty folder) at ``out_dir`` is replaced
+    as a whole; any other non-empty folder is refused rather than deleted."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not _replaceable(out_dir):
+        raise SoatError(f"{out_dir!r} exists and is not an export folder (no {MANIFEST}); choose another -o")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
+            os.replace(out_dir, os.path.join(old, "export"))
+        os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replaceable(folder: str) -> bool:
+    return os.path.isdir(folder) and (not os.listdir(folder) or os.path.isfile(os.path.join(folder, MANIFEST)))
 
 
 def _resolve(source, size: int | None, channel_multiplier: int | None):

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import pickle
+import pickletools
 import re
 import zipfile
+from typing import IO
 
 import torch
 
@@ -23,6 +26,21 @@ _BLUR_KEY = re.compile(r"^(convs\.\d+\.conv\.blur\.kernel|to_rgbs\.\d+\.upsample
 # torch's weights-only unpickler refusing a global: the file asks to import and call code
 _NEEDS_CODE = re.compile(r"Unsupported global|whose module \S+ is blocked")
 
+# Bounds on what a pickle may build, checked on its opcode stream before anything is unpickled:
+# a deeply nested structure crashes CPython (hashing a nested tuple recurses in C), and a small
+# pickle whose memo references fan out (t_k = (t_{k-1}, t_{k-1})) hashes for ever. Real
+# checkpoints nest about 30 deep (NVIDIA snapshots) and expand to about their opcode count.
+MAX_PICKLE_DEPTH = 200
+MAX_PICKLE_EXPANSION = 50_000_000
+# torch.save's legacy (pre-zip) files start with a pickle of this magic number
+LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
+_LEGACY_PICKLES = 5  # torch.save's legacy format: magic, protocol, sys info, the object, storage keys
+_IN_PLACE = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # update the container below
+_PASS_THROUGH = {"MEMOIZE", "READONLY_BUFFER"}
+# The layout fields a file may declare, with the ranges a StyleGAN2 generator has (checked before
+# anything is built: a header saying n_mlp=100000000 would otherwise build 10^8 layers).
+LAYOUT_RANGES = {"style_dim": (1, 4096), "n_mlp": (1, 32)}
+
 
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
@@ -32,12 +50,130 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+class _Malformed(Exception):
+    """The opcode stream cannot be a valid pickle: left to the real unpickler to report."""
+
+
+def _scan_pickle(stream: IO[bytes], where: str) -> None:
+    """Simulate the unpickler's stack on ``stream``'s opcodes (up to STOP) and refuse a pickle whose
+    objects nest deeper than ``MAX_PICKLE_DEPTH`` or expand (memo references followed) past
+    ``MAX_PICKLE_EXPANSION`` objects. Nothing is built; each stack entry is (depth, expanded size)."""
+    stack: list[tuple[int, int]] = []
+    marks: list[int] = []
+    memo: dict = {}
+
+    def push(depth: int, size: int) -> None:
+        if depth > MAX_PICKLE_DEPTH:
+            raise SoatError(f"{where} holds a structure nested more than {MAX_PICKLE_DEPTH} levels deep; "
+                            "refused (no checkpoint nests like that, and unpickling it can crash Python)")
+        if size > MAX_PICKLE_EXPANSION:
+            raise SoatError(f"{where} holds a structure of more than {MAX_PICKLE_EXPANSION} objects once its "
+                            "shared references are followed; refused (it would take for ever to unpickle)")
+        stack.append((depth, size))
+
+    def pop(n: int) -> list[tuple[int, int]]:
+        if len(stack) < n:
+            raise _Malformed
+        items = stack[len(stack) - n:]
+        del stack[len(stack) - n:]
+        return items
+
+    for op, arg, _ in pickletools.genops(stream):
+        name = op.name
+        if name == "STOP":
+            return
+        if name == "MARK":
+            marks.append(len(stack))
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            if not stack:
+                raise _Malformed
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise _Malformed
+            push(*memo[arg])
+        elif name in _PASS_THROUGH:
+            if not stack:
+                raise _Malformed
+        elif pickletools.markobject in op.stack_before:
+            if not marks or marks[-1] > len(stack):
+                raise _Malformed
+            items = pop(len(stack) - marks.pop())
+            depth = max((d for d, _ in items), default=0) + 1
+            size = 1 + sum(n for _, n in items)
+            if name in _IN_PLACE:  # APPENDS / SETITEMS / ADDITEMS into the container below the mark
+                (d0, n0), = pop(1)
+                push(max(d0, depth), n0 + size)
+            elif op.stack_after:
+                push(depth, size)
+        else:
+            items = pop(len(op.stack_before))
+            if name in _IN_PLACE:  # APPEND / SETITEM / BUILD
+                (d0, n0), rest = items[0], items[1:]
+                push(max([d0] + [d + 1 for d, _ in rest]), n0 + sum(n for _, n in rest))
+            elif name == "DUP":
+                stack.extend(items * 2)
+            else:
+                depth = max((d for d, _ in items), default=-1) + 1
+                for _ in op.stack_after:
+                    push(depth, 1 + sum(n for _, n in items))
+
+
+def check_pickle_structure(data: str | bytes, where: str) -> None:
+    """Refuse, before unpickling, a file (path) or ``torch.save`` bytes whose pickles nest too deep.
+
+    Handles plain pickles (NVIDIA snapshots), torch zip files (every ``*.pkl`` member) and
+    torch's legacy format (its leading pickles). Streams that are not valid pickles are left
+    for the real loader to report.
+    """
+    raw = io.BytesIO(data) if isinstance(data, bytes) else None
+    try:
+        with (raw or open(data, "rb")) as f:
+            if zipfile.is_zipfile(f):
+                with zipfile.ZipFile(f) as z:
+                    for info in z.infolist():
+                        if info.filename.endswith(".pkl"):
+                            with z.open(info) as member:
+                                _scan_pickle(member, where)
+                return
+            f.seek(0)
+            legacy = LEGACY_MAGIC in f.read(64)
+            f.seek(0)
+            for _ in range(_LEGACY_PICKLES if legacy else 1):
+                _scan_pickle(f, where)
+    except SoatError:
+        raise
+    except (_Malformed, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):
+        pass  # not a valid pickle stream: the loader says so in its own words
+    except OSError as e:
+        raise SoatError(f"cannot read {where}: {e.strerror or e}") from None
+
+
+def check_finite(tensors: dict, where: str) -> None:
+    """Refuse weights holding NaN or inf, naming the first such tensor (they make every image NaN)."""
+    for name, t in tensors.items():
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise SoatError(f"{where}: tensor {name!r} holds {bad} NaN or inf value(s); the file is corrupt "
+                            "(or the training diverged) and would give all-NaN images. Use another checkpoint")
+
+
+def check_layout(style_dim: int, n_mlp: int, where: str) -> None:
+    """Layout fields read from a file, checked against ``LAYOUT_RANGES`` before anything is built."""
+    for name, value in (("style_dim", style_dim), ("n_mlp", n_mlp)):
+        lo, hi = LAYOUT_RANGES[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise SoatError(f"{where}: {name}={value!r} is outside the range of a StyleGAN2 generator "
+                            f"({lo} <= {name} <= {hi}); the file is corrupt or not a generator")
+
+
 def read_torch_file(path: str) -> object:
     """``torch.load`` restricted to tensors and plain containers, with clear errors."""
     if not os.path.exists(path):
         raise SoatError(f"checkpoint not found: {path!r}; give the path of a .pt file (or 'random' for the built-in model)")
     if os.path.isdir(path):
         raise SoatError(f"{path!r} is a folder; give a checkpoint file, or an export folder with backend='onnxruntime'")
+    check_pickle_structure(path, repr(path))
     try:
         # rosinality's train.py stores its argparse.Namespace beside the weights: a plain container, allowed
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -69,7 +205,24 @@ def extract_g_ema(obj: object, path: str) -> dict[str, torch.Tensor]:
     sd = obj["g_ema"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise SoatError(f"{path!r}: 'g_ema' is not a state dict of tensors")
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:
+        raise SoatError(f"{path!r}: 'g_ema' has keys that are not names (e.g. {odd[0]!r}); "
+                        "expected a state dict keyed by parameter names such as 'conv1.conv.weight'")
     return {k: v for k, v in sd.items() if not _BLUR_KEY.match(k)}
+
+
+def mean_latent(value: object, style_dim: int, name: str, where: str) -> torch.Tensor | None:
+    """A checkpoint's mean latent (rosinality's ``latent_avg``, NVIDIA's ``mapping.w_avg``) as
+    ``[style_dim]`` fp32, ``None`` when absent; anything else stored there is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.numel() != style_dim or not value.is_floating_point():
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise SoatError(f"{where}: {name} must be a mean latent of {style_dim} floats; got {shape}")
+    w_avg = value.detach().reshape(style_dim).float()
+    check_finite({name: w_avg}, where)
+    return w_avg
 
 
 def infer_config(sd: dict[str, torch.Tensor], path: str, size: int | None = None,
@@ -84,6 +237,7 @@ def infer_config(sd: dict[str, torch.Tensor], path: str, size: int | None = None
     inferred_size = 4 * 2 ** blocks
     mlp = sorted({int(k.split(".")[1]) for k in sd if re.match(r"^style\.\d+\.weight$", k)})
     style_dim = shape("style.1.weight")[0] if mlp else shape("conv1.conv.modulation.weight")[1]
+    check_layout(style_dim, len(mlp) or 8, repr(path))
     cm = None
     if inferred_size >= 64:
         c64 = shape(f"convs.{2 * 3}.conv.weight")[1]  # the first conv of the 64x64 block
@@ -99,8 +253,10 @@ def infer_config(sd: dict[str, torch.Tensor], path: str, size: int | None = None
                            style_dim=style_dim, n_mlp=len(mlp) or 8)
 
 
-def weights_from_state_dict(sd: dict[str, torch.Tensor], config: GeneratorConfig, path: str) -> StyleGAN2Weights:
-    """Build the weights module on ``meta`` and assign the checkpoint tensors after strict key/shape checks."""
+def weights_from_state_dict(sd: dict[str, torch.Tensor], config: GeneratorConfig, path: str,
+                            w_avg: torch.Tensor | None = None) -> StyleGAN2Weights:
+    """Build the weights module on ``meta`` and assign the checkpoint tensors after strict key/shape and
+    finiteness checks; ``w_avg``: the checkpoint's mean latent (see ``mean_latent``), if it has one."""
     with torch.device("meta"):
         weights = StyleGAN2Weights(config)
     expected = weights.state_dict()
@@ -118,13 +274,17 @@ def weights_from_state_dict(sd: dict[str, torch.Tensor], config: GeneratorConfig
         if tuple(sd[k].shape) != tuple(v.shape):
             raise SoatError(f"{path!r}: {k} has shape {list(sd[k].shape)}, expected {list(v.shape)} for "
                             f"size={config.size}, channel_multiplier={config.channel_multiplier}")
+    check_finite({k: sd[k] for k in expected}, repr(path))
     weights.load_state_dict({k: sd[k].float() for k in expected}, assign=True)
+    weights.w_avg = w_avg
     return weights
 
 
 def load_checkpoint(path: str, size: int | None = None,
                     channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
     """Read a rosinality/SOAT checkpoint; returns the weights and the file's sha256."""
-    sd = extract_g_ema(read_torch_file(path), path)
+    obj = read_torch_file(path)
+    sd = extract_g_ema(obj, path)
     config = infer_config(sd, path, size, channel_multiplier)
-    return weights_from_state_dict(sd, config, path), file_sha256(path)
+    w_avg = mean_latent(obj.get("latent_avg"), config.style_dim, "latent_avg", repr(path))
+    return weights_from_state_dict(sd, config, path, w_avg), file_sha256(path)

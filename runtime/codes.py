@@ -11,13 +11,12 @@ sigma layout, e.g. for translation, use them).
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from typing import Any
 
 import torch
 
 from ..errors import SoatError
+from .checkpoint import check_pickle_structure
 from .styles import StyleArg, flatten_styles
 
 FORMAT = "soat-codes"
@@ -43,11 +42,14 @@ def read_codes(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise SoatError(f"codes file not found: {path!r}; write one with `soat invert IMAGE... -o {path}`")
+    check_pickle_structure(path, repr(path))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SoatError(f"cannot read {path!r} as inversion codes ({first})") from None
+    except OSError as e:
+        raise SoatError(f"cannot read {path!r}: {e.strerror or e}") from None
+    except Exception as e:  # untrusted bytes (a text file, say) can fail anywhere in torch.load: a bad file
+        raise SoatError(f"cannot read {path!r} as inversion codes ({type(e).__name__}: not a torch.save file of "
+                        "tensors); a codes file is written by `soat invert` or soat.runtime.codes.save_codes") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SoatError(f"{path!r} is not a soat codes file (expected format {FORMAT!r}); "
                         "write one with `soat invert` or soat.runtime.codes.save_codes")

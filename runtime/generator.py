@@ -21,6 +21,8 @@ MEAN_STYLE_SAMPLES = 50_000
 WARMUP_STYLE_LISTS = {"generate": 1, "expand": 1, "shift": 1, "blend": 2, "merge": 2, "merge_extension": 2,
                       "blend_bbox": 2, "patch_swap": 2}
 MEAN_STYLE_SEED = 0x50A7
+MEAN_FROM_CHECKPOINT = "checkpoint w_avg"  # Generator.mean_source values
+MEAN_SAMPLED = "sampled"
 
 
 class Generator:
@@ -34,10 +36,12 @@ class Generator:
         fingerprint: a string identifying the weights (checkpoint sha256 or the seed).
         graphs: on CUDA, replay every task call from a CUDA graph captured per input signature
             (``task_graphs.py``); ``False`` runs every call eagerly.
+        w_avg: the checkpoint's mean latent ``[style_dim]`` (NVIDIA's ``mapping.w_avg``,
+            rosinality's ``latent_avg``), if it has one: the mean style is then affine(w_avg).
     """
 
     def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
-                 source: str = "", fingerprint: str = "", graphs: bool = True):
+                 source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -48,6 +52,9 @@ class Generator:
         self.fingerprint = fingerprint
         self.style_channels = style_channels(config)
         self._mean_styles: list[torch.Tensor] | None = None
+        self._w_avg = w_avg
+        # where sigma_bar (the centre of truncation) comes from, for `soat info`
+        self.mean_source = MEAN_FROM_CHECKPOINT if w_avg is not None else MEAN_SAMPLED
         self._noise_cache: dict = {}
         self.graphs = TaskGraphs(self, graphs)
 
@@ -84,11 +91,15 @@ class Generator:
         return self.styles_from_w(self.w(z), truncation)
 
     def mean_styles(self) -> list[torch.Tensor]:
-        """The mean style sigma_bar, ``[1, C_k]`` each: affine(mean of w over 50,000 z), cached.
+        """The mean style sigma_bar, ``[1, C_k]`` each, cached: affine(w_avg) when the checkpoint
+        carries a mean latent (so psi-truncated images equal NVIDIA's), else affine(mean of w over
+        50,000 z); ``mean_source`` says which.
 
         The z are drawn from a private generator, so the global RNG is untouched; to
         reproduce a notebook's sigma_bar exactly, call ``estimate_mean_styles(z)``.
         """
+        if self._mean_styles is None and self._w_avg is not None:
+            self._mean_styles = self.styles_from_w(self._w_avg.reshape(1, -1))
         if self._mean_styles is None:
             gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
             z = torch.randn(MEAN_STYLE_SAMPLES, self.config.style_dim, generator=gen)
@@ -103,6 +114,7 @@ class Generator:
             total += self.w(chunk).double().sum(0, keepdim=True)
         mean_w = (total / z.shape[0]).to(self.dtype)
         self._mean_styles = self.styles_from_w(mean_w)
+        self.mean_source = MEAN_SAMPLED
         return self._mean_styles
 
     def unflatten_styles(self, flat: torch.Tensor) -> list[torch.Tensor]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+import tempfile
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..errors import SoatError
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -21,18 +25,49 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in to_uint8(images)]
 
 
-def save_png(images: torch.Tensor, path: str | os.PathLike) -> list[str]:
-    """Write ``[B, 3, H, W]`` as PNG: ``path`` for B = 1, else ``stem_{i}.png`` per image."""
-    pils = to_pil(images)
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary name in ``path``'s folder; on success it is renamed to ``path`` (``os.replace``),
+    on failure removed. A reader of ``path`` sees the old file or the complete new one, never a part."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    stem, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def save_png(images: torch.Tensor, path: str | os.PathLike) -> list[str]:
+    """Write ``[B, 3, H, W]`` as PNG: ``path`` for B = 1, else ``stem_{i}.png`` per image.
+
+    ``path`` must end in ``.png``. Each file is written under a temporary name in the same folder
+    and renamed, so an interrupted run leaves no partial PNG. Images with NaN or infinite values
+    are refused (they would be saved as black)."""
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() != ".png":
+        raise SoatError(f"{path!r} must end in .png (save_png writes PNG only)")
+    if not torch.isfinite(images.detach()).all():
+        raise SoatError(f"the image for {path!r} has NaN or infinite values; nothing was written")
+    pils = to_pil(images)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if len(pils) == 1:
-        pils[0].save(path)
-        return [path]
     stem, ext = os.path.splitext(path)
-    paths = [f"{stem}_{i}{ext or '.png'}" for i in range(len(pils))]
+    paths = [path] if len(pils) == 1 else [f"{stem}_{i}{ext}" for i in range(len(pils))]
     for p, im in zip(paths, pils):
-        im.save(p)
+        with atomic_output(p) as tmp:
+            im.save(tmp, format="PNG")
     return paths
 
 

@@ -8,18 +8,19 @@ import torch
 
 from ..errors import SoatError
 from ..export.cache import cached_export
+from .backends.aoti_backend import AOTI_DTYPES, AotiBackend, check_aoti_source
 from .backends.fast_backend import FastTorchBackend
 from .backends.ort_backend import OrtBackend
 from .backends.torch_backend import TorchBackend
 from .backends.trt_backend import TensorRTBackend
 from .generator import Generator
-from .manifest import check_matches, load_noise, read_manifest
-from .sources import cache_dir, load_weights
+from .manifest import check_format, check_matches, load_mean_styles, load_noise, read_manifest
+from .sources import load_weights
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 WEIGHT_BACKENDS = ("torch", "fast")  # run a checkpoint's weights in torch
-EXPORT_BACKENDS = ("onnxruntime", "tensorrt")  # run an export folder's graphs
+EXPORT_BACKENDS = ("onnxruntime", "tensorrt", "aoti")  # run an export folder's graphs
 BACKENDS = ("auto", *WEIGHT_BACKENDS, *EXPORT_BACKENDS)
 EXPORT_DTYPES = {torch.float32: "fp32", torch.float16: "fp16"}
 
@@ -86,21 +87,30 @@ def load(source: str | os.PathLike = "random", backend: str = "auto", device: st
     noise = weights.fixed_noise()
     backend_class = TorchBackend if resolve_backend(backend, dt) == "torch" else FastTorchBackend
     runner = backend_class(weights, dev, dt)
-    return Generator(runner, weights.config, noise, source, fingerprint, graphs)
+    return Generator(runner, weights.config, noise, source, fingerprint, graphs, w_avg=weights.w_avg)
 
 
 def _load_export(source: str, backend: str, device: torch.device, dtype: torch.dtype, size: int | None,
                  channel_multiplier: int | None) -> Generator:
     """A Generator whose graphs run on ``backend`` from an export folder (or a checkpoint exported into the cache)."""
-    dtype_name = EXPORT_DTYPES.get(dtype)
+    dtype_name = (AOTI_DTYPES if backend == "aoti" else EXPORT_DTYPES).get(dtype)
     if dtype_name is None:
         raise SoatError(f"dtype={str(dtype).replace('torch.', '')} is not available with backend={backend!r}; "
                         "exports are fp32 or fp16")
+    if backend == "aoti":
+        check_aoti_source(source)
     folder = source if os.path.isdir(source) else cached_export(source, dtype_name, size, channel_multiplier)
     manifest = read_manifest(folder)
     check_matches(manifest, dtype_name, size, channel_multiplier)
+    check_format(manifest, backend)
     if backend == "onnxruntime":
         runner = OrtBackend(manifest, device, dtype)
+    elif backend == "aoti":
+        runner = AotiBackend(manifest, device, dtype)
     else:
-        runner = TensorRTBackend(manifest, device, dtype, engine_dir=os.path.join(cache_dir(), "tensorrt"))
-    return Generator(runner, manifest.config, load_noise(manifest), source, manifest.source["fingerprint"])
+        runner = TensorRTBackend(manifest, device, dtype)  # engines under <export>/engines
+    G = Generator(runner, manifest.config, load_noise(manifest), source, manifest.source["fingerprint"])
+    mean = load_mean_styles(manifest)
+    if mean is not None:  # stored at export: truncation needs no sampling
+        G._mean_styles = G.unflatten_styles(mean.to(device, dtype))
+    return G

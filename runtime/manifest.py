@@ -23,14 +23,22 @@ from .config import GeneratorConfig
 from .graphs import graph_ids, graph_io, onnx_outputs
 
 FORMAT = "soat-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graph formats (onnx, aoti), the device and the mean styles; 1 (onnx only) is still read
 MANIFEST = "manifest.json"
 NOISE_FILE = "noise.npz"
-DTYPES = ("fp32", "fp16")
-FIELDS = ("format", "format_version", "exporter", "config", "dtype", "opset", "source", "chain",
-          "style_channels", "graphs", "noise")
-GRAPH_FIELDS = ("file", "sha256", "inputs", "outputs")
+MEAN_STYLES_FILE = "mean_styles.npz"
+ONNX_FORMAT, AOTI_FORMAT = "onnx", "aoti"
+GRAPH_SUFFIX = {ONNX_FORMAT: ".onnx", AOTI_FORMAT: ".pt2"}
+DTYPES = ("fp32", "fp16")  # ONNX exports
+AOTI_DTYPES = ("fp32", "fp16", "bf16")
+FIELDS_V1 = ("format", "format_version", "exporter", "config", "dtype", "opset", "source", "chain",
+             "style_channels", "graphs", "noise")
+FIELDS = FIELDS_V1 + ("device", "mean_styles")
+GRAPH_FIELDS_V1 = ("file", "sha256", "inputs", "outputs")
+GRAPH_FIELDS = GRAPH_FIELDS_V1 + ("format",)
 NOISE_FIELDS = ("file", "sha256", "shapes")
+MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
+ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,13 @@ class Manifest:
     graphs: dict[str, dict]
     noise: dict
     exporter: dict
+    device: str = ANY_DEVICE
+    mean_styles: dict | None = None
+
+    @property
+    def graph_format(self) -> str:
+        """``onnx`` or ``aoti`` (every graph of a folder has the same format)."""
+        return next(iter(self.graphs.values())).get("format", ONNX_FORMAT)
 
     def graph_path(self, graph_id: str) -> str:
         return os.path.join(self.folder, self.graphs[graph_id]["file"])
@@ -60,18 +75,27 @@ def chain_record(config: GeneratorConfig) -> list[dict]:
 
 
 def build_manifest(config: GeneratorConfig, dtype: str, opset: int, source: dict, graph_sha: dict[str, str],
-                   noise_sha: str, noise_shapes: list[list[int]], exporter: dict) -> dict:
-    """The manifest of an export whose files (``<graph id>.onnx``, ``noise.npz``) have the given sha256."""
+                   noise_sha: str, noise_shapes: list[list[int]], exporter: dict, graph_format: str = ONNX_FORMAT,
+                   device: str = ANY_DEVICE, mean_styles: dict | None = None) -> dict:
+    """The manifest of an export whose files (``<graph id>.onnx`` or ``.pt2``, ``noise.npz``, the mean styles
+    where given) have the given sha256."""
     graphs = {}
     for gid in graph_ids(config):
-        graphs[gid] = {"file": f"{gid}.onnx", "sha256": graph_sha[gid], "inputs": list(graph_io(config, gid)[0]),
-                       "outputs": list(onnx_outputs(config, gid))}
+        graphs[gid] = {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
+                       "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
+                       "format": graph_format}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter,
         "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset, "source": source,
         "chain": chain_record(config), "style_channels": style_channels(config), "graphs": graphs,
         "noise": {"file": NOISE_FILE, "sha256": noise_sha, "shapes": noise_shapes},
+        "device": device, "mean_styles": mean_styles,
     }
+
+
+def graph_outputs(config: GeneratorConfig, graph_id: str, graph_format: str) -> tuple[str, ...]:
+    """Output names inside a graph file: ONNX renames an output that is also an input (``x_out``); AOTI does not."""
+    return onnx_outputs(config, graph_id) if graph_format == ONNX_FORMAT else graph_io(config, graph_id)[1]
 
 
 def write_manifest(folder: str, manifest: dict) -> str:
@@ -99,7 +123,12 @@ def read_manifest(folder: str) -> Manifest:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise SoatError(f"{where} is not a SOAT export manifest (format must be {FORMAT!r})")
     _check_version(m.get("format_version"), where)
-    _check_fields(m, FIELDS, where)
+    v1 = m["format_version"] == 1
+    _check_fields(m, FIELDS_V1 if v1 else FIELDS, where)
+    source = m["source"]
+    if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("name", "fingerprint")):
+        raise SoatError(f"{where}: source {json.dumps(source)[:80]} must be an object with string 'name' and 'fingerprint'; "
+                        "the manifest was edited. Re-export the folder")
     try:
         config = GeneratorConfig(**m["config"])
     except TypeError as e:
@@ -107,23 +136,56 @@ def read_manifest(folder: str) -> Manifest:
     if m["chain"] != chain_record(config) or m["style_channels"] != style_channels(config):
         raise SoatError(f"{where}: the chain does not match the {config.size}px layout of its config; "
                         "the manifest was edited. Re-export the folder")
-    if m["dtype"] not in DTYPES:
-        raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {DTYPES}")
+    formats = {ONNX_FORMAT} if v1 else {g.get("format") if isinstance(g, dict) else None
+                                        for g in m["graphs"].values()}
+    if len(formats) != 1 or not formats <= set(GRAPH_SUFFIX):
+        raise SoatError(f"{where}: graph formats {sorted(map(str, formats))} must be one of {sorted(GRAPH_SUFFIX)}, "
+                        "the same for every graph; re-export the folder")
+    (graph_format,) = formats
+    dtypes = DTYPES if graph_format == ONNX_FORMAT else AOTI_DTYPES
+    if m["dtype"] not in dtypes:
+        raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {dtypes}")
     if set(m["graphs"]) != set(graph_ids(config)):
         missing = sorted(set(graph_ids(config)) - set(m["graphs"]))
         extra = sorted(set(m["graphs"]) - set(graph_ids(config)))
         raise SoatError(f"{where}: graph list does not match the layout (missing {missing}, unknown {extra}); "
                         "re-export the folder")
     for gid, g in m["graphs"].items():
-        _check_fields(g, GRAPH_FIELDS, f"{where} graph {gid!r}")
-        names = (list(graph_io(config, gid)[0]), list(onnx_outputs(config, gid)))
+        _check_fields(g, GRAPH_FIELDS_V1 if v1 else GRAPH_FIELDS, f"{where} graph {gid!r}")
+        names = (list(graph_io(config, gid)[0]), list(graph_outputs(config, gid, graph_format)))
         if (g["inputs"], g["outputs"]) != names:
             raise SoatError(f"{where}: graph {gid!r} lists inputs {g['inputs']} / outputs {g['outputs']}, "
                             f"not {names[0]} / {names[1]}; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
     _check_fields(m["noise"], NOISE_FIELDS, f"{where} noise")
     _check_file(folder, m["noise"], "noise buffers")
-    return Manifest(folder, config, m["dtype"], m["opset"], m["source"], m["graphs"], m["noise"], m["exporter"])
+    if not v1 and m["mean_styles"] is not None:
+        _check_fields(m["mean_styles"], MEAN_STYLES_FIELDS, f"{where} mean_styles")
+        _check_file(folder, m["mean_styles"], "mean styles")
+    return Manifest(folder, config, m["dtype"], m["opset"], m["source"], m["graphs"], m["noise"], m["exporter"],
+                    m.get("device", ANY_DEVICE), m.get("mean_styles"))
+
+
+def check_format(manifest: Manifest, backend: str) -> None:
+    """``backend='aoti'`` runs AOTI packages only, the ONNX backends ONNX graphs only."""
+    want = AOTI_FORMAT if backend == AOTI_FORMAT else ONNX_FORMAT
+    if manifest.graph_format != want:
+        hint = ("load it with backend='aoti'" if manifest.graph_format == AOTI_FORMAT
+                else "export it with `soat export ... --format aoti`")
+        raise SoatError(f"export {manifest.folder!r} holds {manifest.graph_format} graphs, which backend={backend!r} "
+                        f"does not run; {hint}")
+
+
+def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
+    """sigma_bar stored at export, flat ``[1, total]`` fp32 (None where the export has none)."""
+    if manifest.mean_styles is None:
+        return None
+    path = os.path.join(manifest.folder, manifest.mean_styles["file"])
+    with np.load(path, allow_pickle=False) as data:
+        flat = torch.from_numpy(data["mean_styles"].copy())
+    if list(flat.shape) != manifest.mean_styles["shape"] or flat.shape != (1, sum(style_channels(manifest.config))):
+        raise SoatError(f"{path!r}: mean styles of shape {list(flat.shape)} do not fit the manifest; re-export")
+    return flat
 
 
 def load_noise(manifest: Manifest) -> list[torch.Tensor]:

@@ -26,9 +26,13 @@ Parameter mapping onto rosinality keys (``b{r}`` is the block of resolution r, j
 
 NVIDIA adds noise after the conv and before bias + leaky ReLU * sqrt(2), upsamples with the
 same [1, 3, 3, 1] filter (checked) and normalises z by its second moment (= PixelNorm), so
-the chain computes the same image. Not carried over: ``mapping.w_avg`` (truncation here is
-in sigma space around the mean style) and ``conv_clamp`` (NVIDIA clamps activations to
-+-256 for fp16 training; it changes nothing below that).
+the chain computes the same image. ``mapping.w_avg`` (NVIDIA's running mean of w) becomes
+``StyleGAN2Weights.w_avg``: truncation then centres on affine(w_avg), which in sigma space is
+NVIDIA's ``w_avg + psi (w - w_avg)``. Not carried over: ``conv_clamp`` (NVIDIA clamps
+activations to +-256 for fp16 training; it changes nothing below that).
+
+Before unpickling, the opcode stream is checked for structures nested too deep (they crash
+CPython) or memo references that expand without bound (``checkpoint.check_pickle_structure``).
 """
 
 from __future__ import annotations
@@ -45,14 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import file_sha256, infer_config, weights_from_state_dict
+from .checkpoint import (LEGACY_MAGIC, check_pickle_structure, file_sha256, infer_config, mean_latent,
+                         weights_from_state_dict)
 from .config import GeneratorConfig
 from ..errors import SoatError
 from ..triton_kernels.fir import NORMALISED_FILTER
 from .weights import StyleGAN2Weights
 
-# torch.save's legacy (pre-zip) files also start with a pickle: of this magic number.
-_TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[2:-1]
 _STYLEGAN3_LAYER = re.compile(r"^L\d+_")
 
 
@@ -91,6 +94,7 @@ def _load_storage(data: Any) -> Any:
     # torch pickles a storage as torch.save(storage) bytes; weights_only keeps that inner load code-free.
     if not isinstance(data, bytes):
         raise pickle.UnpicklingError("a storage that is not bytes")
+    check_pickle_structure(data, "a tensor storage in the pickle")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage deprecation notices
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -164,16 +168,19 @@ def is_nvidia_pickle(path: str) -> bool:
         return False
     with open(path, "rb") as f:
         head = f.read(64)
-    if head.startswith(b"PK") or _TORCH_LEGACY_MAGIC in head:
+    if head.startswith(b"PK") or LEGACY_MAGIC in head:
         return False
     return head.startswith(b"\x80") or path.lower().endswith(".pkl")
 
 
 def read_pickle(path: str) -> Any:
     """Unpickle ``path`` with ``_SafeUnpickler``; every failure is a ``SoatError``."""
+    check_pickle_structure(path, repr(path))
     try:
         with open(path, "rb") as f:
             return _SafeUnpickler(f).load()
+    except SoatError as e:  # from a storage's own check
+        raise SoatError(f"{path!r}: {e}") from None
     except _Refused as e:
         hint = " (a TensorFlow StyleGAN pickle: convert it to PyTorch first, e.g. with stylegan2-ada-pytorch's " \
                "legacy.py or rosinality's convert_weight.py)" if e.name.startswith("dnnlib.tflib") else ""
@@ -305,8 +312,13 @@ def load_nvidia(path: str, size: int | None = None,
                         "network-snapshot .pkl")
     try:
         sd = rosinality_state_dict(g, repr(path))
+        mapping = _child(g, "mapping", repr(path))
+        w_avg = mapping.state.get("_buffers", {}).get("w_avg")
+    except SoatError:
+        raise
     except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
         # the state is the file's data: a malformed one is a bad file, not a bug here
         raise SoatError(f"{path!r}: G_ema's state is not a StyleGAN2 generator's ({type(e).__name__}: {e})") from None
     config = infer_config(sd, path, size, channel_multiplier)
-    return weights_from_state_dict(sd, config, path), file_sha256(path)
+    w_avg = mean_latent(w_avg, config.style_dim, "G_ema.mapping.w_avg", repr(path))
+    return weights_from_state_dict(sd, config, path, w_avg), file_sha256(path)

@@ -3,7 +3,9 @@
 The tensors are the rosinality ``g_ema`` keys (blur kernels left out: they are constants);
 ``__metadata__`` holds ``format``, ``version``, the ``GeneratorConfig`` fields, the sigma
 layout (``style_channels``, a JSON list) and the ``fingerprint`` of the model it was
-converted from, so inversion codes made with the original file still load. Reading a
+converted from, so inversion codes made with the original file still load. A checkpoint's
+mean latent, where it has one, is the tensor ``w_avg`` ``[style_dim]``. The header's layout
+fields are checked against sane ranges before any tensor is read or module built. Reading a
 safetensors file runs no code.
 """
 
@@ -17,7 +19,7 @@ import struct
 import torch
 
 from .chain import style_channels
-from .checkpoint import weights_from_state_dict
+from .checkpoint import check_layout, mean_latent, weights_from_state_dict
 from .config import GeneratorConfig
 from ..errors import SoatError
 from .weights import StyleGAN2Weights
@@ -25,6 +27,7 @@ from .weights import StyleGAN2Weights
 FORMAT = "soat-stylegan2"
 VERSION = "1"
 SUFFIX = ".safetensors"
+W_AVG = "w_avg"  # the optional mean-latent tensor
 
 
 def is_safetensors(path: str) -> bool:
@@ -47,6 +50,8 @@ def save_safetensors(weights: StyleGAN2Weights, path: str, fingerprint: str) -> 
             "style_channels": json.dumps(style_channels(config)),
             **{f.name: str(getattr(config, f.name)) for f in dataclasses.fields(config)}}
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict().items()}
+    if weights.w_avg is not None:
+        tensors[W_AVG] = weights.w_avg.detach().to("cpu", torch.float32).contiguous()
     save_file(tensors, path, metadata=meta)
 
 
@@ -60,8 +65,12 @@ def _config_from_metadata(meta: dict[str, str], path: str) -> GeneratorConfig:
         kwargs = {f.name: (float if f.name == "lr_mlp" else int)(meta[f.name])
                   for f in dataclasses.fields(GeneratorConfig)}
         layout = json.loads(meta["style_channels"])
-    except (KeyError, ValueError) as e:
-        raise SoatError(f"{path!r}: the soat header is incomplete or malformed ({e!r})") from None
+    except (KeyError, ValueError, RecursionError) as e:  # RecursionError: JSON nested absurdly deep
+        raise SoatError(f"{path!r}: the soat header is incomplete or malformed ({type(e).__name__}: "
+                        f"{str(e)[:100]})") from None
+    check_layout(kwargs["style_dim"], kwargs["n_mlp"], f"{path!r} header")
+    if not 0 < kwargs["lr_mlp"] <= 1:
+        raise SoatError(f"{path!r} header: lr_mlp={kwargs['lr_mlp']!r} is outside (0, 1]; the file is corrupt")
     config = GeneratorConfig(**kwargs)
     if layout != style_channels(config):
         raise SoatError(f"{path!r}: the header's sigma layout {layout} does not match a {config.size}px "
@@ -78,14 +87,17 @@ def load_safetensors(path: str, size: int | None = None,
         raise SoatError(f"checkpoint not found: {path!r}; give a .safetensors file written by `soat convert`")
     try:
         with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
+            config = _config_from_metadata(f.metadata() or {}, path)  # before any tensor is read
+            meta = f.metadata()
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, SoatError):
+            raise
         raise SoatError(f"cannot read {path!r} as a safetensors file ({e}); the file may be truncated") from None
-    config = _config_from_metadata(meta, path)
     for name, given, stored in (("size", size, config.size),
                                 ("channel_multiplier", channel_multiplier, config.channel_multiplier)):
         if given is not None and given != stored:
             raise SoatError(f"{path!r} holds a model with {name}={stored} but {name}={given} was given; "
                             "leave it out to use the file's")
-    return weights_from_state_dict(sd, config, path), meta["fingerprint"]
+    w_avg = mean_latent(sd.pop(W_AVG, None), config.style_dim, W_AVG, repr(path))
+    return weights_from_state_dict(sd, config, path, w_avg), meta["fingerprint"]

@@ -12,6 +12,7 @@ from .config import GeneratorConfig
 from .checkpoint import load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
 from .random_model import random_weights
+from .registry import fetch, is_remote
 from .safetensors_format import SUFFIX, is_safetensors, load_safetensors, save_safetensors
 from .weights import StyleGAN2Weights
 
@@ -21,7 +22,9 @@ _RANDOM = re.compile(r"^random(?::(\d+))?$")
 def load_weights(source: str, size: int | None = None,
                  channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
     """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
-    ``.safetensors`` file, or a rosinality/SOAT torch checkpoint."""
+    ``.safetensors`` file, a rosinality/SOAT torch checkpoint, or a registry name / ``https://`` URL
+    (downloaded once into ``cache_dir()/models``, then read as a file)."""
+    source = resolve_source(source)
     m = _RANDOM.match(source)
     if m:
         seed = int(m.group(1) or 0)
@@ -32,6 +35,13 @@ def load_weights(source: str, size: int | None = None,
     if is_nvidia_pickle(source):
         return load_nvidia(source, size, channel_multiplier)
     return load_checkpoint(source, size, channel_multiplier)
+
+
+def resolve_source(source: str) -> str:
+    """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use); else ``source``."""
+    if is_remote(source) and not os.path.exists(source):
+        return fetch(source, os.path.join(cache_dir(), "models"))
+    return source
 
 
 def convert(source: str, output: str, size: int | None = None, channel_multiplier: int | None = None) -> str:

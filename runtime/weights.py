@@ -101,6 +101,9 @@ class StyleGAN2Weights(nn.Module):
                 r = node.resolution
                 self.noises.register_buffer(f"noise_{node.noise_index}", torch.empty(1, 1, r, r))
         assert sum(n.kind == CONV_UP for n in chain) == config.num_blocks
+        # the checkpoint's mean latent [style_dim] (NVIDIA's mapping.w_avg, rosinality's latent_avg), if it
+        # carries one: truncation centres on affine(w_avg). A plain attribute, not in the state dict.
+        self.w_avg: torch.Tensor | None = None
 
     def node_module(self, node_id: str) -> nn.Module:
         """The module holding a chain node's tensors (``convs.3`` -> ``self.convs[3]``)."""

@@ -8,18 +8,76 @@ one batched call per step instead of N calls. Finished spans go into a bounded L
 requests are bounded too: each stream waits on at most a few tiles, and a span that
 every waiter has abandoned (its clients disconnected) leaves the queue unless a
 batch has already taken it.
+
+The host does as little per span as it can: the batch's contributed columns are
+converted to uint8 and laid side by side (``[R, sum of widths, 3]``) on the generator's
+device, then copied to the host in one transfer. On CUDA that copy goes into pinned
+memory without blocking the worker thread, so up to ``depth`` batches are in flight: the
+worker launches the next batch while a finisher thread waits for the previous one's
+copy, and encoding (the server's encoder pool) overlaps both. On CUDA a batch is padded
+to a power of two (repeating its last span), so the streaming graphs are captured for at
+most ``log2(max_batch) + 1`` shapes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
+import time
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
+import torch
 
-from ..runtime.images import to_uint8
 from ..runtime.tasks.infinite import LRU, SpanKey, spans
-from ..runtime.tasks.panorama_geometry import column_pieces, stitch
+from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
+
+RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
+
+
+def device_uint8(parts: list[torch.Tensor], whole: bool | None = None) -> torch.Tensor:
+    """``[1, 3, R, w_i]`` images in [-1, 1] -> one ``[R, sum w_i, 3]`` uint8 on their device.
+
+    Rounds exactly as ``soat.to_uint8`` (clamp, half up), so the host gets the same bytes.
+    ``whole`` (default: off the CPU) converts the batch in one pass of a few kernels; on the CPU
+    part by part is faster (each part stays in cache)."""
+    if whole is None:
+        whole = parts[0].device.type != "cpu"
+    if whole:
+        return _rgb8(torch.cat([p[0] for p in parts], dim=2)).permute(1, 2, 0).contiguous()
+    out = torch.empty(parts[0].shape[2], sum(p.shape[3] for p in parts), 3, dtype=torch.uint8, device=parts[0].device)
+    col = 0
+    for p in parts:
+        out[:, col:col + p.shape[3]] = _rgb8(p[0]).permute(1, 2, 0)
+        col += p.shape[3]
+    return out
+
+
+def _rgb8(x: torch.Tensor) -> torch.Tensor:
+    x = (x.float().clamp(-1, 1) + 1) / 2
+    return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
+class _Launched:
+    """A batch whose pixels are on their way to the host: ``wait()`` gives one ``[R, w, 3]`` array per span."""
+
+    def __init__(self, pixels: torch.Tensor, widths: list[int], started: float):
+        self.widths = widths
+        self.started = started
+        if pixels.device.type == "cuda":
+            self.host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            self.host.copy_(pixels, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host, self.event = pixels, None
+
+    def wait(self) -> list[np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        host = self.host.numpy()
+        edges = np.cumsum([0, *self.widths])
+        return [host[:, a:b] for a, b in zip(edges[:-1], edges[1:])]
 
 
 class SpanBatcher:
@@ -32,21 +90,27 @@ class SpanBatcher:
         max_batch: the most spans in one generator call.
         window_s: how long the first request of a step waits for others to join.
         capacity: spans kept in the LRU (each ``R x (R + R // 2)`` RGB at most).
+        depth: batches launched and not yet on the host (more than 1 helps only on CUDA).
     """
 
     def __init__(self, G, worker: Executor, truncation: float, max_batch: int = 16, window_s: float = 0.004,
-                 capacity: int = 256):
+                 capacity: int = 256, depth: int = 2):
         self.G = G
         self.worker = worker
         self.truncation = truncation
         self.max_batch = max_batch
         self.window_s = window_s
+        self.depth = depth
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="soat-copy")
+        self._slots: asyncio.Semaphore | None = None
         self._cache = LRU(capacity)
         self._pending: dict[SpanKey, asyncio.Future] = {}  # queued or being computed
         self._waiters: dict[SpanKey, int] = {}  # tasks awaiting each pending span
         self._queue: list[SpanKey] = []
         self._runner: asyncio.Task | None = None
-        self.stats = {"batches": 0, "spans": 0, "max_batch": 0}
+        self._done: deque[tuple[float, int]] = deque()  # (time, spans) of recent batches
+        self.batch_s: float | None = None  # running mean of one batch's time, launch to host
+        self.stats = {"batches": 0, "spans": 0, "largest_batch": 0}
 
     @property
     def pending(self) -> int:
@@ -56,11 +120,41 @@ class SpanBatcher:
     def cached(self) -> int:
         return len(self._cache)
 
+    def columns_per_s(self) -> float:
+        """Columns generated per second over the last ``RATE_WINDOW_S`` (all clients)."""
+        now = time.monotonic()
+        while self._done and now - self._done[0][0] > RATE_WINDOW_S:
+            self._done.popleft()
+        return sum(n for _, n in self._done) * self.G.size / RATE_WINDOW_S
+
+    def first_tile_eta_s(self) -> float | None:
+        """About how long a new stream waits for its first tile now (None before any batch)."""
+        if self.batch_s is None:
+            return None
+        return (1 + len(self._queue) // self.max_batch) * self.batch_s + self.window_s
+
+    async def warm_up(self) -> None:
+        """Before the first client: one batch of each size the server will run (on CUDA each power of two
+        up to ``max_batch``, so every graph is captured now, not during a stream; elsewhere one span),
+        which also times a batch for ``first_tile_eta_s``."""
+        sizes = [1]
+        while self.G.device.type == "cuda" and sizes[-1] * 2 <= self.max_batch:
+            sizes.append(sizes[-1] * 2)
+        first = 0
+        for n in sizes:  # seed 0's first spans: real ones, cached for its first viewers
+            await asyncio.gather(*(self.span(SpanKey(0, first + i, self.truncation)) for i in range(n)))
+            first += n
+
     async def tile(self, seed: int, start: int, width: int) -> np.ndarray:
         """Columns ``[start, start + width)`` of panorama ``seed``: ``[R, width, 3]`` uint8."""
+        return stitch(self.G.size, *await self.tile_parts(seed, start, width), width)
+
+    async def tile_parts(self, seed: int, start: int, width: int) -> tuple[list[Piece], list[np.ndarray]]:
+        """The pieces of a tile and their spans' pixels: ``stitch(R, pieces, parts, width)`` makes the tile
+        (the server stitches in its encoder threads, off the event loop)."""
         pieces = column_pieces(self.G.size, start, width)
         parts = await asyncio.gather(*(self.span(SpanKey(seed, p.index, self.truncation)) for p in pieces))
-        return stitch(self.G.size, pieces, parts, width)
+        return pieces, list(parts)
 
     async def span(self, key: SpanKey) -> np.ndarray:
         """One span's contributed columns, ``[R, hi - lo, 3]`` uint8, from the cache or the next batch."""
@@ -94,30 +188,63 @@ class SpanBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.depth)
         try:
             while self._queue:
+                await self._slots.acquire()  # at most `depth` batches between launch and host
                 await asyncio.sleep(self.window_s)
                 batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
                 if not batch:
+                    self._slots.release()
                     continue  # every queued span was dropped during the window
                 try:
-                    pieces = await loop.run_in_executor(self.worker, self._compute, batch)
+                    launched = await loop.run_in_executor(self.worker, self._launch, batch)
                 except Exception as exc:  # handed to every waiter; the server closes their streams
-                    for key in batch:
-                        del self._waiters[key]
-                        self._pending.pop(key).set_exception(exc)
+                    self._slots.release()
+                    self._settle(batch, exc=exc)
                     continue
-                for key, piece in zip(batch, pieces):
-                    self._cache.put(key, piece)
-                    del self._waiters[key]
-                    self._pending.pop(key).set_result(piece)
+                asyncio.create_task(self._finish(batch, launched))
         finally:
             self._runner = None
 
-    def _compute(self, batch: list[SpanKey]) -> list[np.ndarray]:
-        """On the worker thread: one batched generator call, then pixels to the host."""
-        pieces = [np.ascontiguousarray(to_uint8(p)[0]) for p in spans(self.G, batch)]
+    async def _finish(self, batch: list[SpanKey], launched: _Launched) -> None:
+        try:
+            pieces = await asyncio.get_running_loop().run_in_executor(self._finisher, launched.wait)
+        except Exception as exc:
+            self._settle(batch, exc=exc)
+            return
+        finally:
+            self._slots.release()
+        now = time.monotonic()
+        took = now - launched.started
+        self.batch_s = took if self.batch_s is None else 0.8 * self.batch_s + 0.2 * took
+        self._done.append((now, len(batch)))
         self.stats["batches"] += 1
         self.stats["spans"] += len(batch)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
-        return pieces
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        self._settle(batch, pieces)
+
+    def _settle(self, batch: list[SpanKey], pieces: list[np.ndarray] | None = None, exc: Exception | None = None):
+        for i, key in enumerate(batch):
+            del self._waiters[key]
+            future = self._pending.pop(key)
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                self._cache.put(key, pieces[i])
+                future.set_result(pieces[i])
+
+    def _launch(self, batch: list[SpanKey]) -> _Launched:
+        """On the worker thread: one batched generator call, uint8 on the device, the copy to the host started."""
+        started = time.monotonic()
+        keys = batch
+        if self.G.device.type == "cuda" and len(batch) & (len(batch) - 1):
+            # CUDA graphs are captured per batch shape: powers of two bound them to log2(max_batch) + 1
+            keys = batch + batch[-1:] * ((1 << (len(batch) - 1).bit_length()) - len(batch))
+        parts = spans(self.G, keys)[:len(batch)]
+        widths = [hi - lo for lo, hi in (span_columns(self.G.size, k.index) for k in batch)]
+        return _Launched(device_uint8(parts), widths, started)
+
+    def close(self) -> None:
+        self._finisher.shutdown(wait=False, cancel_futures=True)

@@ -7,8 +7,11 @@ imported only then.
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 import sys
 
+from ..options import add_device, add_dtype, add_layout
 from ..runtime.load import BACKENDS
 
 
@@ -19,16 +22,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "a tile stream at /api/stream.")
     p.add_argument("--checkpoint", default="random",
                    help="checkpoint, export folder or random[:SEED] (default: the embedded random model)")
-    p.add_argument("--size", type=int, default=None, help="resolution of the random model (default 256)")
-    p.add_argument("--channel-multiplier", type=int, default=None, help="channel multiplier of the random model")
+    add_layout(p)
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="torch, fast, auto (fast for fp16/bf16, else torch), onnxruntime or tensorrt")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16")
+    add_device(p)
+    add_dtype(p)
     p.add_argument("--truncation", type=float, default=0.7, help="psi of the served panoramas (default 0.7)")
-    p.add_argument("--max-batch", type=int, default=16, help="most spans in one generator call (default 16)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="most spans in one generator call (default 64 on CUDA, else 16)")
+    p.add_argument("--encoders", type=int, default=0,
+                   help="threads encoding tiles per process (default: the CPU count, at most 8)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port, each with its own copy of the model on --device "
+                        "(default 1; more when one Python process cannot feed the GPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port; default 8765)")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true",
                      help="deploy on the Ray cluster of RAY_ADDRESS or `ray start` (else a local Ray instance)")
@@ -44,7 +52,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model and serve until interrupted; 2 on a usage error."""
+    """Load the model and serve until interrupted; 2 on a usage error (a busy port before any model loads)."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
@@ -54,23 +62,122 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import SoatError
     from .replica import ReplicaOptions
 
-    if args.max_batch < 1:
-        print(f"--max-batch={args.max_batch} must be >= 1", file=sys.stderr)
-        return 2
+    if args.max_batch is None:
+        args.max_batch = 64 if str(args.device).startswith("cuda") else 16
+    for flag, lo in (("max_batch", 1), ("encoders", 0), ("workers", 1)):
+        if getattr(args, flag) < lo:
+            print(f"soat serve: --{flag.replace('_', '-')}={getattr(args, flag)} must be >= {lo}", file=sys.stderr)
+            return 2
     try:
         options = ReplicaOptions.from_args(args)
         scale = _scale(args)
         if args.ray:
+            if args.workers != 1:
+                raise SoatError("--workers is for plain soat serve; with --ray use --replicas")
             return _run_ray(options, args, scale)
+        sock = listen_socket(args.host, args.port, reuse_port=args.workers > 1)
+    except SoatError as exc:
+        print(f"soat serve: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _run_workers(options, args.host, sock, args.workers)
+    try:
         G = options.load()
     except SoatError as exc:
         print(f"soat serve: {exc}", file=sys.stderr)
         return 2
+    serve_on(options, G, sock, f"soat serve: {G!r}")
+    return 0
+
+
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening), or a SoatError naming the problem.
+
+    Bound before the model loads, so a busy or invalid port is reported at once."""
+    from ..errors import SoatError
+    if isinstance(port, bool) or not 0 <= port <= 65535:
+        raise SoatError(f"--port={port} is out of range; allowed: 0 <= port <= 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SoatError(f"--host={host!r} is not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SoatError(f"port {port} on {host} is in use by another program; choose another with --port") from None
+        raise SoatError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def serve_on(options, G, sock: socket.socket, banner: str, on_listening=None) -> None:
+    """Serve ``G`` on the bound ``sock`` until interrupted; once it accepts connections, print
+    ``banner`` and the URL (unless ``banner`` is empty) and call ``on_listening``."""
+    import uvicorn
+
     from .app import uvicorn_server
     from .replica import local_identity
-    print(f"soat serve: {G!r} at http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn_server(options.app(G, local_identity()), args.host, args.port).run()
-    return 0
+    host, port = sock.getsockname()[:2]
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if not self.should_exit:
+                if banner:
+                    print(f"{banner} at http://{host}:{port}/", file=sys.stderr, flush=True)
+                if on_listening is not None:
+                    on_listening()
+
+    server = uvicorn_server(options.app(G, local_identity()), host, port)
+    try:
+        Announcing(server.config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+
+
+def _worker(options, host: str, port: int, ready) -> None:
+    """One of ``--workers``: its own model copy, a socket sharing the port (SO_REUSEPORT)."""
+    sock = listen_socket(host, port, reuse_port=True)
+    G = options.load()
+    serve_on(options, G, sock, "", ready.release)  # the parent prints the URL once all are up
+
+
+def _run_workers(options, host: str, sock: socket.socket, n: int) -> int:
+    import multiprocessing as mp
+    import time
+    port = sock.getsockname()[1]  # the parent keeps its bound socket (not listening) so the port stays ours
+    ctx = mp.get_context("spawn")
+    ready = ctx.Semaphore(0)
+    procs = [ctx.Process(target=_worker, args=(options, host, port, ready), daemon=True) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        up = 0
+        while up < n:
+            if ready.acquire(timeout=0.5):
+                up += 1
+            elif any(proc.exitcode is not None for proc in procs):
+                print("soat serve: a worker failed to start (its error is above)", file=sys.stderr)
+                return 2
+        print(f"soat serve: {n} workers, each {options.checkpoint} on {options.device}, at http://{host}:{port}/",
+              file=sys.stderr, flush=True)
+        while all(proc.is_alive() for proc in procs):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)
+        sock.close()
 
 
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:

@@ -47,9 +47,10 @@ class ReplicaOptions:
     max_batch: int = 16  # spans in one generator call
     window_s: float = 0.004  # batching window
     max_streams: int = 64  # open streams per replica
+    encoders: int = 0  # threads encoding tiles (0: the CPU count, at most 8)
 
     def __post_init__(self):
-        for name, lo in (("max_batch", 1), ("max_streams", 1), ("window_s", 0)):
+        for name, lo in (("max_batch", 1), ("max_streams", 1), ("window_s", 0), ("encoders", 0)):
             if getattr(self, name) < lo:
                 raise SoatError(f"{name}={getattr(self, name)} is out of range; allowed: {name} >= {lo}")
 
@@ -76,7 +77,8 @@ class ReplicaOptions:
 
     def app(self, G, replica: Mapping[str, object]) -> "ReplicaApp":
         """``create_app(G, ...)`` with the health routes, for the replica described by ``replica``."""
-        return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams), replica)
+        return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams,
+                                     self.encoders or None), replica)
 
 
 _KINDS = {str: "a string", int: "an integer", float: "a number"}
@@ -156,7 +158,8 @@ async def asgi_get(app, path: str, query: str = "") -> tuple[int, bytes]:
     """``GET path?query`` on an ASGI app in this process: ``(status, body)``."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": path, "raw_path": path.encode(), "root_path": "", "query_string": query.encode(),
-             "headers": [], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+             "headers": [], "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0),
+             "soat.internal": True}  # its own range quota (``create_app``): busy clients do not starve it
     request_sent = False
     status, body = 500, []
 

@@ -2,7 +2,10 @@
 
 Two tasks per connection: the reader turns ``{"credit": n}`` messages into credit;
 the writer, against each credit, asks the batcher for the next tile (up to
-``PIPELINE`` at once), encodes it off the event loop and sends the frames in order.
+``PIPELINE`` at once), stitches and encodes it in the encoder pool (off the event loop)
+and sends the frames in order. Frames go out without per-message deflate (``app``):
+JPEG, PNG and WebP do not compress further, and zlib on the event loop cost more than
+everything else per frame.
 A tile is computed only against a credit, so a connection never holds more than
 what its client granted.
 When either task ends (disconnect, bad message, generator failure) the other is
@@ -19,12 +22,13 @@ from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..runtime.tasks.panorama_geometry import stitch
 from .protocol import (CLOSE_INTERNAL, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT, ProtocolError,
                        StreamQuery, encode_image, pack_frame, parse_credit)
 
 log = logging.getLogger("soat.serve")
 _REASON_BYTES = 123  # the most a WebSocket close frame carries
-PIPELINE = 4  # tiles of one stream computed concurrently
+PIPELINE = 8  # tiles of one stream computed concurrently (two full batches in flight on a GPU)
 
 
 class Credit:
@@ -104,7 +108,12 @@ async def _write(ws: WebSocket, credit: Credit, server, query: StreamQuery) -> N
 
 
 async def _frame(server, query: StreamQuery, seq: int, column: int) -> bytes:
-    pixels = await server.batcher.tile(query.seed, column, query.tile)
+    pieces, parts = await server.batcher.tile_parts(query.seed, column, query.tile)
     loop = asyncio.get_running_loop()
-    payload = await loop.run_in_executor(server.encoder, encode_image, pixels, query.format, True)
+    return await loop.run_in_executor(server.encoder, _encode_frame, server.G.size, pieces, parts, query, seq, column)
+
+
+def _encode_frame(size: int, pieces, parts, query: StreamQuery, seq: int, column: int) -> bytes:
+    """In an encoder thread: stitch the tile from its spans' pixels, encode it, frame it."""
+    payload = encode_image(stitch(size, pieces, parts, query.tile), query.format, True)
     return pack_frame(seq % 2 ** 32, column, query.tile, query.format, payload)

@@ -1,4 +1,8 @@
-"""``soat demo``: every task once on the embedded model, one PNG each, and an index.html gallery."""
+"""``soat demo``: every task once, one PNG each, and an index.html gallery.
+
+The default model is the embedded random-weights generator: its images are colored noise that
+shows what each task does to the picture's layout, not what a trained model draws. The gallery
+says so; ``--checkpoint NAME`` (``soat models``) runs the same tasks on a real model."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 import soat
-from soat.runtime.images import hstack, save_png
+from soat.runtime.images import atomic_output, hstack, save_png
 
 
 def _styles(G, seed: int) -> list[torch.Tensor]:
@@ -18,11 +22,15 @@ def _styles(G, seed: int) -> list[torch.Tensor]:
     return G.styles(z, truncation=0.7)
 
 
-def demo_tasks(G, G2) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
-    """``(name, caption, make_image)`` for every task, on the same two style draws."""
+DEMO_NAMES = ("sources", "blend_horizontal", "blend_vertical", "merge_extension", "merge", "panorama",
+              "expand_reflect", "blend_bbox", "patch_swap", "shift", "translate")
+
+
+def demo_tasks(G, G2=None) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
+    """``(name, caption, make_image)`` for every task, on the same two style draws (no translation
+    without ``G2``)."""
     R = G.size
     a, b = _styles(G, 1), _styles(G, 2)
-    a2, b2 = _styles(G2, 1), _styles(G2, 2)
     box = (R // 4, R // 4, R // 2, R // 2)
     panorama = G.panorama_styles(4, seed=90)
 
@@ -30,7 +38,7 @@ def demo_tasks(G, G2) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
         torch.manual_seed(0)
         return G.expand(a, mode="reflect")
 
-    return [
+    tasks = [
         ("sources", "The two source images (style draws 1 and 2), plain generation.",
          lambda: hstack([G.generate(a), G.generate(b)])),
         ("blend_horizontal", "Blend: both styles at every layer, a horizontal ramp (image 1 left, image 2 right).",
@@ -49,41 +57,63 @@ def demo_tasks(G, G2) -> list[tuple[str, str, Callable[[], torch.Tensor]]]:
          lambda: G.patch_swap(a, b, ((0, 0, R // 2, R // 2), (R // 2, R // 2, R // 2, R // 2)))),
         ("shift", "Shift: the top-left patch of image 1 replicated onto two targets at 8-32 px layers.",
          lambda: hstack([G.generate(a), G.shift(a, (0, 0, R // 4, R // 4), [(R // 2, 0), (R // 4, R // 2)])])),
-        ("translate", "Translation between generator 1 and a second random generator (alpha 0.7 after layer 6).",
-         lambda: hstack([G2.generate(a2), soat.translate(G, G2, a2, b2, num_swap=6, alpha=0.7)])),
     ]
+    if G2 is not None:
+        a2, b2 = _styles(G2, 1), _styles(G2, 2)
+        tasks.append(("translate", "Translation from generator 2 (left) through generator 1 (alpha 0.7 after layer 6).",
+                      lambda: hstack([G2.generate(a2), soat.translate(G, G2, a2, b2, num_swap=6, alpha=0.7)])))
+    return tasks
 
 
-def write_index(out_dir: str, entries: list[tuple[str, str]], title: str) -> str:
+def write_index(out_dir: str, entries: list[tuple[str, str]], title: str, note: str = "") -> str:
     cards = "\n".join(
         f'<figure><img src="{html.escape(name)}.png" alt="{html.escape(name)}">'
         f"<figcaption><b>{html.escape(name)}</b>: {html.escape(caption)}</figcaption></figure>"
         for name, caption in entries)
+    banner = f'<p class="note">{html.escape(note)}</p>' if note else ""
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;background:#fafafa}}figure{{display:inline-block;margin:1em;
-vertical-align:top;max-width:560px}}img{{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}}</style>
+vertical-align:top;max-width:560px}}img{{max-width:100%;image-rendering:pixelated;border:1px solid #ccc}}
+.note{{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em;max-width:60em}}</style>
 </head><body><h1>{html.escape(title)}</h1>
+{banner}
 {cards}
 </body></html>
 """
     path = os.path.join(out_dir, "index.html")
-    with open(path, "w") as f:
+    with atomic_output(path) as tmp, open(tmp, "w") as f:
         f.write(page)
     return path
 
 
-def run_demo(out_dir: str, size: int = 256, channel_multiplier: int = 2, device: str = "cpu",
-             dtype: str = "fp32") -> str:
-    """Write one PNG per task and ``index.html`` into ``out_dir``; returns the index path."""
+RANDOM_NOTE = ("These images come from a generator with random weights (no training): colored noise that "
+               "shows what each task does to an image's layout, not real pictures. Run `soat models` and "
+               "`soat demo --checkpoint NAME` to see the same tasks on a trained model.")
+
+
+def run_demo(out_dir: str, checkpoint: str = "random:0", checkpoint2: str | None = None, size: int | None = None,
+             channel_multiplier: int | None = None, device: str = "cpu", dtype: str = "fp32") -> str:
+    """Write one PNG per task and ``index.html`` into ``out_dir``; returns the index path.
+
+    The translation example needs a second generator fine-tuned from the first: ``checkpoint2``,
+    by default ``random:1`` when ``checkpoint`` is a random model (else it is left out)."""
+    random_model = checkpoint.split(":")[0] == "random"
+    if checkpoint2 is None and random_model:
+        checkpoint2 = "random:1"
     os.makedirs(out_dir, exist_ok=True)
-    G = soat.load("random:0", size=size, channel_multiplier=channel_multiplier, device=device, dtype=dtype)
-    G2 = soat.load("random:1", size=size, channel_multiplier=channel_multiplier, device=device, dtype=dtype)
+    kw = dict(size=size, channel_multiplier=channel_multiplier, device=device, dtype=dtype)
+    G = soat.load(checkpoint, **kw)
+    G2 = soat.load(checkpoint2, **kw) if checkpoint2 else None
     entries = []
     with torch.no_grad():
         for name, caption, make in tqdm(demo_tasks(G, G2), desc="demo", unit="task"):
             save_png(make(), os.path.join(out_dir, f"{name}.png"))
             entries.append((name, caption))
-    path = write_index(out_dir, entries, f"SOAT demo: embedded random {size}px generator")
+    if random_model:
+        title = f"SOAT demo: RANDOM WEIGHTS ({G.size}px, untrained), not a real model"
+    else:
+        title = f"SOAT demo: {checkpoint} ({G.size}px)"
+    path = write_index(out_dir, entries, title, RANDOM_NOTE if random_model else "")
     print(f"wrote {len(entries)} images and {path}")
     return path

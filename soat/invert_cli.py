@@ -3,45 +3,54 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
+from .errors import SoatError
+from .options import (CHECKPOINT_HELP, add_checkpoint, add_device, add_force, add_layout, check_checkpoint,
+                      check_output_file, finite_float, int_range)
 from .runtime.codes import save_codes
-from .runtime.images import save_png
+from .runtime.images import atomic_output, save_png
 from .runtime.load import load
 from .runtime.sources import convert
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, help="output resolution (inferred from a checkpoint; 256 for random)")
-    p.add_argument("--channel-multiplier", type=int, help="1 or 2 (inferred from a checkpoint; 2 for random)")
-
-
+# ---- soat invert -------------------------------------------------------------------------------
 def add_invert_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``soat invert IMAGE... -o codes.pt [--steps N] [--checkpoint P]``."""
+    """``soat invert IMAGE... -o codes.pt [--steps N] [--checkpoint MODEL]``."""
     p = sub.add_parser("invert", help="fit sigma codes to photos (GAN inversion)",
-                       description="Invert images into sigma space; the codes file feeds `--codes` of the tasks.")
+                       description="Invert images into sigma space; the codes file feeds --codes of the tasks.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format and mode)")
-    p.add_argument("-o", "--output", required=True, help="codes file to write, e.g. codes.pt")
-    p.add_argument("--checkpoint", default="random",
-                   help="model: rosinality .pt, NVIDIA .pkl, soat .safetensors or random[:SEED] (default random)")
-    _add_model_args(p)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
-    p.add_argument("--prior-weight", type=float, default=1e-3, help="Gaussian prior weight, 0 = off (default 1e-3)")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("-o", "--output", required=True, metavar="CODES.pt", help="codes file to write (.pt)")
+    add_checkpoint(p)
+    add_layout(p)
+    add_device(p)
+    p.add_argument("--steps", type=int_range(1, 1_000_000), default=1000, help="optimisation steps (default 1000)")
+    p.add_argument("--prior-weight", type=finite_float, default=1e-3,
+                   help="Gaussian prior weight, 0 = off (default 1e-3)")
+    p.add_argument("--lr", type=finite_float, default=0.05, help="peak learning rate (default 0.05)")
     p.add_argument("--lpips", default="auto",
                    help="'auto' (LPIPS when the lpips package and VGG16 weights are on disk), 'off', "
                         "or the path of vgg16-397923af.pth")
-    p.add_argument("--preview", metavar="PNG", help="also write the reconstructed images here")
+    p.add_argument("--preview", metavar="PNG", help="also write the reconstructed images here (.png)")
+    add_force(p)
     return p
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
+    check_output_file(args.output, args.force, ".pt")
+    if args.preview:
+        check_output_file(args.preview, args.force, ".png", "--preview")
+    missing = [im for im in args.images if not os.path.isfile(im)]
+    if missing:
+        raise SoatError(f"image not found: {missing[0]}")
+    check_checkpoint(args.checkpoint)
     G = load(args.checkpoint, device=args.device, size=args.size, channel_multiplier=args.channel_multiplier)
     codes = G.invert(args.images, steps=args.steps, lpips=args.lpips, prior_weight=args.prior_weight, lr=args.lr,
                      progress=True)
-    save_codes(args.output, codes, G)
+    with atomic_output(args.output) as tmp:
+        save_codes(tmp, codes, G)
     print(f"wrote {codes.shape[0]} codes [{codes.shape[0]}, {codes.shape[1]}] to {args.output}")
     if args.preview:
         with torch.no_grad():
@@ -49,17 +58,23 @@ def cmd_invert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- soat convert ------------------------------------------------------------------------------
 def add_convert_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``soat convert IN -o OUT.safetensors``."""
+    """``soat convert --checkpoint IN -o OUT.safetensors``."""
     p = sub.add_parser("convert", help="convert a checkpoint or NVIDIA pickle to soat's .safetensors format",
-                       description="Read a rosinality .pt, NVIDIA .pkl or random[:SEED] model and write it as "
-                                   "safetensors with its layout in the header.")
-    p.add_argument("input", metavar="IN", help="checkpoint, NVIDIA pickle or random[:SEED]")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write, ending in .safetensors")
-    _add_model_args(p)
+                       description="Read a rosinality .pt, NVIDIA .pkl, registry model or random[:SEED] and write "
+                                   "it as safetensors with its layout in the header.")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL", help=CHECKPOINT_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors", help="file to write (.safetensors)")
+    add_layout(p)
+    add_force(p)
     return p
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    print("wrote", convert(args.input, args.output, args.size, args.channel_multiplier))
+    check_output_file(args.output, args.force, ".safetensors")
+    check_checkpoint(args.checkpoint)
+    with atomic_output(args.output) as tmp:
+        convert(args.checkpoint, tmp, args.size, args.channel_multiplier)
+    print("wrote", args.output)
     return 0

@@ -265,7 +265,7 @@ def test_cli_export(tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="soat")
     cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", "random:2", "-o", str(tmp_path), "--size", "8", "--no-progress"])
+    args = parser.parse_args(["export", "--checkpoint", "random:2", "-o", str(tmp_path), "--size", "8", "--no-progress"])
     assert cli.run(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / MANIFEST)
     assert read_manifest(str(tmp_path)).source["name"] == "random:2"

@@ -99,6 +99,24 @@ def test_infers_size_32(tmp_path):
     assert G.config.size == 32
 
 
+def test_latent_avg_centres_truncation(g16, g16_ckpt, tmp_path):
+    """Issue 18: a rosinality checkpoint's top-level ``latent_avg`` is the truncation centre, as NVIDIA's w_avg."""
+    G = soat.load(g16_ckpt)
+    latent_avg = torch.load(g16_ckpt, weights_only=False)["latent_avg"]
+    assert G.mean_source == "checkpoint w_avg" and g16.mean_source == "sampled"
+    z = torch.randn(2, 512, generator=torch.Generator().manual_seed(4))
+    w = G.w(z)
+    expected = G.styles_from_w(latent_avg + 0.6 * (w - latent_avg))  # truncation in W around latent_avg
+    assert max((a - b).abs().max().item() for a, b in zip(G.styles(z, truncation=0.6), expected)) < 1e-5
+    sd = rosinality_g_ema(g16.backend.weights.state_dict(), g16.config)
+    for bad, pattern in ((torch.zeros(2, 3), r"latent_avg must be a mean latent of 512 floats; got \[2, 3\]"),
+                         ("mean", r"latent_avg must be a mean latent of 512 floats; got str"),
+                         (torch.full((512,), float("inf")), r"tensor 'latent_avg' holds 512 NaN or inf")):
+        with pytest.raises(soat.SoatError, match=pattern) as e:
+            soat.load(save_ckpt(tmp_path / "bad.pt", sd, latent_avg=bad))
+        assert_clear(e)
+
+
 def test_random_default_and_seeds():
     G = soat.load("random:7", size=32, channel_multiplier=1)
     again = soat.load("random:7", size=32, channel_multiplier=1)

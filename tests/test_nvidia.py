@@ -12,7 +12,6 @@ pass written here from NVIDIA's formulas (gains where NVIDIA applies them).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import pickle
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 import soat
 from soat.runtime.random_model import random_weights
 from soat.runtime.config import GeneratorConfig
-from soat.invert_cli import add_convert_parser, cmd_convert
+from soat.runtime.sources import convert
 from conftest import make_styles, rel_err
 
 MARKER = "soat-test-executed-marker"
@@ -65,6 +64,11 @@ class Persistent:
 @pytest.fixture
 def nvidia_modules(monkeypatch):
     """Register the stand-ins under NVIDIA's module names, so pickle writes those names."""
+    register_nvidia_modules(monkeypatch)
+
+
+def register_nvidia_modules(monkeypatch) -> None:
+    """The ``nvidia_modules`` fixture's work, for writers outside this module (``pytest.MonkeyPatch``)."""
     persistence, util = types.ModuleType("torch_utils.persistence"), types.ModuleType("dnnlib.util")
     persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
     util.EasyDict = EasyDict
@@ -108,12 +112,14 @@ def nv_torgb(rgb):
                       weight_gain=1 / np.sqrt(w.shape[1]))
 
 
-def nv_generator(weights) -> Persistent:
-    """An NVIDIA ``Generator`` (architecture 'skip') holding ``weights``' tensors."""
+def nv_generator(weights, w_avg: torch.Tensor | None = None) -> Persistent:
+    """An NVIDIA ``Generator`` (architecture 'skip') holding ``weights``' tensors; ``w_avg`` the mapping's
+    running mean of w (zeros, as at the start of training, when not given)."""
     c = weights.config
     noise = weights.fixed_noise()
     fcs = {f"fc{i}": nv_fc(lin.weight, lin.bias, 0.01, "lrelu") for i, lin in enumerate(list(weights.style)[1:])}
-    mapping = Persistent("MappingNetwork", None, {"w_avg": torch.zeros(c.style_dim)}, fcs, z_dim=c.style_dim,
+    w_avg = torch.zeros(c.style_dim) if w_avg is None else w_avg
+    mapping = Persistent("MappingNetwork", None, {"w_avg": w_avg.clone()}, fcs, z_dim=c.style_dim,
                          c_dim=0, w_dim=c.style_dim, num_ws=c.n_latent, num_layers=c.n_mlp, w_avg_beta=0.995)
     blocks = {"b4": Persistent("SynthesisBlock", {"const": _param(weights.input.input[0])},
                                {"resample_filter": FILTER.clone()},
@@ -193,12 +199,18 @@ def _torgb(layer, x, w):
     return y + _t(layer, "bias")[None, :, None, None]
 
 
-def nv_forward(g: Persistent, z: torch.Tensor) -> torch.Tensor:
-    """NVIDIA's G(z) with noise_mode='const', no truncation, fp32 (conv_clamp is not reached)."""
+def nv_forward(g: Persistent, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+    """NVIDIA's G(z, truncation_psi=psi) with noise_mode='const', fp32 (conv_clamp is not reached).
+
+    NVIDIA's MappingNetwork truncates every W+ entry (truncation_cutoff=None) as
+    ``w_avg.lerp(w, psi)`` = ``w_avg + psi (w - w_avg)``; here every entry is the same w."""
     mods = g.state["_modules"]
     x = z * (z.square().mean(1, keepdim=True) + 1e-8).rsqrt()  # normalize_2nd_moment
     for i in range(mods["mapping"].state["num_layers"]):
         x = _fc(mods["mapping"].state["_modules"][f"fc{i}"], x, True)
+    if psi != 1:
+        w_avg = _t(mods["mapping"], "w_avg")
+        x = w_avg + psi * (x - w_avg)
     blocks = mods["synthesis"].state["_modules"]
     b4 = blocks["b4"].state["_modules"]
     h = _synthesis_layer(b4["conv1"], _t(blocks["b4"], "const")[None].repeat(z.shape[0], 1, 1, 1), x)
@@ -240,6 +252,46 @@ def test_nvidia_pickle_equals_rosinality_and_nvidia_forward(tmp_path, nvidia_mod
         assert rel_err(torch.cat(G.styles(z), 1), torch.cat(ref.styles(z), 1)) <= 1e-5
         assert rel_err(img, nv_forward(g, z).clamp(-1, 1)) <= 1e-5
     assert not os.path.exists(MARKER)  # the module source in the pickle never ran
+
+
+def test_truncation_centres_on_the_snapshots_w_avg(tmp_path, nvidia_modules, monkeypatch):
+    """Issue 18: psi-truncated images equal NVIDIA's, whose centre is the snapshot's w_avg (here far from the
+    sampled mean); a checkpoint without one keeps the sampled mean, and ``mean_source`` says which."""
+    config = GeneratorConfig(size=16, channel_multiplier=1)
+    weights = random_weights(config, seed=7)
+    w_avg = 3.0 * torch.randn(config.style_dim, generator=torch.Generator().manual_seed(5))
+    g = nv_generator(weights, w_avg)
+    pkl = write_pickle(tmp_path / "network-snapshot-000100.pkl", g)
+    torch.save({"g_ema": weights.state_dict()}, tmp_path / "plain.pt")
+    monkeypatch.chdir(tmp_path)
+    G, plain = soat.load(pkl), soat.load(str(tmp_path / "plain.pt"))
+    assert G.mean_source == "checkpoint w_avg" and plain.mean_source == "sampled"
+    z = torch.randn(3, 512, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for psi in (0.5, 0.7, 1.0):
+            expected = nv_forward(g, z, psi).clamp(-1, 1)
+            assert rel_err(G.generate(G.styles(z, truncation=psi)), expected) <= 1e-5
+        # the sampled mean (the previous behaviour, still the one for checkpoints without w_avg) is far off
+        assert rel_err(plain.generate(plain.styles(z, truncation=0.5)), nv_forward(g, z, 0.5).clamp(-1, 1)) > 1e-2
+    # soat convert keeps w_avg: the safetensors file truncates the same way
+    _convert(pkl, str(tmp_path / "nv.safetensors"))
+    S = soat.load(str(tmp_path / "nv.safetensors"))
+    assert S.mean_source == "checkpoint w_avg"
+    with torch.no_grad():
+        assert torch.equal(S.generate(S.styles(z, truncation=0.7)), G.generate(G.styles(z, truncation=0.7)))
+    # estimate_mean_styles is still the way to the reference's sampled mean
+    G.estimate_mean_styles(torch.randn(256, 512, generator=torch.Generator().manual_seed(0)))
+    assert G.mean_source == "sampled"
+
+
+def test_nan_w_avg_and_bad_w_avg_are_refused(tmp_path, nvidia_modules):
+    weights = random_weights(GeneratorConfig(size=8, channel_multiplier=1), seed=1)
+    nan = torch.zeros(512)
+    nan[7] = float("nan")
+    with pytest.raises(soat.SoatError, match=r"tensor 'G_ema.mapping.w_avg' holds 1 NaN or inf value"):
+        soat.load(write_pickle(tmp_path / "nan.pkl", nv_generator(weights, nan)))
+    with pytest.raises(soat.SoatError, match=r"G_ema.mapping.w_avg must be a mean latent of 512 floats; got \[3\]"):
+        soat.load(write_pickle(tmp_path / "short.pkl", nv_generator(weights, torch.zeros(3))))
 
 
 def test_refuses_code_execution(tmp_path, nvidia_modules):
@@ -312,21 +364,20 @@ def test_legacy_torch_checkpoint_still_loads_as_rosinality(tmp_path, g8):
 
 # ---- the soat safetensors format ----------------------------------------------------------------------
 
-def _convert(*argv: str) -> None:
-    parser = argparse.ArgumentParser()
-    add_convert_parser(parser.add_subparsers(dest="command"))
-    assert cmd_convert(parser.parse_args(["convert", *argv])) == 0
+def _convert(source: str, output: str, size: int | None = None, channel_multiplier: int | None = None) -> None:
+    """The library side of ``soat convert`` (the CLI's own tests are test_cli's)."""
+    assert convert(source, output, size, channel_multiplier) == output
 
 
 def test_safetensors_round_trip_keeps_images_and_fingerprint(tmp_path, g16, nv_pickle):
-    _convert("random:16", "--size", "16", "--channel-multiplier", "1", "-o", str(tmp_path / "m.safetensors"))
+    _convert("random:16", str(tmp_path / "m.safetensors"), 16, 1)
     G = soat.load(str(tmp_path / "m.safetensors"))
     assert G.config == g16.config and G.fingerprint == g16.fingerprint
     styles = make_styles(g16, 2, seed=2)
     with torch.no_grad():
         assert torch.equal(G.generate(styles), g16.generate(styles))
     pkl = nv_pickle[0]
-    _convert(pkl, "-o", str(tmp_path / "nv.safetensors"))
+    _convert(pkl, str(tmp_path / "nv.safetensors"))
     from_pkl, converted = soat.load(pkl), soat.load(str(tmp_path / "nv.safetensors"))
     assert converted.fingerprint == from_pkl.fingerprint
     with torch.no_grad():
@@ -336,7 +387,7 @@ def test_safetensors_round_trip_keeps_images_and_fingerprint(tmp_path, g16, nv_p
 def test_safetensors_errors(tmp_path):
     from safetensors.torch import save_file
 
-    _convert("random:3", "--size", "8", "-o", str(tmp_path / "m.safetensors"))
+    _convert("random:3", str(tmp_path / "m.safetensors"), 8)
     with pytest.raises(soat.SoatError, match="size=8 but size=16"):
         soat.load(str(tmp_path / "m.safetensors"), size=16)
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
@@ -346,4 +397,4 @@ def test_safetensors_errors(tmp_path):
     with pytest.raises(soat.SoatError, match="cannot read .*cut.safetensors"):
         soat.load(str(tmp_path / "cut.safetensors"))
     with pytest.raises(soat.SoatError, match="must end with .safetensors"):
-        _convert("random:3", "--size", "8", "-o", str(tmp_path / "m.pt"))
+        _convert("random:3", str(tmp_path / "m.pt"), 8)

@@ -291,3 +291,126 @@ def test_eight_clients_flat_memory_no_lost_frames(url):
     per_call = (after["spans"] - before["spans"]) / max(1, after["batches"] - before["batches"])
     assert per_call > 1.5, f"{per_call:.2f} spans per generator call: the clients were not batched"
     assert (after["streams"], after["pending_spans"]) == (0, 0)
+
+
+# ---- the host path: uint8 on the device -------------------------------------------------------
+@pytest.mark.parametrize("whole", [False, True])  # the CPU's part-by-part pass and the GPU's one pass
+def test_device_uint8_rounds_exactly_as_to_uint8(whole):
+    from soat.serve.batcher import device_uint8
+    parts = [torch.randn(1, 3, SIZE, w, generator=torch.Generator().manual_seed(w)) * 1.3 for w in (12, 8, 8)]
+    parts[1][0, :, 0, :4] = torch.tensor([-1.0, 1.0, 0.5 / 255 * 2 - 1, 1.5 / 255 * 2 - 1])  # edges and halves
+    expected = np.concatenate([soat.to_uint8(p)[0] for p in parts], axis=1)
+    assert np.array_equal(device_uint8(parts, whole).numpy(), expected)
+    half = [p.half() for p in parts]  # the fp16 path: converted to float first, as to_uint8 does
+    assert np.array_equal(device_uint8(half, whole).numpy(),
+                          np.concatenate([soat.to_uint8(p)[0] for p in half], axis=1))
+
+
+# ---- soat serve's command line: the port is checked before the model loads ----------------------
+def serve_cli(capsys, *flags: str) -> tuple[int, list[str]]:
+    """``soat serve FLAGS`` in this process: exit status and stderr lines (a bad checkpoint would fail
+    later, so an error about the port shows that the port was checked before loading)."""
+    from soat.serve import cli
+    parser = argparse.ArgumentParser(prog="soat")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--checkpoint", "/nonexistent/g.pt", *flags])
+    return cli.run(args), capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_cli_invalid_port_is_one_line_and_exit_2(capsys, port):
+    assert serve_cli(capsys, "--port", port) == (
+        2, [f"soat serve: --port={port} is out of range; allowed: 0 <= port <= 65535"])
+
+
+def test_cli_busy_port_is_one_line_and_exit_2_before_loading(capsys):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert serve_cli(capsys, "--port", str(port)) == (
+            2, [f"soat serve: port {port} on 127.0.0.1 is in use by another program; choose another with --port"])
+
+
+def test_cli_prints_the_url_only_once_listening():
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "soat.cli", "serve", "--size", str(SIZE), "--channel-multiplier",
+                             "1", "--truncation", "1", "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 3 * TIMEOUT
+        for line in proc.stderr:
+            if " at http://" in line or time.monotonic() > deadline:
+                break
+        assert " at http://" in line, "no URL printed"
+        base = line.rsplit(" at ", 1)[1].strip().rstrip("/")
+        assert info(base)["size"] == SIZE  # at once: no connection refused after the URL
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+# ---- abandoned and excess range requests (issue 18, item 1) -------------------------------------
+def raw_get(base: str, path: str):
+    """Send a GET on a raw socket and return the socket (the caller reads or abandons it)."""
+    import socket
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    return sock
+
+
+def read_response(sock) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_excess_range_requests_get_503_at_once(url):
+    held = [raw_get(url, f"/api/panorama.png?seed={100 + k}&x=0&w=8192") for k in range(4)]
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        r = httpx.get(url + "/api/panorama.png", params={"seed": 1, "x": 0, "w": 8}, timeout=TIMEOUT)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "this client" in r.json()["error"]
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + TIMEOUT
+    while info(url)["open_ranges"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert info(url)["open_ranges"] == 0, "abandoned range requests were not cancelled"
+    assert httpx.get(url + "/api/panorama.png", params={"seed": 1, "x": 0, "w": 8}, timeout=TIMEOUT).status_code == 200
+
+
+def test_fifty_abandoned_wide_ranges_do_not_delay_a_new_stream(url):
+    socks = [raw_get(url, f"/api/panorama.png?seed={200 + k}&x=0&w=8192") for k in range(50)]
+    time.sleep(0.5)
+    for sock in socks:  # the clients give up
+        sock.close()
+
+    async def first_frame() -> float:
+        t0 = time.monotonic()
+        async with connect(ws_url(url, "seed=77&tile=8&format=png")) as ws:
+            await ws.recv()
+            await frames(ws, 1)
+        return time.monotonic() - t0
+
+    took = run(first_frame())
+    assert took < 5.0, f"the first frame of a new stream took {took:.1f} s behind abandoned range requests"
+    deadline = time.monotonic() + TIMEOUT
+    while info(url)["open_ranges"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert info(url)["open_ranges"] == 0
+
+
+# ---- many clients in their own processes (bench/serve_load.py) ---------------------------------
+def test_many_clients_in_other_processes_get_every_frame_in_order(url):
+    from soat.bench.serve_load import run_load
+    r = run_load(url, clients=16, seconds=5.0, warmup=3.0, processes=2, credit=2, tile=SIZE // 2, fmt="png")
+    assert (r.failed_clients, r.order_errors) == (0, 0), r
+    assert r.clients_served == r.clients and r.frames >= r.clients, r
+    assert (wait_idle(url)["streams"]) == 0

@@ -162,6 +162,15 @@ def test_bad_patch_swap_boxes(g32, s32, boxes, pattern):
         g32.patch_swap(*s32, boxes)
 
 
+def test_patch_swap_boxes_under_a_cell_are_refused(g32, s32):
+    """Issue 18 #9: boxes smaller than R/16 mapped to an empty copy and silently changed nothing."""
+    with raises(r"both boxes cover no whole cell wide; patch swap needs a box at least R/16 = 2 px wide and high"):
+        g32.patch_swap(*s32, ((0, 0, 1, 1), (8, 8, 1, 1)))
+    with raises(r"cover no whole cell high"):
+        g32.patch_swap(*s32, ((0, 0, 8, 1), (8, 8, 8, 1)))
+    assert g32.patch_swap(*s32, ((0, 0, 2, 2), (8, 8, 2, 2))).shape == (1, 3, 32, 32)  # one cell: fine
+
+
 def test_patch_swap_needs_32px(g16, s16):
     with raises(r"needs a model of at least 32px \(this one is 16px\)"):
         g16.patch_swap(*s16, ((0, 0, 4, 4), (8, 8, 4, 4)))
@@ -235,6 +244,35 @@ def test_bad_panorama(g16, s16, lists, pattern):
 def test_panorama_sampler_needs_two(g16):
     with raises(r"n=1: a panorama needs at least 2 images"):
         g16.panorama_styles(1)
+
+
+def test_blend_bbox_box_wider_than_4r(g16, s16):
+    """Issue 18 #9: a box wider than 4R ended in an F.pad RuntimeError; now a clear refusal naming the limit."""
+    with raises(r"box=\(0, 0, 62, 4\) is too large: its blurred mask needs w and h <= 61 \(4R - 3 at 16px\)"):
+        g16.blend_bbox(*s16, (0, 0, 62, 4))
+    with raises(r"box=\(2, 0, 4, 100\) is too large"):
+        g16.blend_bbox(*s16, [(0, 0, 4, 4), (2, 0, 4, 100)])
+    assert g16.blend_bbox(*s16, (0, 0, 61, 61)).shape == (2, 3, 16, 16)  # the largest box still runs
+
+
+def test_memory_bounds_refuse_early(g16, s16, monkeypatch):
+    """Issue 18 #5: huge panoramas and column ranges are refused before anything is allocated, with the limit."""
+    from soat.runtime.tasks import panorama as P
+
+    with raises(r"n=100000000 style lists would take .* GiB, over the 1 GiB limit \(MAX_STYLE_BYTES; at most \d+ "
+                r"images for this model\); for longer panoramas use the endless one"):
+        g16.panorama_styles(10 ** 8)
+    with raises(r"columns \[0, 10000000000\) would be \[1, 3, 16, 10000000000\] .* over the 2 GiB a call may "
+                r"allocate \(MAX_OUTPUT_BYTES\); ask for fewer columns per call"):
+        g16.panorama_columns(0, 0, 10 ** 10)
+    monkeypatch.setattr(P, "MAX_OUTPUT_BYTES", 2 * 3 * 16 * 64 * 4)  # two 16 x 64 RGB fp32 images: N = 4 at 16 px
+    s1, s2 = s16
+    assert g16.panorama([s1, s2, s1, s2]).shape == (2, 3, 16, 64)
+    with raises(r"a panorama of 5 images would be \[2, 3, 16, 80\] .*; use G.panorama_stream"):
+        g16.panorama([s1, s2, s1, s2, s1])
+    assert sum(b.shape[-1] for b in g16.panorama_stream([s1, s2, s1, s2, s1])) == 80  # the stream is not bounded
+    with raises(r"columns \[3, 132\) would be \[1, 3, 16, 129\]"):  # 128 columns of batch 1 would fit
+        g16.panorama_columns(0, 3, 129)
 
 
 # ---- translation -------------------------------------------------------------------------------------------

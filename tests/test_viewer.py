@@ -2,16 +2,22 @@
 
 ``.ci/install-browser.sh`` installs both; without them this module skips with the reason.
 The page is served by ``soat serve`` on 127.0.0.1 (a tiny CPU model) and the browser
-resolves no other host.
+resolves no other host. One page walks through what a user does: the loading state, the
+first tiles, scrolling, bad seeds, a seed change, a lossless save, and a server restart.
 """
 
+import io
 import shutil
+import socket
+from contextlib import ExitStack
 
+import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, websockets) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx is needed to fetch the reference PNG")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed; run .ci/install-browser.sh")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -27,29 +33,40 @@ WIDTH = 48  # canvas columns: small, so the tiny model fills it and the view sta
 WAIT_MS = 90_000  # the longest any one wait may take on a loaded 2-core machine
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
-CANVAS_HASH = """() => {
+NON_BLACK = """() => {
   const c = document.getElementById("view");
   const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-  let h = 0;
-  for (let i = 0; i < d.length; i += 4) h = (Math.imul(h, 31) + d[i] + 3 * d[i + 1] + 7 * d[i + 2]) >>> 0;
-  return h;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 0) return true;
+  return false;
 }"""
 
 
-def readout(page, name: str) -> int:
-    return int(page.text_content(f"#{name}"))
+def number(page, name: str) -> int:
+    return int(page.text_content(f"#{name}").replace(",", ""))
+
+
+def wait_frames(page, more_than: int) -> None:
+    page.wait_for_function(f"Number(document.getElementById('frames').textContent.replace(/,/g, '')) > {more_than}",
+                           timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
-def url():
+def G():
     G = soat.load("random:0", size=SIZE, channel_multiplier=1)
     G.estimate_mean_styles(torch.randn(2000, 512, generator=torch.Generator().manual_seed(0)))  # cheaper sigma_bar
-    with background_server(create_app(G, max_batch=8)) as base:
-        yield base
+    return G
 
 
-def test_viewer_streams_scrolls_and_saves(url, tmp_path):
-    with sync_api.sync_playwright() as p:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_viewer_loads_streams_validates_saves_and_recovers(G, tmp_path):
+    port = free_port()
+    with ExitStack() as server, sync_api.sync_playwright() as p:
+        url = server.enter_context(background_server(create_app(G, max_batch=8), port=port))
         # --headless comes from headless=True; the profile directory is fresh for this test
         browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
                                                        headless=True, args=FLAGS, accept_downloads=True,
@@ -57,24 +74,70 @@ def test_viewer_streams_scrolls_and_saves(url, tmp_path):
         try:
             page = browser.new_page()
             errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + f"/?seed=3&width={WIDTH}&speed=40", timeout=WAIT_MS)
+            page.goto(url + f"/?seed=3&width={WIDTH}", timeout=WAIT_MS)
             assert page.title() == "SOAT endless panorama"
 
-            page.wait_for_function("Number(document.getElementById('frames').textContent) >= 2", timeout=WAIT_MS)
-            frames, pixels = readout(page, "frames"), page.evaluate(CANVAS_HASH)
-            page.wait_for_function(f"Number(document.getElementById('frames').textContent) >= {frames + 3}",
+            # the loading state says what is happening: model, device, first tile ETA
+            page.wait_for_function("window.soatViewer.states.some(s => s.includes('Streaming seed 3'))",
                                    timeout=WAIT_MS)
-            page.wait_for_function(f"({CANVAS_HASH})() !== {pixels}", timeout=WAIT_MS)
-            page.wait_for_function("Number(document.getElementById('cps').textContent) > 0", timeout=WAIT_MS)
-            page.wait_for_function("Number(document.getElementById('column').textContent) > 0", timeout=WAIT_MS)
-            assert page.text_content("#status") == ""  # no stream error, no out-of-order frame
+            loading = " | ".join(page.evaluate("window.soatViewer.states"))
+            assert f"{SIZE} px" in loading and "torch on cpu" in loading and "first tile" in loading, loading
 
+            # the first tiles: the canvas is no longer black, the overlay goes, the view scrolls smoothly
+            page.wait_for_function(NON_BLACK, timeout=WAIT_MS)
+            page.wait_for_function("document.getElementById('overlay').classList.contains('hidden')", timeout=WAIT_MS)
+            page.wait_for_function("Number(document.getElementById('column').textContent.replace(/,/g, '')) > 0",
+                                   timeout=WAIT_MS)
+            page.wait_for_function("Number(document.getElementById('cps').textContent.replace(/,/g, '')) > 0",
+                                   timeout=WAIT_MS)
+            assert page.get_attribute("#status", "class") != "error", page.text_content("#status")
+            assert "seed=3" in page.url and "x=" in page.url  # the view is in the URL
+
+            # bad seeds are refused in the page, visibly, without opening a stream
+            connections = page.evaluate("window.soatViewer.connections")
+            for bad in ("-5", "3.5", "1e30"):
+                page.fill("#seed", bad)
+                page.click("#go")
+                assert f'"{bad}" is not a seed' in page.text_content("#status")
+                assert page.get_attribute("#seed", "aria-invalid") == "true"
+            assert page.evaluate("window.soatViewer.connections") == connections and "seed=3" in page.url
+
+            # a seed change: exactly one new WebSocket, and the stream recovers
+            page.fill("#seed", "11")
+            page.click("#go")
+            assert page.evaluate("window.soatViewer.connections") == connections + 1
+            page.wait_for_function("location.search.includes('seed=11')", timeout=WAIT_MS)
+            wait_frames(page, 1)
+            page.wait_for_function(NON_BLACK, timeout=WAIT_MS)
+
+            # save: the exact pixels of the visible range (from /api/panorama.png, not the JPEG canvas)
             with page.expect_download(timeout=WAIT_MS) as download:
                 page.click("#save")
-            saved = Image.open(download.value.path())
-            assert saved.format == "PNG" and saved.size == (WIDTH, SIZE)
+            saved = page.evaluate("window.soatViewer.saved")
+            assert (saved["seed"], saved["w"]) == (11, WIDTH)
+            image = Image.open(download.value.path())
+            assert image.format == "PNG" and image.size == (WIDTH, SIZE)
+            pixels = np.asarray(image.convert("RGB"))
+            reference = httpx.get(url + "/api/panorama.png", params={"seed": 11, "x": saved["x"], "w": WIDTH},
+                                  timeout=WAIT_MS / 1000).content
+            assert np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(reference)).convert("RGB")))
+            assert np.array_equal(pixels, soat.to_uint8(G.panorama_columns(11, saved["x"], WIDTH))[0])
+
+            # a server restart: the page retries with backoff and resumes where its stream stopped
+            server.close()
+            page.wait_for_function("document.getElementById('status').textContent.includes('reconnecting')",
+                                   timeout=WAIT_MS)
+            frames = number(page, "frames")
+            server.enter_context(background_server(create_app(G, max_batch=8), port=port))
+            page.wait_for_function("window.soatViewer.resumes.length > 0", timeout=WAIT_MS)
+            wait_frames(page, frames)
+            resumed = page.evaluate("window.soatViewer.resumes[0]")
+            assert resumed > 0 and resumed % 1 == 0  # not back at column 0
+            page.wait_for_function("document.getElementById('status').textContent.includes('resumed at column')",
+                                   timeout=WAIT_MS)
+            wait_frames(page, frames + 1)
+            assert page.get_attribute("#status", "class") == "info", page.text_content("#status")  # no gap, in order
             assert errors == []
         finally:
             browser.close()

@@ -1,7 +1,8 @@
 """The ONNX Runtime backend: an export folder's graphs, one InferenceSession each.
 
 Same contract as the torch backend: ``run(graph_id, {name: tensor}) -> {name: tensor}``
-with the chain's tensor names. Sessions are created on first use and kept. On CPU,
+with the chain's tensor names. Sessions are created on first use and kept, each from the
+graph file's bytes after checking them against the manifest's sha256. On CPU,
 tensors cross as zero-copy numpy views. On CUDA, inputs and preallocated torch outputs
 are bound by device pointer (IOBinding), and ONNX Runtime's stream is ordered against
 torch's current stream on the GPU, so feature maps never visit the host and the host
@@ -9,6 +10,8 @@ never waits between nodes.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -102,9 +105,26 @@ class OrtBackend(NodeByNode):
         if graph_id not in self._sessions:
             if graph_id not in self.manifest.graphs:
                 raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
-            self._sessions[graph_id] = self.ort.InferenceSession(self.manifest.graph_path(graph_id),
+            self._sessions[graph_id] = self.ort.InferenceSession(self._verified_bytes(graph_id),
                                                                  providers=self._providers())
         return self._sessions[graph_id]
+
+    def _verified_bytes(self, graph_id: str) -> bytes:
+        """The graph file's bytes, checked against the manifest's sha256: the session is built from exactly
+        the bytes that were hashed, so a folder re-exported after it was checked cannot mix in another model."""
+        path = self.manifest.graph_path(graph_id)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise SoatError(f"graph {graph_id!r}: cannot read {path!r} ({e.strerror or e}); the export folder "
+                            f"changed after it was loaded. Load {self.manifest.folder!r} again") from None
+        if hashlib.sha256(data).hexdigest() != self.manifest.graph_sha256(graph_id):
+            raise SoatError(f"graph {graph_id!r}: {path!r} no longer matches the sha256 it had when the export "
+                            "was loaded (the folder was re-exported or changed since); "
+                            f"load {self.manifest.folder!r} again")
+        _check_finite_initializers(data, f"graph {graph_id!r} of export {self.manifest.folder!r}")
+        return data
 
     def _providers(self) -> list:
         if self.device.type != "cuda":
@@ -113,3 +133,20 @@ class OrtBackend(NodeByNode):
                    "use_tf32": "0" if self.dtype == torch.float32 else "1"}  # TF32 would cost ~1e-3 in fp32
         return [("CUDAExecutionProvider", options)]
 
+
+def _check_finite_initializers(data: bytes, where: str) -> None:
+    """Refuse a graph whose weights hold NaN or inf (they make every image NaN), naming the tensor."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:  # onnxruntime without the onnx package: nothing to parse the weights with
+        return
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # not an ONNX protobuf: ONNX Runtime reports that in its own words
+        return
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise SoatError(f"{where}: weight {init.name!r} holds NaN or inf values; the export is corrupt or was "
+                            "made from a corrupt checkpoint. Export a good checkpoint again")

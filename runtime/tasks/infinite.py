@@ -81,6 +81,7 @@ from .blend import merge_extension
 from .endless_cache import cached_spans, caches, clear_cache, replayed
 from .endless_sampler import SEED_LIMIT, endless_latents
 from .lru import LRU
+from .panorama import check_output_bytes
 from .panorama_geometry import column_pieces, span_columns, stitch
 
 __all__ = ["panorama_columns", "spans", "span", "latent_styles", "SpanKey", "check_truncation",
@@ -155,6 +156,8 @@ def panorama_columns(G, seed: int, start: int, width: int, truncation: float = 0
     seed = _check_int("seed", seed, 0, SEED_LIMIT - 1)
     start = _check_int("start", start, 0, None)
     width = _check_int("width", width, 1, None)
+    check_output_bytes(f"columns [{start}, {start + width})", (1, 3, G.size, width), G.dtype,
+                       "ask for fewer columns per call")
     base = SpanKey(seed, 0, check_truncation(truncation))
     pieces = column_pieces(G.size, start, width)
     return stitch(G.size, pieces, (span(G, base._replace(index=p.index), noise) for p in pieces), width)

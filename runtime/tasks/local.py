@@ -71,9 +71,21 @@ def blur_box_mask(box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     return F.conv2d(mask, gaussian_kernel1d(k_w, k_w).view(1, 1, 1, k_w))
 
 
+def max_box_side(size: int) -> int:
+    """The widest (or tallest) box whose blur fits: the reference reflect-pads the R x R mask by half its
+    Gaussian kernel (about a quarter of the box), which must stay under R: at most ``4R - 3``."""
+    return 4 * size - 3
+
+
 def check_boxes(boxes: Any, size: int) -> tuple[tuple[int, int, int, int], ...]:
-    """One box or several, each checked (may run past the right/bottom edge, must start inside)."""
-    return tuple(check_box(b, "box", size, size, clip=True) for b in box_list(boxes, "box"))
+    """One box or several, each checked (may run past the right/bottom edge, must start inside, and be at
+    most ``max_box_side`` wide and high)."""
+    checked = tuple(check_box(b, "box", size, size, clip=True) for b in box_list(boxes, "box"))
+    for box in checked:
+        if max(box[2:]) > max_box_side(size):
+            raise SoatError(f"box={box} is too large: its blurred mask needs w and h <= {max_box_side(size)} "
+                            f"(4R - 3 at {size}px); a box covering the whole image is (0, 0, {size}, {size})")
+    return checked
 
 
 def union_mask(boxes: tuple[tuple[int, int, int, int], ...], size: int) -> torch.Tensor:
@@ -108,6 +120,10 @@ def swap_regions(boxes: Any, size: int, swap: bool) -> list[tuple[int, int, int,
     (x1, y1, w1, h1), (x2, y2, w2, h2) = (
         [v // scale for v in check_box(b, f"boxes[{i}]", size, size)] for i, b in enumerate(boxes))
     w, h = max(w1, w2), max(h1, h2)
+    if w == 0 or h == 0:
+        raise SoatError(f"boxes={[tuple(b) for b in boxes]}: on the 16x16 feature map both boxes cover no whole cell "
+                        f"{'wide' if w == 0 else 'high'}; patch swap needs a box at least R/16 = {scale} px wide and "
+                        f"high (at {size}px)")
     for name, (x, y) in (("boxes[0]", (x1, y1)), ("boxes[1]", (x2, y2))):
         if x + w > SWAP_GRID or y + h > SWAP_GRID:
             raise SoatError(f"{name}: on the 16x16 feature map the copied region ({w}x{h} cells at {x},{y}) runs past "

@@ -8,6 +8,7 @@ are ``panorama_geometry``'s, shared with the endless panorama.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,18 @@ from ..noise import NoiseArg
 from ..styles import StyleArg
 from .blend import merge_extension
 from .panorama_geometry import panorama_pieces, panorama_width, stitch
+
+# What one call may allocate (documented limits; a call over them is refused before any work):
+MAX_OUTPUT_BYTES = 2 << 30  # an image a call returns (panorama, panorama_columns): 2 GiB
+MAX_STYLE_BYTES = 1 << 30  # the style lists panorama_styles returns: 1 GiB
+
+
+def check_output_bytes(what: str, shape: Sequence[int], dtype: torch.dtype, instead: str) -> None:
+    """Refuse an output of ``shape`` over ``MAX_OUTPUT_BYTES``, naming the limit and ``instead``."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes > MAX_OUTPUT_BYTES:
+        raise SoatError(f"{what} would be {list(shape)} ({nbytes / 2 ** 30:.3g} GiB), over the "
+                        f"{MAX_OUTPUT_BYTES / 2 ** 30:.3g} GiB a call may allocate (MAX_OUTPUT_BYTES); {instead}")
 
 
 def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Tensor]]:
@@ -56,6 +69,8 @@ def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", prog
     """``[B, 3, R, 2R + (N - 2) R]``, spans written into one preallocated output."""
     lists = check_style_lists(G, style_lists)
     n = len(lists)
+    check_output_bytes(f"a panorama of {n} images", (lists[0][0].shape[0], 3, G.size, panorama_width(G.size, n)),
+                       G.dtype, "use G.panorama_stream, which yields it span by span")
     return stitch(G.size, panorama_pieces(G.size, n), _blocks(G, lists, noise, progress), panorama_width(G.size, n))
 
 
@@ -72,8 +87,14 @@ def panorama_latents(n: int, seed: int, style_dim: int = 512) -> np.ndarray:
 
 def panorama_styles(G, n: int, seed: int = 0, truncation: float = 0.7) -> list[list[torch.Tensor]]:
     """The reference panorama sampler: N style lists (each ``[1, C_k]``) of smoothed latents."""
-    if not isinstance(n, int) or n < 2:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise SoatError(f"n={n!r}: a panorama needs at least 2 images")
+    per_image = (2 * sum(G.style_channels) + 2 * G.config.style_dim) * 4  # z, w, sigma and truncated sigma, fp32
+    if n * per_image > MAX_STYLE_BYTES:
+        raise SoatError(f"n={n} style lists would take {n * per_image / 2 ** 30:.3g} GiB, over the "
+                        f"{MAX_STYLE_BYTES / 2 ** 30:.3g} GiB limit (MAX_STYLE_BYTES; at most "
+                        f"{MAX_STYLE_BYTES // per_image} images for this model); for longer panoramas use the endless "
+                        "one, G.panorama_columns, whose latents need no global pass")
     z = torch.from_numpy(panorama_latents(n, seed, G.config.style_dim))
     styles = G.styles(z, truncation=truncation)
     return [[s[i:i + 1] for s in styles] for i in range(n)]

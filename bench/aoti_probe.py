@@ -1,0 +1,195 @@
+"""Where does loading a CUDA AOTInductor package fail? A standalone probe for one GPU call (issue 19).
+
+    python bench/aoti_probe.py [--out DIR] [--skip-cpp]
+
+Stages, each in its own subprocess so that a segfault is reported (signal, stderr tail, a faulthandler
+traceback, and a gdb backtrace where gdb exists) instead of ending the probe:
+
+1. environment: torch / CUDA / driver / GPU, nvidia-smi, ulimits, /dev/shm, LD_LIBRARY_PATH, TMPDIR;
+2. compile: torch.export + aoti_compile_and_package of a conv + bias + leaky-ReLU module, dynamic batch,
+   for CUDA (and for the CPU, as a control), with the default and with a -O0 wrapper;
+3. python load: torch._inductor.aoti_load_package + one run against eager, for each package;
+4. C++ load: a 30-line AOTIModelPackageLoader program built with CMake against this torch (find_package
+   Torch), run on each package.
+
+Writes DIR/probe.json (default ./aoti-probe) and prints one line per stage. Imports nothing from soat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+STAGE_TIMEOUT = 240
+
+MODULE = '''
+import torch
+class Probe(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.register_buffer("bias2", torch.randn(1, 8, 1, 1))
+    def forward(self, x):
+        return torch.nn.functional.leaky_relu(self.conv(x) + self.bias2, 0.2)
+def make(device):
+    torch.manual_seed(0)
+    m = Probe().to(device).eval()
+    x = torch.randn(2, 8, 16, 16, device=device)
+    return m, x
+'''
+
+COMPILE = MODULE + '''
+import sys, time
+device, path, opt = sys.argv[1], sys.argv[2], sys.argv[3]
+m, x = make(device)
+t = time.time()
+ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+cfg = {"aot_inductor.compile_wrapper_opt_level": opt} if opt != "default" else {}
+torch._inductor.aoti_compile_and_package(ep, package_path=path, inductor_configs=cfg)
+print("compiled in %.1f s" % (time.time() - t))
+'''
+
+LOAD = MODULE + '''
+import sys, faulthandler
+faulthandler.enable()
+device, path = sys.argv[1], sys.argv[2]
+m, x = make(device)
+print("loading", flush=True)
+model = torch._inductor.aoti_load_package(path)
+print("loaded", flush=True)
+x3 = torch.randn(3, 8, 16, 16, device=device)
+err = (model(x3) - m(x3)).abs().max().item()
+print("max abs err vs eager %.3g" % err, flush=True)
+'''
+
+CPP = r'''
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <ATen/ATen.h>
+#include <iostream>
+int main(int argc, char** argv) {
+  try {
+    std::cout << "loading " << argv[1] << std::endl;
+    torch::inductor::AOTIModelPackageLoader loader(argv[1]);
+    std::cout << "loaded" << std::endl;
+    auto device = std::string(argv[2]) == "cuda" ? at::kCUDA : at::kCPU;
+    auto out = loader.run({at::randn({3, 8, 16, 16}, at::TensorOptions().device(device))});
+    std::cout << "ran: output " << out.at(0).sizes() << std::endl;
+  } catch (const std::exception& e) {
+    std::cout << "exception: " << std::string(e.what()).substr(0, 400) << std::endl;
+    return 3;
+  }
+  return 0;
+}
+'''
+
+CMAKE = '''cmake_minimum_required(VERSION 3.18)
+project(aoti_probe LANGUAGES CXX)
+set(CMAKE_CXX_STANDARD 17)
+find_package(Torch REQUIRED)
+add_executable(aoti_probe probe.cpp)
+target_link_libraries(aoti_probe ${TORCH_LIBRARIES})
+target_compile_options(aoti_probe PRIVATE ${TORCH_CXX_FLAGS})
+'''
+
+
+def run(cmd, cwd=None, env=None, timeout=STAGE_TIMEOUT) -> dict:
+    t = time.time()
+    try:
+        p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", str(e.stdout or ""), str(e.stderr or "")
+    res = {"cmd": " ".join(map(str, cmd))[:300], "rc": rc, "seconds": round(time.time() - t, 1),
+           "stdout": out[-2000:], "stderr": err[-3000:]}
+    if isinstance(rc, int) and rc < 0:
+        res["signal"] = -rc
+    return res
+
+
+def gdb_backtrace(cmd) -> str | None:
+    if shutil.which("gdb") is None:
+        return None
+    r = run(["gdb", "-batch", "-ex", "run", "-ex", "bt 25", "--args", *cmd])
+    return (r["stdout"] + r["stderr"])[-3000:]
+
+
+def environment() -> dict:
+    import torch
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cuda_available": torch.cuda.is_available(),
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "cmake_prefix_path": torch.utils.cmake_prefix_path,
+           **{k: os.environ.get(k) for k in ("LD_LIBRARY_PATH", "TMPDIR", "TORCHINDUCTOR_CACHE_DIR", "CUDA_HOME")}}
+    for name, cmd in (("nvidia_smi", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                      "--format=csv,noheader"]),
+                      ("ulimit", ["bash", "-c", "ulimit -a"]), ("shm", ["df", "-h", "/dev/shm", "/tmp"]),
+                      ("gcc", ["g++", "--version"]), ("nvcc", ["bash", "-c", "which nvcc && nvcc --version"])):
+        r = run(cmd, timeout=30) if shutil.which(cmd[0]) else {"stdout": "absent"}
+        env[name] = r["stdout"][-600:]
+    return env
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="aoti-probe")
+    ap.add_argument("--skip-cpp", action="store_true", help="skip the C++ loader stage")
+    args = ap.parse_args()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    report = {"environment": environment(), "stages": []}
+    print(json.dumps({k: report["environment"][k] for k in ("torch", "cuda", "gpu")}))
+    for name, code in (("compile.py", COMPILE), ("load.py", LOAD)):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(code)
+    devices = ["cuda", "cpu"] if report["environment"]["cuda_available"] else ["cpu"]
+    packages = []
+    for device in devices:
+        for opt in ("default", "O0"):
+            path = os.path.join(out, f"probe_{device}_{opt}.pt2")
+            r = run([sys.executable, os.path.join(out, "compile.py"), device, path, opt])
+            report["stages"].append({"stage": f"compile {device} {opt}", **r})
+            print(f"compile {device} {opt}: rc={r['rc']} {r['seconds']} s")
+            if r["rc"] == 0:
+                packages.append((device, path))
+    for device, path in packages:
+        cmd = [sys.executable, "-X", "faulthandler", os.path.join(out, "load.py"), device, path]
+        r = run(cmd)
+        if r["rc"] != 0:
+            r["gdb"] = gdb_backtrace(cmd)
+        report["stages"].append({"stage": f"python load {os.path.basename(path)}", **r})
+        last = (r["stdout"].strip().splitlines() or ["(no output)"])[-1]
+        print(f"python load {os.path.basename(path)}: rc={r['rc']} signal={r.get('signal')} last: {last}")
+    if not args.skip_cpp and shutil.which("cmake"):
+        src = os.path.join(out, "cpp")
+        os.makedirs(src, exist_ok=True)
+        with open(os.path.join(src, "probe.cpp"), "w") as f:
+            f.write(CPP)
+        with open(os.path.join(src, "CMakeLists.txt"), "w") as f:
+            f.write(CMAKE)
+        import torch
+        build = os.path.join(src, "build")
+        r1 = run(["cmake", "-S", src, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"])
+        r2 = run(["cmake", "--build", build, "-j"], timeout=600) if r1["rc"] == 0 else r1
+        report["stages"].append({"stage": "cpp build", **r2})
+        print(f"cpp build: rc={r2['rc']} {r1['seconds'] + r2['seconds']:.0f} s")
+        exe = os.path.join(build, "aoti_probe")
+        for device, path in packages if r2["rc"] == 0 else []:
+            r = run([exe, path, device])
+            if r["rc"] != 0:
+                r["gdb"] = gdb_backtrace([exe, path, device])
+            report["stages"].append({"stage": f"cpp load {os.path.basename(path)}", **r})
+            last = (r["stdout"].strip().splitlines() or ["(no output)"])[-1]
+            print(f"cpp load {os.path.basename(path)}: rc={r['rc']} signal={r.get('signal')} last: {last}")
+    with open(os.path.join(out, "probe.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(os.path.join(out, "probe.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

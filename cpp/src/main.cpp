@@ -1,0 +1,141 @@
+// soat-cpp: generate, blend, merge, expand and panorama columns from an AOTI export folder, as PNG.
+#include <cmath>
+#include <cstdlib>
+#include <type_traits>
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+#include "soat/soat.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: soat-cpp generate DIR --seed S [--truncation T] -o out.png\n"
+    "       soat-cpp blend DIR --seeds A B [--mode horizontal|vertical] [--truncation T] -o out.png\n"
+    "       soat-cpp merge DIR --seeds A B [--truncation T] -o out.png\n"
+    "       soat-cpp expand DIR --seed S [--mode reflect|...] [--noise random|fixed] [--truncation T] -o out.png\n"
+    "       soat-cpp columns DIR --seed S --start X --width W [--truncation T] -o out.png\n"
+    "       (--device cpu|cuda[:i]: default the export's device)";
+
+struct Args {
+  std::string command, dir, out, mode, noise = "random", device;
+  std::vector<std::string> seeds;
+  std::map<std::string, std::string> opts;
+};
+
+// an integer option: the whole text, in range (unsigned: no sign)
+template <class T>
+T parse_int(const std::string& name, const std::string& v) {
+  const bool is_unsigned = std::is_unsigned<T>::value;
+  try {
+    size_t used = 0;
+    if (v.empty() || (is_unsigned && v[0] == '-')) throw std::invalid_argument("");
+    T x = is_unsigned ? static_cast<T>(std::stoull(v, &used)) : static_cast<T>(std::stoll(v, &used));
+    if (used != v.size()) throw std::invalid_argument("");
+    return x;
+  } catch (const std::exception&) {
+    throw soat::Error(name + " " + v + (is_unsigned ? " must be an integer >= 0" : " must be an integer"));
+  }
+}
+
+double parse_f(const std::string& name, const std::string& v) {
+  try {
+    size_t used = 0;
+    double x = std::stod(v, &used);
+    if (used != v.size() || !std::isfinite(x)) throw std::invalid_argument("");
+    return x;
+  } catch (const std::exception&) {
+    throw soat::Error(name + " " + v + " must be a finite number");
+  }
+}
+
+Args parse(int argc, char** argv) {
+  if (argc < 3) throw soat::Error(std::string("missing command and export folder\n") + kUsage);
+  Args a;
+  a.command = argv[1];
+  a.dir = argv[2];
+  for (int i = 3; i < argc; ++i) {
+    std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw soat::Error(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "-o" || k == "--output") a.out = value();
+    else if (k == "--seeds") {
+      a.seeds.push_back(value());
+      a.seeds.push_back(value());
+    } else if (k == "--mode") a.mode = value();
+    else if (k == "--noise") a.noise = value();
+    else if (k == "--device") a.device = value();
+    else if (k == "--seed" || k == "--start" || k == "--width" || k == "--truncation") a.opts[k] = value();
+    else throw soat::Error("unknown option " + k);
+  }
+  if (a.out.empty()) throw soat::Error("-o out.png is required");
+  return a;
+}
+
+std::string need(const Args& a, const std::string& k) {
+  auto it = a.opts.find(k);
+  if (it == a.opts.end()) throw soat::Error(a.command + " needs " + k);
+  return it->second;
+}
+
+int run(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  static const std::vector<std::string> commands{"generate", "blend", "merge", "expand", "columns"};
+  if (std::find(commands.begin(), commands.end(), a.command) == commands.end())
+    throw soat::Error("unknown command '" + a.command + "'\n" + kUsage);
+  double psi = a.opts.count("--truncation") ? parse_f("--truncation", a.opts["--truncation"]) : 0.7;
+  soat::Generator G(a.dir, a.device);
+  at::Tensor img;
+  if (a.command == "generate") {
+    img = G.generate(G.styles(G.seed_z({parse_int<uint64_t>("--seed", need(a, "--seed"))}), psi));
+  } else if (a.command == "blend" || a.command == "merge") {
+    if (a.seeds.size() != 2) throw soat::Error(a.command + " needs --seeds A B");
+    auto s = G.styles(G.seed_z({parse_int<uint64_t>("--seeds", a.seeds[0]),
+                                parse_int<uint64_t>("--seeds", a.seeds[1])}), psi);
+    if (a.command == "merge") {
+      img = G.merge_extension(G.pick(s, 0), G.pick(s, 1));
+    } else {
+      std::string mode = a.mode.empty() ? "horizontal" : a.mode;
+      if (mode != "horizontal" && mode != "vertical")
+        throw soat::Error("--mode " + mode + " is not a blend mode; use horizontal or vertical");
+      img = G.blend(G.pick(s, 0), G.pick(s, 1), mode == "vertical");
+    }
+  } else if (a.command == "expand") {
+    uint64_t seed = parse_int<uint64_t>("--seed", need(a, "--seed"));
+    if (a.noise != "random" && a.noise != "fixed") throw soat::Error("--noise must be random or fixed");
+    auto s = G.styles(G.seed_z({seed}), psi);
+    img = G.expand(s, a.mode.empty() ? "reflect" : a.mode,
+                   a.noise == "random" ? std::optional<uint64_t>(seed) : std::nullopt);
+  } else {
+    img = G.columns(parse_int<uint64_t>("--seed", need(a, "--seed")),
+                    parse_int<int64_t>("--start", need(a, "--start")),
+                    parse_int<int64_t>("--width", need(a, "--width")), psi);
+  }
+  soat::save_png(img, a.out);
+  std::cout << a.out << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {
+    std::string m = e.what_without_backtrace();
+    std::cerr << "soat-cpp: error: " << m.substr(0, m.find('\n')) << "\n";
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    std::cerr << "soat-cpp: error: " << m.substr(0, m.find('\n')) << "\n";
+    if (m.find('\n') != std::string::npos && std::string(e.what()).find("usage:") != std::string::npos)
+      std::cerr << kUsage << "\n";
+  }
+  return 2;
+}

@@ -1,0 +1,420 @@
+// libsoat: the layer chain and the tasks over an AOTI export folder (see include/soat/soat.h).
+#include "soat/soat.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/headeronly/version.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "io.h"
+
+namespace soat {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Node {
+  std::string id, kind, output;
+  std::vector<std::string> inputs;
+  int64_t style_index = 0, noise_index = -1, up = 1;
+};
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+at::Tensor from_npy(const detail::NpyArray& a) {
+  return at::from_blob(const_cast<float*>(a.data.data()), a.shape, at::kFloat).clone();
+}
+
+// soat.triton_kernels.ramp: the alpha ramp [n] in fp32, built as the reference builds it
+at::Tensor ramp(int64_t n, bool pad) {
+  if (!pad) return at::linspace(0, 1, n);
+  at::Tensor alpha = at::zeros({n});
+  int64_t p = n / 4;
+  if (p) alpha.slice(0, n - p).fill_(1);
+  alpha.slice(0, p, n - p).copy_(at::linspace(0, 1, n - 2 * p));
+  return alpha;
+}
+
+at::Tensor ramp_lerp(const at::Tensor& x1, const at::Tensor& x2, int64_t axis, bool pad) {
+  int64_t n = x1.size(axis);
+  std::vector<int64_t> view = axis == 2 ? std::vector<int64_t>{1, 1, n, 1} : std::vector<int64_t>{1, 1, 1, n};
+  at::Tensor alpha = ramp(n, pad).to(x1.device()).view(view).to(x1.scalar_type());
+  return (1 - alpha) * x1 + alpha * x2;
+}
+
+at::Tensor widen_one(const at::Tensor& x, const std::string& mode) {
+  int64_t h = x.size(2), w = x.size(3);
+  if (mode == "horizontal") return at::upsample_nearest2d(x, {h, 2 * w});
+  if (mode == "vertical") return at::upsample_nearest2d(x, {2 * h, w});
+  return at::pad(x, {w / 2, w / 2, 0, 0}, mode);
+}
+
+// src widened along dim (3: width, 2: height) to n: normals from a CPU generator seeded with n, then src copied
+// into the first and the last columns (rows)
+at::Tensor widen_axis(const at::Tensor& src, int64_t batch, int64_t dim, int64_t n) {
+  std::vector<int64_t> sizes = src.sizes().vec();
+  int64_t old = sizes[dim];
+  sizes[0] = batch;
+  sizes[dim] = n;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(n));
+  at::Tensor out = at::zeros(sizes).normal_(0, 1, gen);
+  out.slice(dim, 0, old).copy_(src);
+  out.slice(dim, n - old).copy_(src);
+  return out;
+}
+
+// soat.runtime.noise.widen_noise: the reference's rule for a noise map narrower than the layer output
+at::Tensor widen_noise(const at::Tensor& noise, int64_t batch, int64_t height, int64_t width) {
+  int64_t nb = noise.size(0), nh = noise.size(2), nw = noise.size(3);
+  if (nw > width || nh > height || (nb != 1 && nb != batch)) throw Error("noise does not fit the layer output");
+  at::Tensor src = noise.to(at::kCPU, at::kFloat);
+  if (nw != width) src = widen_axis(src, batch, 3, width);
+  if (nh != height) src = widen_axis(src, batch, 2, height);
+  return src.to(noise.device(), noise.scalar_type());
+}
+
+}  // namespace
+
+struct Generator::Impl {
+  std::string folder;
+  at::Device device{at::kCPU};
+  at::ScalarType dtype = at::kFloat;
+  int64_t size = 0, style_dim = 512, n_latent = 0;
+  std::vector<Node> chain;
+  std::vector<int64_t> channels;
+  std::map<std::string, std::string> files;
+  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders;
+  std::vector<at::Tensor> fixed_noise;
+  std::map<std::vector<int64_t>, at::Tensor> widened;  // (index, b, h, w) -> widened fixed noise
+  Styles mean;
+  std::map<std::pair<int64_t, int64_t>, Styles> latent_cache;  // (seed, index) at one truncation
+  double latent_truncation = -1;
+  uint64_t latent_seed = 0;
+
+  // the noise for a node given its input's batch and size; random: drawn from gen (normal_, layer order)
+  std::optional<at::Tensor> noise_for(const Node& n, int64_t b, int64_t h, int64_t w, at::Generator* gen) {
+    if (n.noise_index < 0) return std::nullopt;
+    h *= n.up;
+    w *= n.up;
+    if (gen) {  // the CPU generator of `soat expand` (on CUDA drawn on the CPU in fp32, then moved)
+      if (device.is_cpu()) return at::empty({b, 1, h, w}, at::TensorOptions().dtype(dtype)).normal_(0, 1, *gen);
+      return at::empty({b, 1, h, w}).normal_(0, 1, *gen).to(device, dtype);
+    }
+    const at::Tensor& t = fixed_noise.at(n.noise_index);
+    if (t.size(2) == h && t.size(3) == w && (t.size(0) == 1 || t.size(0) == b)) return t;
+    std::vector<int64_t> key{n.noise_index, b, h, w};
+    auto it = widened.find(key);
+    if (it == widened.end()) it = widened.emplace(key, widen_noise(t, b, h, w)).first;
+    return it->second;
+  }
+};
+
+Generator::Generator(const std::string& folder, const std::string& device) : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.folder = folder;
+  fs::path manifest_path = fs::path(folder) / "manifest.json";
+  std::ifstream f(manifest_path);
+  if (!f) throw Error("'" + folder + "' is not an export folder: it has no manifest.json");
+  json j;
+  try {
+    f >> j;
+  } catch (const std::exception& e) {
+    throw Error(manifest_path.string() + " is not valid JSON; re-export the folder");
+  }
+  try {
+    if (j.at("format") != "soat-export") throw Error(manifest_path.string() + " is not a SOAT export manifest");
+    int version = j.at("format_version");
+    if (version < 2) throw Error("'" + folder + "' holds ONNX graphs; libsoat runs `soat export ... --format aoti`");
+    if (version > 2) throw Error("'" + folder + "' has a newer manifest format than this libsoat reads");
+    for (auto& [id, g] : j.at("graphs").items()) {
+      if (g.at("format") != "aoti")
+        throw Error("'" + folder + "' holds " + g.at("format").get<std::string>() +
+                    " graphs; libsoat runs `soat export ... --format aoti`");
+      std::string file = g.at("file");
+      if (file.find('/') != std::string::npos || !fs::is_regular_file(fs::path(folder) / file))
+        throw Error("graph '" + id + "': '" + file + "' is missing from export folder '" + folder + "'; re-export it");
+      m.files[id] = (fs::path(folder) / file).string();
+    }
+    std::string built = j.at("exporter").at("torch");
+    std::ostringstream mine;
+    mine << TORCH_VERSION_MAJOR << "." << TORCH_VERSION_MINOR << "." << TORCH_VERSION_PATCH;
+    if (built.substr(0, built.find('+')) != mine.str())
+      throw Error("export '" + folder + "' was compiled by torch " + built + " but libsoat runs on libtorch " +
+                  mine.str() + "; AOTI packages load only in the torch that built them: re-export with it");
+    std::string built_device = j.at("device");
+    m.device = at::Device(device.empty() ? built_device : device);
+    if (m.device.type() != at::Device(built_device).type())
+      throw Error("export '" + folder + "' was compiled for device '" + built_device + "' but device '" + device +
+                  "' was asked for; re-export with --device " + at::DeviceTypeName(m.device.type(), true));
+    std::string dt = j.at("dtype");
+    m.dtype = dt == "fp16" ? at::kHalf : dt == "bf16" ? at::kBFloat16 : at::kFloat;
+    m.size = j.at("config").at("size");
+    m.style_dim = j.at("config").at("style_dim");
+    int64_t log_size = 0;
+    while ((int64_t{1} << (log_size + 1)) <= m.size) ++log_size;
+    m.n_latent = log_size * 2 - 2;
+    for (auto& r : j.at("chain")) {
+      Node n;
+      n.id = r.at("id");
+      n.kind = r.at("kind");
+      n.inputs = r.at("inputs").get<std::vector<std::string>>();
+      n.output = r.at("outputs").at(0);
+      n.style_index = r.at("style_index");
+      n.noise_index = r.at("noise_index").is_null() ? -1 : r.at("noise_index").get<int64_t>();
+      n.up = r.at("up");
+      m.chain.push_back(n);
+    }
+    m.channels = j.at("style_channels").get<std::vector<int64_t>>();
+    auto noise = detail::read_npz((fs::path(folder) / j.at("noise").at("file").get<std::string>()).string());
+    for (size_t i = 0; i < noise.size(); ++i)
+      m.fixed_noise.push_back(from_npy(noise.at("noise_" + std::to_string(i))).to(m.device, m.dtype));
+    if (j.at("mean_styles").is_null()) throw Error("export '" + folder + "' has no mean styles; re-export it");
+    auto mean = detail::read_npz((fs::path(folder) / j.at("mean_styles").at("file").get<std::string>()).string());
+    at::Tensor flat = from_npy(mean.at("mean_styles")).to(m.device, m.dtype);
+    m.mean = flat.split_with_sizes(m.channels, 1);
+  } catch (const json::exception& e) {
+    throw Error(manifest_path.string() + " is not a manifest this libsoat reads (" + first_line(e.what()) +
+                "); re-export the folder");
+  } catch (const detail::IoError& e) {
+    throw Error(e.what());
+  }
+}
+
+Generator::~Generator() = default;
+Generator::Generator(Generator&&) noexcept = default;
+Generator& Generator::operator=(Generator&&) noexcept = default;
+
+int64_t Generator::size() const { return impl_->size; }
+int64_t Generator::style_dim() const { return impl_->style_dim; }
+at::Device Generator::device() const { return impl_->device; }
+at::ScalarType Generator::dtype() const { return impl_->dtype; }
+const Styles& Generator::mean_styles() const { return impl_->mean; }
+
+at::Tensor Generator::run_graph(const std::string& id, std::vector<at::Tensor> inputs) {
+  auto& m = *impl_;
+  auto it = m.loaders.find(id);
+  if (it == m.loaders.end()) {
+    auto file = m.files.find(id);
+    if (file == m.files.end()) throw Error("graph '" + id + "' is not in export '" + m.folder + "'");
+    try {
+      c10::DeviceIndex index = m.device.is_cuda() && m.device.has_index() ? m.device.index() : -1;
+      it = m.loaders.emplace(id, std::make_unique<torch::inductor::AOTIModelPackageLoader>(file->second, "model",
+                                                                                         false, 1, index)).first;
+    } catch (const c10::Error& e) {
+      throw Error("cannot load package '" + file->second + "': " + first_line(e.what_without_backtrace()));
+    }
+  }
+  for (auto& t : inputs) t = t.to(m.device, m.dtype).contiguous();
+  return it->second->run(inputs).at(0);
+}
+
+at::Tensor Generator::seed_z(const std::vector<uint64_t>& seeds) const {
+  std::vector<at::Tensor> rows;
+  for (uint64_t s : seeds) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(s);
+    rows.push_back(at::randn({1, impl_->style_dim}, gen));
+  }
+  return at::cat(rows);
+}
+
+at::Tensor Generator::w(const at::Tensor& z) { return run_graph("mapping", {z}); }
+
+Styles Generator::styles_from_w(const at::Tensor& w, double truncation) {
+  at::Tensor wp = w.dim() == 2 ? w.to(impl_->device, impl_->dtype).unsqueeze(1).repeat({1, impl_->n_latent, 1}) : w;
+  if (wp.dim() != 3 || wp.size(1) != impl_->n_latent || wp.size(2) != impl_->style_dim)
+    throw Error("w must be [B, 512] or W+ [B, n_latent, 512]");
+  Styles s = run_graph("styles", {wp}).split_with_sizes(impl_->channels, 1);
+  if (truncation != 1.0)
+    for (size_t k = 0; k < s.size(); ++k) s[k] = impl_->mean[k] + truncation * (s[k] - impl_->mean[k]);
+  return s;
+}
+
+Styles Generator::styles(const at::Tensor& z, double truncation) {
+  if (z.dim() != 2 || z.size(1) != impl_->style_dim) throw Error("z must be a tensor [B, 512]");
+  return styles_from_w(w(z.to(impl_->device, impl_->dtype)), truncation);
+}
+
+Styles Generator::pick(const Styles& s, int64_t i) const {
+  Styles out;
+  for (auto& t : s) out.push_back(t.slice(0, i, i + 1));
+  return out;
+}
+
+namespace {
+
+void check_styles(const Styles& s, const std::vector<int64_t>& channels, const char* name) {
+  if (s.size() != channels.size())
+    throw Error(std::string(name) + " must hold " + std::to_string(channels.size()) + " sigma tensors");
+  for (size_t k = 0; k < s.size(); ++k)
+    if (s[k].dim() != 2 || s[k].size(1) != channels[k] || s[k].size(0) != s[0].size(0))
+      throw Error(std::string(name) + "[" + std::to_string(k) + "] must be [B, " + std::to_string(channels[k]) + "]");
+}
+
+}  // namespace
+
+// A node's inputs in its graph's order; the noise (one channel) expanded to the batch of x.
+static std::vector<at::Tensor> node_inputs(const Node& n, const at::Tensor& x, const Styles& s, const at::Tensor& rgb,
+                                           const std::optional<at::Tensor>& noise) {
+  std::vector<at::Tensor> in;
+  for (auto& name : n.inputs) {
+    if (name == "x") in.push_back(x);
+    else if (name == "style") in.push_back(s[n.style_index]);
+    else if (name == "skip") in.push_back(rgb);
+    else in.push_back(noise->expand({x.size(0), 1, noise->size(2), noise->size(3)}));
+  }
+  return in;
+}
+
+// The chain from `first` to `last` (exclusive) with one style list; returns (x, rgb).
+using NoiseFn = std::function<std::optional<at::Tensor>(const Node&, const at::Tensor&)>;
+static std::pair<at::Tensor, at::Tensor> run_nodes(Generator& G, const std::vector<Node>& chain, size_t first,
+                                                   size_t last, const Styles& s, at::Tensor x, at::Tensor rgb,
+                                                   const NoiseFn& noise) {
+  for (size_t i = first; i < last; ++i) {
+    const Node& n = chain[i];
+    at::Tensor out = G.run_graph(n.id, node_inputs(n, x, s, rgb, noise(n, x)));
+    if (n.kind == "to_rgb") rgb = out;
+    else x = out;
+  }
+  return {x, rgb};
+}
+
+at::Tensor Generator::generate(const Styles& s) {
+  check_styles(s, impl_->channels, "styles");
+  auto noise = [&](const Node& n, const at::Tensor& x) {
+    return impl_->noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
+  };
+  at::Tensor c = run_graph("input", {s[0]});
+  return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), s, c, at::Tensor(), noise).second.clamp(-1, 1);
+}
+
+// lerp_chain: every node with both styles on the shared input, outputs combined by the ramp
+static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, const Styles& s1, const Styles& s2,
+                             at::Tensor x, int64_t axis, bool pad) {
+  at::Tensor rgb;
+  for (size_t i = first; i < m.chain.size(); ++i) {
+    const Node& n = m.chain[i];
+    auto nz = m.noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
+    at::Tensor out = ramp_lerp(G.run_graph(n.id, node_inputs(n, x, s1, rgb, nz)),
+                               G.run_graph(n.id, node_inputs(n, x, s2, rgb, nz)), axis, pad);
+    if (n.kind == "to_rgb") rgb = out;
+    else x = out;
+  }
+  return rgb;
+}
+
+at::Tensor Generator::blend(const Styles& s1, const Styles& s2, bool vertical) {
+  check_styles(s1, impl_->channels, "styles1");
+  check_styles(s2, impl_->channels, "styles2");
+  at::Tensor c = run_graph("input", {s1[0]});
+  return lerp_chain(*this, *impl_, 1, s1, s2, c, vertical ? 2 : 3, true).clamp(-1, 1);
+}
+
+at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
+  check_styles(s1, impl_->channels, "styles1");
+  check_styles(s2, impl_->channels, "styles2");
+  auto& m = *impl_;
+  const Node& conv1 = m.chain[1];
+  at::Tensor c = run_graph("input", {s1[0]});
+  auto n0 = m.noise_for(conv1, c.size(0), c.size(2), c.size(3), nullptr)->expand({c.size(0), 1, 4, 4});
+  at::Tensor x = at::cat({run_graph(conv1.id, {c, s1[0], n0}), run_graph(conv1.id, {c, s2[0], n0})}, 3);
+  return lerp_chain(*this, m, 2, s1, s2, x, 3, true).clamp(-1, 1);
+}
+
+at::Tensor Generator::expand(const Styles& s, const std::string& mode, std::optional<uint64_t> noise_seed) {
+  static const std::vector<std::string> modes{"horizontal", "vertical", "reflect", "replicate", "circular", "constant"};
+  if (std::find(modes.begin(), modes.end(), mode) == modes.end())
+    throw Error("mode '" + mode + "' is not an expand mode; use horizontal, vertical, reflect, replicate, circular "
+                "or constant");
+  check_styles(s, impl_->channels, "styles");
+  auto& m = *impl_;
+  std::optional<at::Generator> gen;
+  if (noise_seed) gen = at::make_generator<at::CPUGeneratorImpl>(*noise_seed);
+  auto noise = [&](const Node& n, const at::Tensor& x) {
+    return m.noise_for(n, x.size(0), x.size(2), x.size(3), gen ? &*gen : nullptr);
+  };
+  size_t cut = 0;
+  while (cut < m.chain.size() && m.chain[cut].id != "to_rgbs.0") ++cut;
+  if (cut == m.chain.size()) throw Error("expand needs a model of 16 px or more");
+  ++cut;
+  at::Tensor c = run_graph("input", {s[0]});
+  auto [x, rgb] = run_nodes(*this, m.chain, 1, cut, s, c, at::Tensor(), noise);
+  x = widen_one(x, mode);
+  rgb = widen_one(rgb, mode);
+  return run_nodes(*this, m.chain, cut, m.chain.size(), s, x, rgb, noise).second.clamp(-1, 1);
+}
+
+at::Tensor endless_latent(uint64_t seed, int64_t index, int64_t dim) {
+  auto v = endless_latent_values(seed, index, dim);
+  return at::from_blob(v.data(), {1, dim}, at::kFloat).clone();
+}
+
+at::Tensor Generator::columns(uint64_t seed, int64_t start, int64_t width, double truncation) {
+  if (start < 0) throw Error("start=" + std::to_string(start) + " is out of range; allowed: 0 <= start");
+  if (width < 1) throw Error("width=" + std::to_string(width) + " is out of range; allowed: 1 <= width");
+  auto& m = *impl_;
+  if (m.latent_truncation != truncation || m.latent_seed != seed) {
+    m.latent_cache.clear();
+    m.latent_truncation = truncation;
+    m.latent_seed = seed;
+  }
+  auto latent = [&](int64_t i) -> const Styles& {
+    auto key = std::make_pair(static_cast<int64_t>(seed), i);
+    auto it = m.latent_cache.find(key);
+    if (it == m.latent_cache.end()) it = m.latent_cache.emplace(key, styles(endless_latent(seed, i), truncation)).first;
+    return it->second;
+  };
+  // panorama_geometry: span 0 gives [0, R + p), later spans [p, 2R - p); p = 2R // 4
+  const int64_t R = m.size, p = 2 * R / 4, head_hi = R + p, lo = p, hi = 2 * R - p, step = hi - lo;
+  at::Tensor out;
+  int64_t col = start, stop = start + width, dst = 0, cached_index = -1;
+  at::Tensor span;
+  while (col < stop) {
+    int64_t index, local, end;
+    if (col < head_hi) {
+      index = 0, local = col, end = head_hi;
+    } else {
+      index = (col - head_hi) / step + 1, local = lo + (col - head_hi) % step, end = hi;
+    }
+    int64_t n = std::min(stop - col, end - local);
+    if (index != cached_index) {
+      span = merge_extension(latent(index), latent(index + 1));
+      cached_index = index;
+      if (m.latent_cache.size() > 8) {  // keep the window: latents index and index + 1 only
+        for (auto it = m.latent_cache.begin(); it != m.latent_cache.end();)
+          it = it->first.second < index ? m.latent_cache.erase(it) : std::next(it);
+      }
+    }
+    if (!out.defined()) out = at::empty({1, 3, R, width}, span.options());
+    out.slice(3, dst, dst + n).copy_(span.slice(3, local, local + n));
+    dst += n;
+    col += n;
+  }
+  return out;
+}
+
+at::Tensor to_uint8(const at::Tensor& images) {
+  at::Tensor x = (images.detach().to(at::kCPU, at::kFloat).clamp(-1, 1) + 1) / 2;
+  return at::floor(x * 255 + 0.5).clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+}
+
+void save_png(const at::Tensor& image, const std::string& path) {
+  if (image.dim() != 4 || image.size(0) != 1 || image.size(1) != 3) throw Error("save_png takes one [1, 3, H, W] image");
+  at::Tensor px = to_uint8(image);
+  try {
+    detail::write_png_rgb(path, px.data_ptr<uint8_t>(), px.size(1), px.size(2));
+  } catch (const detail::IoError& e) {
+    throw Error(e.what());
+  }
+}
+
+}  // namespace soat

@@ -1,0 +1,84 @@
+"""The AOTInductor backend: an export folder of ``.pt2`` packages (``soat export --format aoti``).
+
+Each graph is a package compiled ahead of time by ``torch._inductor`` (C++ kernels on the
+CPU, Triton on CUDA) and loaded with ``torch._inductor.aoti_load_package`` on first use.
+A package runs only under the torch version that built it and on the device type it was
+compiled for: both are in the manifest and checked here before anything is loaded.
+The noise input takes the batch of ``x`` (see ``soat.export.aoti_export``): a
+``[1, 1, H, W]`` map is expanded to ``[B, 1, H, W]`` before the call.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ...errors import SoatError
+from ..backend import NodeByNode
+from ..graphs import graph_io
+from ..manifest import Manifest
+
+# torch dtype -> the manifest's dtype name (soat.load's export dtypes for this backend)
+AOTI_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def check_aoti_source(source: str) -> None:
+    """The aoti backend loads export folders only (a checkpoint is not compiled on the fly)."""
+    if not os.path.isdir(source):
+        raise SoatError(f"backend='aoti' loads an export folder; {source!r} is not one. Compile one with "
+                        f"`soat export {source} -o DIR --format aoti`")
+
+
+def check_package_compatibility(manifest: Manifest, device: torch.device) -> None:
+    """Refuse packages built by another torch version or for another device type."""
+    built = manifest.exporter.get("torch")
+    if built != torch.__version__:
+        raise SoatError(f"export {manifest.folder!r} was compiled by torch {built}, but this is torch "
+                        f"{torch.__version__}; AOTI packages load only in the torch that built them: "
+                        "re-export the folder with this torch")
+    if manifest.device != device.type:
+        raise SoatError(f"export {manifest.folder!r} was compiled for device {manifest.device!r} but "
+                        f"device={device.type!r} was asked for; load it with device={manifest.device!r} or "
+                        f"re-export with --device {device.type}")
+
+
+class AotiBackend(NodeByNode):
+    """Runs an export folder's AOTInductor packages (one per graph).
+
+    Args:
+        manifest: the verified export folder (graph format ``aoti``).
+        device: the device the packages were compiled for (``cpu`` or ``cuda[:i]``).
+        dtype: the export's dtype.
+    """
+
+    name = "aoti"
+    differentiable = False
+    capturable = False
+
+    def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype):
+        self.device = torch.device(device)
+        check_package_compatibility(manifest, self.device)
+        self.manifest = manifest
+        self.config = manifest.config
+        self.dtype = dtype
+        self._models: dict = {}
+
+    def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        names, outputs = graph_io(self.config, graph_id)
+        args = [inputs[n].detach().to(self.device, self.dtype) for n in names]
+        if "noise" in names:
+            i = names.index("noise")
+            args[i] = args[i].expand(args[0].shape[0], *args[i].shape[1:])
+        out = self._model(graph_id)(*[a.contiguous() for a in args])
+        return {outputs[0]: out}
+
+    def _model(self, graph_id: str):
+        model = self._models.get(graph_id)
+        if model is None:
+            if graph_id not in self.manifest.graphs:
+                raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
+            index = self.device.index if self.device.index is not None else -1
+            model = torch._inductor.aoti_load_package(self.manifest.graph_path(graph_id), device_index=index)
+            self._models[graph_id] = model
+        return model

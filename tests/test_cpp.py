@@ -1,0 +1,107 @@
+"""The C++ embedding (issue 19): configure and build libsoat / soat-cpp with CMake (once per session, into
+``build/``, which ``.ci/build-cpp.sh`` also uses), then run every soat-cpp command on the shared 32px AOTI
+export and compare its PNG with the Python runtime's on the same folder: identical pixels, or at most one
+level apart on at most 0.1% of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import soat
+from soat.cli import seed_z
+from soat.runtime.images import save_png
+from test_aoti import ROOT, aoti_export_dir
+
+BUILD = os.environ.get("SOAT_CPP_BUILD", os.path.join(ROOT, "build"))
+TRUNCATION = 0.7
+
+
+@pytest.fixture(scope="module")
+def export_dir() -> str:
+    return aoti_export_dir()
+
+
+@pytest.fixture(scope="module")
+def soat_cpp(export_dir) -> str:
+    if shutil.which("cmake") is None:
+        pytest.skip("needs cmake (and nlohmann-json3-dev, libpng-dev: .ci/build-cpp.sh installs them)")
+    prefix = torch.utils.cmake_prefix_path
+    configure = ["cmake", "-S", ROOT, "-B", BUILD, f"-DCMAKE_PREFIX_PATH={prefix}", f"-DSOAT_TEST_EXPORT={export_dir}"]
+    for cmd in (configure,
+                ["cmake", "--build", BUILD, "-j", str(os.cpu_count() or 2)]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return os.path.join(BUILD, "soat-cpp")
+
+
+@pytest.fixture(scope="module")
+def G(export_dir) -> soat.Generator:
+    return soat.load(export_dir, backend="aoti")
+
+
+def _styles(G, seeds):
+    s = G.styles(seed_z(seeds, G.config.style_dim), truncation=TRUNCATION)
+    return [[t[i:i + 1] for t in s] for i in range(len(seeds))]
+
+
+def _expand(G, seed, mode):
+    (s,) = _styles(G, [seed])
+    torch.manual_seed(seed)  # as `soat expand`: random noise from the global RNG seeded with the seed
+    return G.expand(s, mode=mode, noise="random")
+
+
+CASES = {
+    "generate": (["generate", "--seed", "3"], lambda G: G.generate(_styles(G, [3])[0])),
+    "blend": (["blend", "--seeds", "1", "2"], lambda G: G.blend(*_styles(G, [1, 2]))),
+    "blend_vertical": (["blend", "--seeds", "1", "2", "--mode", "vertical"],
+                       lambda G: G.blend(*_styles(G, [1, 2]), mode="vertical")),
+    "merge": (["merge", "--seeds", "5", "6"], lambda G: G.merge_extension(*_styles(G, [5, 6]))),
+    "expand": (["expand", "--seed", "4"], lambda G: _expand(G, 4, "reflect")),
+    "expand_vertical": (["expand", "--seed", "4", "--mode", "vertical"], lambda G: _expand(G, 4, "vertical")),
+    "columns": (["columns", "--seed", "5", "--start", "10", "--width", "70"],
+                lambda G: G.panorama_columns(5, 10, 70, truncation=TRUNCATION)),
+    "generate_truncation_1": (["generate", "--seed", "8", "--truncation", "1"],
+                              lambda G: G.generate(G.styles(seed_z([8]), truncation=1.0))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_soat_cpp_png_equals_python(soat_cpp, export_dir, G, tmp_path, case):
+    args, python = CASES[case]
+    out = tmp_path / "cpp.png"
+    done = subprocess.run([soat_cpp, args[0], export_dir, *args[1:], "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    save_png(python(G), tmp_path / "py.png")
+    got = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    want = np.asarray(Image.open(tmp_path / "py.png").convert("RGB"), dtype=np.int16)
+    assert got.shape == want.shape
+    diff = np.abs(got - want)
+    assert diff.max() <= 1 and (diff > 0).mean() <= 0.001, (int(diff.max()), float((diff > 0).mean()))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "/no/such/export", "--seed", "1"], "no manifest.json"),
+    (["generate", "{dir}", "--seed", "x"], "must be an integer"),
+    (["blend", "{dir}", "--seeds", "1", "2", "--mode", "diagonal"], "not a blend mode"),
+    (["columns", "{dir}", "--seed", "1", "--start", "-4", "--width", "9"], "start=-4 is out of range"),
+    (["paint", "{dir}"], "unknown command"),
+])
+def test_soat_cpp_errors_are_one_line_and_nonzero(soat_cpp, export_dir, tmp_path, args, message):
+    cmd = [soat_cpp, *[a.format(dir=export_dir) for a in args], "-o", str(tmp_path / "x.png")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode != 0 and not os.path.exists(tmp_path / "x.png")
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("soat-cpp: error: ") and message in first, done.stderr
+
+
+def test_ctest_passes_on_the_export(soat_cpp, export_dir):
+    done = subprocess.run(["ctest", "--output-on-failure"], cwd=BUILD, capture_output=True, text=True)
+    assert done.returncode == 0 and "soat_export" in done.stdout, done.stdout[-3000:]

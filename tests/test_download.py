@@ -1,0 +1,217 @@
+"""Checkpoints by name or URL: download, checks, resume and atomicity against a local HTTP server on
+127.0.0.1 serving files the tests write. The registry's real URLs are never contacted."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import re
+import threading
+
+import pytest
+
+import soat
+from soat.errors import SoatError
+from soat.runtime import registry
+from soat.runtime.registry import REGISTRY, Entry, fetch
+
+TIMEOUT = 5.0
+
+
+class Server:
+    """A loopback file server: ``files[name] = bytes``; ``mode[name]`` in
+    ``ok | truncate | error | cut_once | html | no_range``; ``requests`` logs (name, Range header)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.mode: dict[str, str] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                rng = self.headers.get("Range")
+                server.requests.append((name, rng))
+                mode = server.mode.get(name, "ok")
+                if name not in server.files or mode == "error":
+                    self.send_error(500 if mode == "error" else 404)
+                    return
+                data = server.files[name]
+                start = 0
+                m = re.match(r"bytes=(\d+)-", rng or "")
+                if m and mode != "no_range":
+                    start = int(m.group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Type", "text/html" if mode == "html" else "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if mode == "truncate":
+                    body = body[: len(body) // 2]
+                elif mode == "cut_once":  # half the file, then the connection drops; the next request is served
+                    body = body[: len(body) // 2]
+                    server.mode[name] = "ok"
+                self.wfile.write(body)
+                self.wfile.flush()
+                if mode in ("truncate", "cut_once"):
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "models"
+
+
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
+    soat.convert("random:3", str(path), size=8, channel_multiplier=1)
+    return path.read_bytes()
+
+
+def register(monkeypatch, server: Server, name: str, data: bytes, **kw) -> Entry:
+    server.files[name] = data
+    entry = Entry(f"test-{name}", server.url(name), name, 8, "test model", "tests", **kw)
+    monkeypatch.setitem(REGISTRY, entry.name, entry)
+    return entry
+
+
+def leftovers(folder) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if f.endswith((".part", ".tmp"))) if os.path.isdir(folder) else []
+
+
+def test_a_name_downloads_once_checks_and_loads(server, cache, model_bytes, monkeypatch):
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    entry = register(monkeypatch, server, "tiny.safetensors", model_bytes, nbytes=len(model_bytes), sha256=digest)
+    G = soat.load(entry.name)
+    assert G.size == 8 and G.fingerprint == soat.load("random:3", size=8, channel_multiplier=1).fingerprint
+    assert (cache / "tiny.safetensors").read_bytes() == model_bytes
+    assert leftovers(cache) == []
+    soat.load(entry.name)
+    assert len(server.requests) == 1  # cached: not downloaded again
+
+
+def test_plain_url_works_and_records_the_hash(server, cache, model_bytes):
+    server.files["m.safetensors"] = model_bytes
+    path = fetch(server.url("m.safetensors"), str(cache), progress=False, timeout=TIMEOUT)
+    assert open(path, "rb").read() == model_bytes
+    record = open(path + ".sha256").read().split()
+    assert record[:2] == [hashlib.sha256(model_bytes).hexdigest(), str(len(model_bytes))]
+    with open(path, "r+b") as f:  # the cached file changes later: refused against the recorded hash
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(SoatError, match="does not match its SHA-256"):
+        fetch(server.url("m.safetensors"), str(cache), progress=False, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("wrong, says", [({"sha256": "0" * 64}, "SHA-256"), ({"nbytes": 10 ** 9}, "stopped at"),
+                                          ({"nbytes": 100}, "expected 100")])
+def test_wrong_hash_or_size_is_refused_and_removed(server, cache, model_bytes, monkeypatch, wrong, says):
+    entry = register(monkeypatch, server, "bad.safetensors", model_bytes, **wrong)
+    with pytest.raises(SoatError, match=says):
+        fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT)
+    assert not (cache / "bad.safetensors").exists()
+
+
+@pytest.mark.parametrize("mode, says", [("truncate", "interrupted|stopped at"), ("error", "HTTP 500"),
+                                        ("html", "web page")])
+def test_failed_transfer_is_one_clear_error_and_leaves_no_model_file(server, cache, model_bytes, monkeypatch,
+                                                                     mode, says):
+    """A body shorter than announced, a server error, a web page (a login or quota page) instead of the file."""
+    entry = register(monkeypatch, server, "f.pt", model_bytes)
+    server.mode["f.pt"] = mode
+    with pytest.raises(SoatError, match=says):
+        fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT)
+    assert not (cache / "f.pt").exists()
+
+
+def test_interrupted_transfer_resumes_with_range(server, cache, model_bytes, monkeypatch):
+    entry = register(monkeypatch, server, "r.safetensors", model_bytes, sha256=hashlib.sha256(model_bytes).hexdigest())
+    server.mode["r.safetensors"] = "cut_once"
+    with pytest.raises(SoatError, match="run the same command again to resume"):
+        fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT)
+    assert (cache / "r.safetensors.part").stat().st_size == len(model_bytes) // 2
+    path = fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT)
+    assert open(path, "rb").read() == model_bytes
+    assert server.requests[-1] == ("r.safetensors", f"bytes={len(model_bytes) // 2}-")
+    assert leftovers(cache) == []
+
+
+def test_server_without_range_restarts_cleanly(server, cache, model_bytes, monkeypatch):
+    entry = register(monkeypatch, server, "n.safetensors", model_bytes, sha256=hashlib.sha256(model_bytes).hexdigest())
+    os.makedirs(cache)
+    (cache / "n.safetensors.part").write_bytes(model_bytes[:50])
+    server.mode["n.safetensors"] = "no_range"
+    assert open(fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT), "rb").read() == model_bytes
+
+
+def test_downloaded_pickle_goes_through_the_safe_loader(server, cache, monkeypatch, tmp_path):
+    import pickle
+    evil = tmp_path / "evil.pt"
+    flag = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {flag}",))
+    evil.write_bytes(pickle.dumps({"g_ema": Payload()}))
+    entry = register(monkeypatch, server, "evil.pt", evil.read_bytes())
+    with pytest.raises(SoatError):
+        soat.load(entry.name)
+    assert not flag.exists()
+
+
+def test_registry_entries_are_well_formed():
+    assert {"soat-church", "soat-landscape", "soat-face", "ffhq-1024", "ffhq-256"} <= set(REGISTRY)
+    for e in REGISTRY.values():
+        assert e.url.startswith("https://") and e.size in (256, 512, 1024) and e.source
+        assert e.filename.endswith((".pt", ".pkl")) and "/" not in e.filename
+        assert e.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", e.sha256)
+
+
+def test_unknown_name_is_a_file_not_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SoatError, match="not found"):
+        soat.load("no-such-model")
+    assert registry.is_remote("soat-church") and not registry.is_remote("no-such-model")
+
+
+def test_cli_checkpoint_by_name(server, cache, model_bytes, monkeypatch, tmp_path, capsys):
+    from soat.cli import main
+    entry = register(monkeypatch, server, "cli.safetensors", model_bytes)
+    assert main(["info", "--checkpoint", entry.name]) == 0
+    assert "size: 8" in capsys.readouterr().out
+    out = tmp_path / "x.safetensors"
+    assert main(["convert", "--checkpoint", entry.name, "-o", str(out)]) == 0
+    assert soat.load(str(out)).fingerprint == soat.load(entry.name).fingerprint
