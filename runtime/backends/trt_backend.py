@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import warnings
+from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
 import torch
@@ -54,7 +55,7 @@ MODULES = {"trt": "tensorrt", "rtx": "tensorrt_rtx_bindings"}
 RUNNING_BACKENDS = "backend='torch', 'fast' or 'onnxruntime'"
 
 
-class Flavour:
+class Flavour(ABC):
     """What differs between TensorRT and TensorRT for RTX; everything else is shared."""
 
     name = ""
@@ -63,16 +64,17 @@ class Flavour:
         self.trt = module
         self.version = str(module.__version__)
 
+    @abstractmethod
     def network_flags(self) -> int:
-        raise NotImplementedError
+        """The ``create_network`` flags of this flavour."""
 
+    @abstractmethod
     def targets(self, precision: str, requested: Sequence[str] | None, device: torch.device | None) -> list[str]:
         """The build targets (sorted ``smXY`` names) for ``requested`` capabilities (``"8.6"``) or the default."""
-        raise NotImplementedError
 
+    @abstractmethod
     def configure(self, config, precision: str, targets: Sequence[str]) -> None:
         """Builder config settings of this flavour."""
-        raise NotImplementedError
 
     def covers(self, target: str, device: torch.device) -> bool:
         """Whether an engine built for record target ``target`` runs on ``device``."""
