@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SoatError
-from ..runtime.backends.trt_backend import ENGINE_DIR, FLAVOURS, MODULES, ensure_engine, select_flavour
+from ..runtime.backends.trt_engines import ENGINE_DIR, ensure_engine
+from ..runtime.backends.trt_flavours import FLAVOURS, MODULES, select_flavour
 from ..runtime.graphs import graph_ids
 from ..runtime.manifest import read_manifest
 from ..runtime.shape_plan import MAX_BATCH

@@ -16,9 +16,10 @@ import torch
 import soat
 import soat.export
 from soat.export import engines as engines_cli
-from soat.runtime.backends.trt_backend import (RECORD_FIELDS, RtxFlavour, TensorRTFlavour, engine_paths,
-                                                engine_record, ensure_engine, find_engine, select_flavour,
-                                                stale_reason, unsupported_gpu_message)
+from soat.runtime.backends.trt_engines import (RECORD_FIELDS, engine_paths, engine_record, ensure_engine,
+                                               find_engine, stale_reason)
+from soat.runtime.backends.trt_flavours import (RtxFlavour, TensorRTFlavour, select_flavour,
+                                                unsupported_gpu_message)
 from soat.runtime.graphs import graph_ids
 from soat.runtime.manifest import read_manifest
 from soat.runtime.shape_plan import check_in_profile, profile_shapes, task_envelope
