@@ -11,7 +11,7 @@ import errno
 import socket
 import sys
 
-from ..options import add_device, add_dtype, add_layout
+from ..options import add_dtype, add_layout
 from ..runtime.load import BACKENDS
 
 
@@ -25,7 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_layout(p)
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="torch, fast, auto (fast for fp16/bf16, else torch), onnxruntime or tensorrt")
-    add_device(p)
+    # not checked against this machine's GPUs: with --ray the replicas may run on other nodes' GPUs
+    # (soat.load checks the device where the model loads)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_dtype(p)
     p.add_argument("--truncation", type=float, default=0.7, help="psi of the served panoramas (default 0.7)")
     p.add_argument("--max-batch", type=int, default=None,
