@@ -144,7 +144,7 @@ def check_pickle_structure(data: str | bytes, where: str) -> None:
     except SoatError:
         raise
     except (_Malformed, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):
-        pass  # not a valid pickle stream: the loader says so in its own words
+        return  # not a valid pickle stream: the real loader reports it in its own words
     except OSError as e:
         raise SoatError(f"cannot read {where}: {e.strerror or e}") from None
 
