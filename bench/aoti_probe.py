@@ -6,8 +6,10 @@ Stages, each in its own subprocess so that a segfault is reported (signal, stder
 traceback, and a gdb backtrace where gdb exists) instead of ending the probe:
 
 1. environment: torch / CUDA / driver / GPU, nvidia-smi, ulimits, /dev/shm, LD_LIBRARY_PATH, TMPDIR;
-2. compile: torch.export + aoti_compile_and_package of a conv + bias + leaky-ReLU module, dynamic batch,
-   for CUDA (and for the CPU, as a control), with the default and with a -O0 wrapper;
+2. compile, all variants at once: torch.export + aoti_compile_and_package of a conv + bias + leaky-ReLU
+   module, dynamic batch, for CUDA with the default options, a -O0 wrapper and the kernel binaries embedded
+   in the library; a matmul-only module (cuBLAS, no generated Triton kernel) for CUDA; the conv module
+   for the CPU as a control;
 3. python load: torch._inductor.aoti_load_package + one run against eager, for each package;
 4. C++ load: a 30-line AOTIModelPackageLoader program built with CMake against this torch (find_package
    Torch), run on each package.
@@ -36,20 +38,27 @@ class Probe(torch.nn.Module):
         self.register_buffer("bias2", torch.randn(1, 8, 1, 1))
     def forward(self, x):
         return torch.nn.functional.leaky_relu(self.conv(x) + self.bias2, 0.2)
-def make(device):
+class MatmulOnly(torch.nn.Module):  # extern (cuBLAS) kernels only: no generated Triton kernel in the package
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 16))
+    def forward(self, x):
+        return x.reshape(-1, 16) @ self.w
+def make(device, variant="conv"):
     torch.manual_seed(0)
-    m = Probe().to(device).eval()
+    m = (MatmulOnly() if variant == "matmul" else Probe()).to(device).eval()
     x = torch.randn(2, 8, 16, 16, device=device)
     return m, x
 '''
 
 COMPILE = MODULE + '''
 import sys, time
-device, path, opt = sys.argv[1], sys.argv[2], sys.argv[3]
-m, x = make(device)
+device, path, variant = sys.argv[1], sys.argv[2], sys.argv[3]
+m, x = make(device, variant)
 t = time.time()
 ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-cfg = {"aot_inductor.compile_wrapper_opt_level": opt} if opt != "default" else {}
+cfg = {"O0": {"aot_inductor.compile_wrapper_opt_level": "O0"},
+       "embed": {"aot_inductor.embed_kernel_binary": True}}.get(variant, {})
 torch._inductor.aoti_compile_and_package(ep, package_path=path, inductor_configs=cfg)
 print("compiled in %.1f s" % (time.time() - t))
 '''
@@ -57,8 +66,8 @@ print("compiled in %.1f s" % (time.time() - t))
 LOAD = MODULE + '''
 import sys, faulthandler
 faulthandler.enable()
-device, path = sys.argv[1], sys.argv[2]
-m, x = make(device)
+device, path, variant = sys.argv[1], sys.argv[2], sys.argv[3]
+m, x = make(device, variant)
 print("loading", flush=True)
 model = torch._inductor.aoti_load_package(path)
 print("loaded", flush=True)
@@ -111,6 +120,13 @@ def run(cmd, cwd=None, env=None, timeout=STAGE_TIMEOUT) -> dict:
     return res
 
 
+def run_all(cmds: list[list[str]], timeout=STAGE_TIMEOUT) -> list[dict]:
+    """``run`` for several commands at once (compiles are mostly single-threaded g++): results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(cmds)) as pool:
+        return list(pool.map(lambda c: run(c, timeout=timeout), cmds))
+
+
 def gdb_backtrace(cmd) -> str | None:
     if shutil.which("gdb") is None:
         return None
@@ -146,18 +162,18 @@ def main() -> int:
     for name, code in (("compile.py", COMPILE), ("load.py", LOAD)):
         with open(os.path.join(out, name), "w") as f:
             f.write(code)
-    devices = ["cuda", "cpu"] if report["environment"]["cuda_available"] else ["cpu"]
+    cuda = report["environment"]["cuda_available"]
+    variants = ([("cuda", v) for v in ("conv", "O0", "embed", "matmul")] if cuda else []) + [("cpu", "conv")]
     packages = []
-    for device in devices:
-        for opt in ("default", "O0"):
-            path = os.path.join(out, f"probe_{device}_{opt}.pt2")
-            r = run([sys.executable, os.path.join(out, "compile.py"), device, path, opt])
-            report["stages"].append({"stage": f"compile {device} {opt}", **r})
-            print(f"compile {device} {opt}: rc={r['rc']} {r['seconds']} s")
-            if r["rc"] == 0:
-                packages.append((device, path))
-    for device, path in packages:
-        cmd = [sys.executable, "-X", "faulthandler", os.path.join(out, "load.py"), device, path]
+    for (device, variant), r in zip(variants, run_all([[sys.executable, os.path.join(out, "compile.py"), device,
+                                                        os.path.join(out, f"probe_{device}_{variant}.pt2"), variant]
+                                                       for device, variant in variants])):
+        report["stages"].append({"stage": f"compile {device} {variant}", **r})
+        print(f"compile {device} {variant}: rc={r['rc']} {r['seconds']} s {r['stderr'].strip()[-200:] if r['rc'] else ''}")
+        if r["rc"] == 0:
+            packages.append((device, variant, os.path.join(out, f"probe_{device}_{variant}.pt2")))
+    for device, variant, path in packages:
+        cmd = [sys.executable, "-X", "faulthandler", os.path.join(out, "load.py"), device, path, variant]
         r = run(cmd)
         if r["rc"] != 0:
             r["gdb"] = gdb_backtrace(cmd)
@@ -178,7 +194,7 @@ def main() -> int:
         report["stages"].append({"stage": "cpp build", **r2})
         print(f"cpp build: rc={r2['rc']} {r1['seconds'] + r2['seconds']:.0f} s")
         exe = os.path.join(build, "aoti_probe")
-        for device, path in packages if r2["rc"] == 0 else []:
+        for device, _, path in packages if r2["rc"] == 0 else []:
             r = run([exe, path, device])
             if r["rc"] != 0:
                 r["gdb"] = gdb_backtrace([exe, path, device])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -56,6 +57,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--peers", action="store_true",
                    help="also time torch.compile(mode='reduce-overhead') of a plain PyTorch StyleGAN2 form on "
                         "generate, per dtype and batch, in the same run (the anchor for the table)")
+    p.add_argument("--export", action="append", default=[], metavar="BACKEND=DIR",
+                   help="run BACKEND from this export folder instead of exporting --checkpoint into the cache "
+                        "(needed for aoti: soat export --format aoti makes one); repeatable")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the fp32 reference rows (large-batch throughput runs; no ratio or PSNR columns)")
     p.add_argument("--warmup", type=int_range(0, 1000), default=None,
@@ -75,6 +79,18 @@ def _choose(text: str, allowed, flag: str) -> list[str]:
     if unknown or not items:
         raise SoatError(f"{flag} {text!r}: {', '.join(unknown) or 'empty'} unknown; choose from {', '.join(allowed)}")
     return items
+
+
+def _exports(items: list[str], backends: list[str]) -> dict[str, str]:
+    """``--export BACKEND=DIR`` flags as ``{backend: folder}``, each folder checked to exist."""
+    exports = {}
+    for item in items:
+        backend, sep, folder = item.partition("=")
+        if not sep or backend not in backends or not os.path.isdir(folder):
+            raise SoatError(f"--export {item!r} must be BACKEND=DIR with BACKEND one of --backends "
+                            f"({', '.join(backends)}) and DIR an export folder")
+        exports[backend] = folder
+    return exports
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,5 +119,6 @@ def run(args: argparse.Namespace) -> int:
     warmup = d["warmup"] if args.warmup is None else args.warmup
     iters = d["iters"] if args.iters is None else args.iters
     run_suite(args.checkpoint, size, args.channel_multiplier, args.device, configs, tasks, batches,
-              warmup, iters, args.output, baseline=not args.no_baseline, peers=args.peers)
+              warmup, iters, args.output, baseline=not args.no_baseline, peers=args.peers,
+              exports=_exports(args.export, backends))
     return 0

@@ -5,7 +5,7 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve big. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
+# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
 # websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
@@ -111,18 +111,79 @@ tput() {
 
 ort() {
   if python3 -c "import onnxruntime as o; o.preload_dlls(); assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
-    log "ONNX Runtime CUDA vs torch fp32"
-    SOAT_CACHE_DIR=/tmp/soat-cache timeout "${ORT_S:-200}" $SOAT bench --size 256 --backends onnxruntime \
-      --dtypes fp32 --graphs off --batches 1,8 --iters 20 --tasks $TASK_LIST -o "$OUT/ort256" 2>&1 | filtered
+    log "ONNX Runtime CUDA fp16, eager and with its CUDA graphs, next to torch fp32 and the fast path; then fidelity"
+    SOAT_CACHE_DIR=/tmp/soat-cache timeout "${ORT_S:-240}" $SOAT bench --size 256 --backends fast,onnxruntime \
+      --dtypes fp16 --graphs both --batches 1,8 --iters 30 --tasks generate,blend,merge_extension -o "$OUT/ort256" \
+      2>&1 | filtered
+    SOAT_CACHE_DIR=/tmp/soat-cache timeout 120 python3 -m soat.bench.ort_check --size 256 2>&1 | tee -a "$OUT/log.txt"
   else
     log "ONNX Runtime CUDA: not staged (../shared/tools/stage-wheels onnxruntime-gpu==1.31.1)"
   fi
 }
 
 serve() {
-  log "soat serve: columns/s for 1, 4, 16 stream clients (256-column tiles)"
-  timeout "${SERVE_S:-120}" python3 -m soat.bench.ray_scaling --no-ray --device cuda --dtype fp16 --size 256 \
-    --channel-multiplier 2 --clients 1,4,16 --warmup 6 --seconds 10 --csv "$OUT/serve.csv" 2>&1 | tee -a "$OUT/log.txt"
+  log "streaming path check: 48 spans in one batch equal the same spans computed alone (uint8), twice"
+  timeout 90 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt" | grep -q "spans ok" || return
+import torch, soat
+from soat.runtime.tasks.infinite import SpanKey, span, spans
+from soat.serve.batcher import device_uint8
+G = soat.load("random", device="cuda", dtype="fp16")
+keys = [SpanKey(seed, i, 0.7) for seed in (1, 2, 3) for i in range(16)]
+for attempt in range(2):
+    batch = device_uint8(spans(G, keys)).cpu().int()
+    alone = device_uint8([span(G, k) for k in keys]).cpu().int()
+    print(f"attempt {attempt}: max level difference batch vs alone {(batch - alone).abs().max().item()}")
+assert (batch - alone).abs().max().item() <= 1
+print("spans ok")
+EOF
+  log "soat serve (256 px fp16): 16 unthrottled clients with 1, 2, 4 worker processes; 50 clients at 240 columns/s"
+  for w in ${SERVE_WORKERS:-1 2 4}; do
+    timeout 150 python3 -m soat.bench.serve_load --serve "--device cuda --dtype fp16 --workers $w" --port $((8800 + w)) \
+      --clients 16 --processes 8 --warmup 6 --seconds 12 --json "$OUT/serve16_w$w.json" 2>&1 | grep -v INFO | tee -a "$OUT/log.txt"
+  done
+  timeout 150 python3 -m soat.bench.serve_load --serve "--device cuda --dtype fp16 --workers ${RATE_WORKERS:-1}" --port 8810 \
+    --clients 50 --rate 240 --processes 10 --warmup 6 --seconds 12 --json "$OUT/serve50.json" 2>&1 | grep -v INFO | tee -a "$OUT/log.txt"
+}
+
+ray_scale() {
+  log "Ray Serve: 1, 2, 4 GPU replicas (one GPU each), 256 px fp16, 64 stream clients; then the fault drill"
+  timeout "${RAY_S:-420}" python3 -m soat.bench.ray_scaling --device cuda --dtype fp16 --size 256 --channel-multiplier 2 \
+    --gpus-per-replica 1 --replicas "${REPLICAS:-1,2,4}" --clients "${RAY_CLIENTS:-64}" --processes 16 --warmup 10 \
+    --seconds 15 --no-plain --fault --csv "$OUT/ray.csv" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+aoti_probe() {
+  log "AOTInductor CUDA packages: compile and load probe (python and C++)"
+  timeout 300 python3 -m soat.bench.aoti_probe --out "$OUT/aoti-probe" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+aoti() {
+  log "AOTInductor: 256 px fp16 CUDA export, checked against fp32, timed next to the fast path"
+  timeout "${AOTI_EXPORT_S:-300}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
+    --workers "${AOTI_WORKERS:-12}" -o /tmp/aoti256 --force --no-progress 2>&1 | tail -3 | tee -a "$OUT/log.txt" || return
+  log "AOTInductor: can whole task calls be captured as CUDA graphs? (the backend says capturable=False today)"
+  timeout 120 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
+import time, torch, soat
+from soat.runtime.backends.aoti_backend import AotiBackend
+eager = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=False)
+AotiBackend.capturable = True  # the question this probe answers
+graphed = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=True)
+z = torch.randn(8, 512, generator=torch.Generator().manual_seed(3))
+for batch in (1, 8):
+    s = eager.styles(z[:batch].cuda())
+    try:
+        ref, outs = eager.generate(s), [graphed.generate(s).clone() for _ in range(3)]
+        print(f"b{batch}: graphed == eager: {all(torch.equal(o, ref) for o in outs)}")
+        for name, G in (("eager", eager), ("graphed", graphed)):
+            for _ in range(5): G.generate(s)
+            torch.cuda.synchronize(); t = time.perf_counter()
+            for _ in range(50): G.generate(s)
+            torch.cuda.synchronize(); print(f"b{batch} {name}: {(time.perf_counter() - t) / 50 * 1e3:.3f} ms per generate")
+    except Exception as e:
+        print(f"b{batch}: capture failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+EOF
+  timeout "${AOTI_BENCH_S:-200}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --graphs on --batches 1,8,128 \
+    --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 -o "$OUT/aoti256" 2>&1 | filtered
 }
 
 big() {

@@ -8,7 +8,7 @@ fixed window after a warm-up, with each frame's latency. A ``plain`` row runs th
 (``background_server``, one torch thread) in this process for the proxy's cost.
 
     python -m soat.bench.ray_scaling --replicas 1,2,4 --clients 8 --size 64 --seconds 20
-    python -m soat.bench.ray_scaling --device cuda --gpus-per-replica 1 --replicas 1,2,4,8 --size 256
+    python -m soat.bench.ray_scaling --device cuda --dtype fp16 --gpus-per-replica 1 --replicas 1,2,4 --size 256 --fault
     python -m soat.bench.ray_scaling --no-ray --device cuda --dtype fp16 --size 256 --clients 1,4,16
 
 Prints a Markdown table (and writes ``--csv``). Each CPU replica gets one CPU and one
@@ -105,10 +105,26 @@ def run_ray(options: ReplicaOptions, args, clients: int) -> list[Row]:
                         1000 * (k + 1), args.processes)
             rows.append(_row("Ray Serve", n, r))
             print(_table([rows[-1]]), flush=True)
+        if args.fault:
+            print(fault_drill(f"http://127.0.0.1:{port}", args.tile or args.size), flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
     return rows
+
+
+def fault_drill(base_url: str, tile: int) -> str:
+    """Kill the replica serving a stream (``ray_fault``) on the last deployment; one line: the replicas, whether the
+    columns stayed contiguous, and how long the client waited from the kill to its next frame."""
+    import asyncio
+
+    from soat.bench.ray_fault import kill_mid_stream
+    drill = asyncio.run(kill_mid_stream(base_url, seed=9999, start=0, tile=tile, total=40 * tile, kill_after=10,
+                                        timeout=60, fmt="jpeg"))
+    columns = sum(w for _, w, _ in drill.frames)
+    return (f"fault drill: replicas {' -> '.join(drill.replicas)}, {len(drill.frames)} frames, {columns} columns, "
+            f"{'contiguous' if drill.contiguous else 'GAP OR OVERLAP'}, closes {drill.closes}, "
+            f"kill to next frame {drill.resume_ms:.0f} ms")
 
 
 def _table(rows: list[Row]) -> str:
@@ -137,6 +153,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--no-plain", action="store_true", help="skip the run without Ray")
     p.add_argument("--no-ray", action="store_true", help="only the run without Ray (no Ray needed)")
+    p.add_argument("--fault", action="store_true", help="after the last replica count (>= 2), kill the replica "
+                                                        "serving a stream and time the resume (ray_fault)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
     max_batch = args.max_batch or (64 if args.device.startswith("cuda") else 16)

@@ -207,11 +207,12 @@ def estimate_seconds(G, configs: list[Config], tasks: list[str], batches: list[i
 
 def run_suite(source: str, size: int | None, channel_multiplier: int | None, device: str, configs: list[Config],
               tasks: list[str], batches: list[int], warmup: int, iters: int, out_dir: str,
-              baseline: bool = True, peers: bool = False) -> list[Result]:
+              baseline: bool = True, peers: bool = False, exports: dict[str, str] | None = None) -> list[Result]:
     """Benchmark every combination (the baseline first, unless ``baseline=False``: then no ratios or
     fidelity columns) and write ``results.json`` and ``chart.png``. Prints a header, then an ETA.
     ``peers``: also time ``torch.compile`` of the plain PyTorch form (``peers.py``) on generate, per
-    dtype and batch, in the same run."""
+    dtype and batch, in the same run. ``exports``: ``{backend: export folder}`` to load that backend from
+    instead of ``source`` (the folder must hold ``source``'s model)."""
     configs = ([BASELINE] if baseline else []) + [c for c in configs if c != BASELINE]
     print(header(device, source, size, channel_multiplier, configs, tasks, batches, warmup, iters), flush=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -222,7 +223,7 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
     for cfg, task, batch in tqdm(combos, desc="bench", unit="run"):
         key = (cfg.backend, cfg.dtype, cfg.graphs)
         if key not in models:
-            models[key] = soat.load(source, backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
+            models[key] = soat.load((exports or {}).get(cfg.backend, source), backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
                                     channel_multiplier=channel_multiplier, graphs=cfg.graphs)
             if len(models) == 1:
                 eta, one_ms = estimate_seconds(models[key], configs, tasks, batches, warmup, iters)
@@ -231,8 +232,8 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
         try:
             results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference,
                                      models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:  # one failed config must not lose the rest
-            tqdm.write(f"{cfg.name} {task} B={batch}: failed: {str(e).splitlines()[0]}")
+        except Exception as e:  # one failed config must not lose the rest (ONNX Runtime raises plain Exceptions)
+            tqdm.write(f"{cfg.name} {task} B={batch}: failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             continue
         tqdm.write(format_row(results[-1]))
         # after every row, so that a run cut short keeps what it measured

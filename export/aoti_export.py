@@ -68,8 +68,8 @@ def export_aoti(source, out_dir: str | os.PathLike, dtype: str = "fp32", device:
         device: ``cpu`` (C++ kernels) or ``cuda`` (Triton kernels; needs a GPU at export).
         progress: show a progress bar over the graphs.
         size, channel_multiplier: layout of a ``random`` source.
-        workers: graphs compiled at once, each in its own process (default: up to 4 on the CPU, where one
-            compile is mostly a single-threaded g++; 1 on CUDA).
+        workers: graphs compiled at once, each in its own process (default: up to 4; one compile is mostly a
+            single-threaded g++ and, on CUDA, Triton's compiler).
     Returns:
         The path of ``manifest.json``.
     """
@@ -96,9 +96,10 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
     config = weights.config
     ids = graph_ids(config)
     if workers is None:
-        workers = min(4, os.cpu_count() or 1) if device == "cpu" else 1
+        workers = min(4, os.cpu_count() or 1)
     with atomic_folder(out_dir) as tmp:
-        jobs = {gid: (graph_module(weights, gid).to(device=device, dtype=TORCH_DTYPES[dtype]).eval(), config, gid,
+        # modules cross to the workers on the CPU (plain pickles); each worker moves its own to the device
+        jobs = {gid: (graph_module(weights, gid).to("cpu", TORCH_DTYPES[dtype]).eval(), config, gid,
                       os.path.join(tmp, f"{gid}.pt2"), TORCH_DTYPES[dtype], device) for gid in ids}
         bar = tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress)
         if workers > 1:  # spawned processes: no forked CUDA or OpenMP state
@@ -156,6 +157,7 @@ def compile_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: st
                   dtype: torch.dtype, device: str) -> tuple[str, str]:
     """``torch.export`` one graph module with its dynamic shapes and compile it into the package ``path``;
     returns ``(path, graph_id)``."""
+    module = module.to(device)
     args = example_inputs(config, graph_id, dtype, device)
     names = graph_io(config, graph_id)[0]
     specs = dynamic_shapes(config, graph_id)

@@ -1,10 +1,11 @@
 """``soat export --checkpoint MODEL -o DIR [--format onnx|aoti] [--device cpu|cuda] [--dtype fp32|fp16|bf16]
-[--opset N] [--force]`` (wired into ``soat/cli.py``)."""
+[--opset N] [--workers N] [--force]`` (wired into ``soat/cli.py``)."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..errors import SoatError
 from ..options import add_checkpoint, add_force, add_layout, check_checkpoint, check_output_folder
 from ..runtime.manifest import AOTI_DTYPES, MANIFEST
 from .aoti_export import export_aoti
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="aoti: the device the packages are compiled for (default cpu)")
     p.add_argument("--dtype", choices=AOTI_DTYPES, default="fp32",
                    help="precision of weights and graph I/O (onnx: fp32 or fp16)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="aoti: graphs compiled at once, each in its own process (default: up to 4)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     add_layout(p)
     add_force(p)
@@ -39,9 +42,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``soat export``; prints the manifest path. ``SoatError`` propagates to the CLI's handler."""
     check_checkpoint(args.checkpoint)
     check_output_folder(args.out, args.force, [MANIFEST])
+    if args.workers is not None and args.workers < 1:
+        raise SoatError(f"--workers={args.workers} must be >= 1")
+    if args.workers is not None and args.format != "aoti":
+        raise SoatError("--workers is for --format aoti (an ONNX export traces its graphs in one process)")
     if args.format == "aoti":
         path = export_aoti(args.checkpoint, args.out, dtype=args.dtype, device=args.device,
-                           progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier)
+                           progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier,
+                           workers=args.workers)
     else:
         path = export(args.checkpoint, args.out, dtype=args.dtype, opset=args.opset, progress=not args.no_progress,
                       size=args.size, channel_multiplier=args.channel_multiplier)

@@ -75,15 +75,19 @@ class GraphedTask:
 
     Tensor leaves of ``args`` (nested lists allowed) are copied into static buffers;
     other leaves are part of the signature. The graph also checks its inputs for NaN
-    and inf (one flag read back after the replay: the call's only host sync). All
+    and inf (one flag read back after the replay: the call's only host sync), unless
+    ``check_inputs=False``: for callers whose inputs the model made itself, so that the
+    call returns while the GPU still runs and the host can prepare the next one. All
     captures share one memory pool, so a call's result lives until the next call of any
     shape: clone it if it must outlive that. With ``max_graphs``, the least recently used
     capture is dropped when a new one would exceed it.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int | None = None):
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int | None = None,
+                 check_inputs: bool = True):
         self.fn = fn
         self.warmup = warmup
+        self.check_inputs = check_inputs
         self.max_graphs = max_graphs
         self._graphs: OrderedDict[tuple, _Capture] = OrderedDict()
         self._pool = None  # one memory pool for every capture: replays are sequential, so they can share it
@@ -106,7 +110,7 @@ class GraphedTask:
             self._graphs.move_to_end(key)
         captured = self._graphs[key]
         captured.graph.replay()
-        if not bool(captured.finite):
+        if self.check_inputs and not bool(captured.finite):
             raise SoatError("an input of the graphed task contains NaN or inf")
         return captured.out
 
@@ -123,11 +127,12 @@ class GraphedTask:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(captured.graph, pool=self._pool), torch.no_grad():
-            captured.finite = captured.check_inputs()
+            if self.check_inputs:
+                captured.finite = captured.check_inputs()
             captured.out = self.fn(*args)
         return captured
 
 
-def graphed(fn: Callable[..., torch.Tensor], warmup: int = 2) -> GraphedTask:
+def graphed(fn: Callable[..., torch.Tensor], warmup: int = 2, check_inputs: bool = True) -> GraphedTask:
     """Wrap a task call (e.g. ``lambda s1, s2: G.blend(s1, s2)``) for CUDA-graph replay."""
-    return GraphedTask(fn, warmup)
+    return GraphedTask(fn, warmup, check_inputs=check_inputs)

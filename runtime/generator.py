@@ -23,6 +23,7 @@ WARMUP_STYLE_LISTS = {"generate": 1, "expand": 1, "shift": 1, "blend": 2, "merge
 MEAN_STYLE_SEED = 0x50A7
 MEAN_FROM_CHECKPOINT = "checkpoint w_avg"  # Generator.mean_source values
 MEAN_SAMPLED = "sampled"
+MEAN_FROM_EXPORT = "stored in the export"
 
 
 class Generator:
@@ -41,7 +42,8 @@ class Generator:
     """
 
     def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
-                 source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None):
+                 source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None,
+                 mean_styles: torch.Tensor | None = None):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -51,10 +53,14 @@ class Generator:
         self.source = source
         self.fingerprint = fingerprint
         self.style_channels = style_channels(config)
-        self._mean_styles: list[torch.Tensor] | None = None
         self._w_avg = w_avg
-        # where sigma_bar (the centre of truncation) comes from, for `soat info`
+        # sigma_bar (the centre of truncation) and where it comes from, for `soat info`: an export's stored
+        # flat [1, total] copy, else the checkpoint's w_avg or sampling (both on first use)
+        self._mean_styles: list[torch.Tensor] | None = None
         self.mean_source = MEAN_FROM_CHECKPOINT if w_avg is not None else MEAN_SAMPLED
+        if mean_styles is not None:
+            self._mean_styles = self.unflatten_styles(mean_styles.to(self.device, self.dtype))
+            self.mean_source = MEAN_FROM_EXPORT
         self._noise_cache: dict = {}
         self.graphs = TaskGraphs(self, graphs)
 

@@ -70,8 +70,9 @@ def load(source: str | os.PathLike = "random", backend: str = "auto", device: st
         size, channel_multiplier: the layout; inferred from a checkpoint (given values are
             checked against it), defaults 256 and 2 for the random model.
         graphs: on CUDA (torch and fast backends), replay each task call from a CUDA graph
-            captured per input signature; ``False`` runs every call eagerly. The first call of
-            a new shape or argument value is slower (warm-up and capture; ``G.warmup``).
+            captured per input signature; with ``onnxruntime``, replay each graph from ONNX
+            Runtime's own CUDA graph per input shapes. ``False`` runs every call eagerly. The
+            first call of a new shape or argument value is slower (warm-up and capture; ``G.warmup``).
     Returns:
         A ``Generator``.
     """
@@ -82,7 +83,7 @@ def load(source: str | os.PathLike = "random", backend: str = "auto", device: st
     if not isinstance(graphs, bool):
         raise SoatError(f"graphs={graphs!r} must be True or False")
     if backend in EXPORT_BACKENDS:
-        return _load_export(source, backend, dev, dt, size, channel_multiplier)
+        return _load_export(source, backend, dev, dt, size, channel_multiplier, graphs)
     weights, fingerprint = load_weights(source, size, channel_multiplier)
     noise = weights.fixed_noise()
     backend_class = TorchBackend if resolve_backend(backend, dt) == "torch" else FastTorchBackend
@@ -91,7 +92,7 @@ def load(source: str | os.PathLike = "random", backend: str = "auto", device: st
 
 
 def _load_export(source: str, backend: str, device: torch.device, dtype: torch.dtype, size: int | None,
-                 channel_multiplier: int | None) -> Generator:
+                 channel_multiplier: int | None, graphs: bool) -> Generator:
     """A Generator whose graphs run on ``backend`` from an export folder (or a checkpoint exported into the cache)."""
     dtype_name = (AOTI_DTYPES if backend == "aoti" else EXPORT_DTYPES).get(dtype)
     if dtype_name is None:
@@ -104,13 +105,11 @@ def _load_export(source: str, backend: str, device: torch.device, dtype: torch.d
     check_matches(manifest, dtype_name, size, channel_multiplier)
     check_format(manifest, backend)
     if backend == "onnxruntime":
-        runner = OrtBackend(manifest, device, dtype)
+        runner = OrtBackend(manifest, device, dtype, graphs)  # ONNX Runtime's own CUDA graphs, per node
     elif backend == "aoti":
         runner = AotiBackend(manifest, device, dtype)
     else:
         runner = TensorRTBackend(manifest, device, dtype)  # engines under <export>/engines
-    G = Generator(runner, manifest.config, load_noise(manifest), source, manifest.source["fingerprint"])
-    mean = load_mean_styles(manifest)
-    if mean is not None:  # stored at export: truncation needs no sampling
-        G._mean_styles = G.unflatten_styles(mean.to(device, dtype))
-    return G
+    # the mean styles stored at export (aoti), where there are: truncation needs no sampling
+    return Generator(runner, manifest.config, load_noise(manifest), source, manifest.source["fingerprint"],
+                     mean_styles=load_mean_styles(manifest))

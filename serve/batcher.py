@@ -53,6 +53,13 @@ def device_uint8(parts: list[torch.Tensor], whole: bool | None = None) -> torch.
     return out
 
 
+def graph_batch(n: int) -> int:
+    """The batch ``n`` spans are padded to on CUDA: a power of two up to 16, then a multiple of 16
+    (1, 2, 4, 8, 16, 32, 48, 64, ...): few graph captures, and at most 1/3 of a large batch padding
+    (powers of two alone padded 48 spans to 64)."""
+    return 1 << (n - 1).bit_length() if n <= 16 else -(-n // 16) * 16
+
+
 def _rgb8(x: torch.Tensor) -> torch.Tensor:
     x = (x.float().clamp(-1, 1) + 1) / 2
     return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -239,9 +246,8 @@ class SpanBatcher:
         """On the worker thread: one batched generator call, uint8 on the device, the copy to the host started."""
         started = time.monotonic()
         keys = batch
-        if self.G.device.type == "cuda" and len(batch) & (len(batch) - 1):
-            # CUDA graphs are captured per batch shape: powers of two bound them to log2(max_batch) + 1
-            keys = batch + batch[-1:] * ((1 << (len(batch) - 1).bit_length()) - len(batch))
+        if self.G.device.type == "cuda":  # CUDA graphs are captured per batch shape: a few shapes only
+            keys = batch + batch[-1:] * (graph_batch(len(batch)) - len(batch))
         parts = spans(self.G, keys)[:len(batch)]
         widths = [hi - lo for lo, hi in (span_columns(self.G.size, k.index) for k in batch)]
         return _Launched(device_uint8(parts), widths, started)

@@ -169,8 +169,12 @@ def test_cli_export_format_aoti_passes_device_and_dtype(tmp_path, monkeypatch, c
     calls = []
     monkeypatch.setattr(export_cli, "export_aoti", lambda *a, **k: calls.append((a, k)) or "m.json")
     assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "e"), "--format", "aoti", "--device", "cpu",
-                 "--dtype", "bf16", "--no-progress"]) == 0
+                 "--dtype", "bf16", "--workers", "3", "--no-progress"]) == 0
     (args, kwargs), = calls
-    assert args[0] == "random:3" and kwargs["dtype"] == "bf16" and kwargs["device"] == "cpu"
+    assert args[0] == "random:3" and kwargs["dtype"] == "bf16" and kwargs["device"] == "cpu" and kwargs["workers"] == 3
+    assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "w"), "--format", "aoti", "--workers", "0"]) == 2
+    assert "--workers=0 must be >= 1" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "x"), "--workers", "2"]) == 2
+    assert "--workers is for --format aoti" in capsys.readouterr().err
     assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "o"), "--dtype", "bf16"]) == 2  # ONNX: fp32/fp16
     assert "cannot be exported" in capsys.readouterr().err

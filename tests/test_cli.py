@@ -173,11 +173,21 @@ def test_bench_runs_on_cpu_and_writes_json_and_chart(tmp_path, capsys):
 def test_bench_cpu_defaults_are_small(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_suite(source, size, cm, device, configs, tasks, batches, warmup, iters, out, baseline=True, peers=False):
-        seen.update(size=size, dtypes={c.dtype for c in configs}, warmup=warmup, iters=iters, batches=batches)
+    def fake_suite(source, size, cm, device, configs, tasks, batches, warmup, iters, out, baseline=True, peers=False,
+                   exports=None):
+        seen.update(size=size, dtypes={c.dtype for c in configs}, warmup=warmup, iters=iters, batches=batches,
+                    exports=exports)
     monkeypatch.setattr("soat.bench.suite.run_suite", fake_suite)
     assert main(["bench", "--device", "cpu", "-o", str(tmp_path / "b")]) == 0
     assert seen["dtypes"] == {"fp32"} and seen["size"] <= 64 and seen["iters"] <= 5 and max(seen["batches"]) <= 4
+    assert seen["exports"] == {}
+
+
+@pytest.mark.parametrize("flag", ["aoti", "aoti=/no/such/folder", "tensorrt=."])
+def test_bench_export_flag_errors(capsys, tmp_path, flag):
+    assert main(["bench", "--device", "cpu", "--backends", "torch,aoti", "--export", flag,
+                 "-o", str(tmp_path / "b")]) == 2
+    assert "--export" in capsys.readouterr().err
 
 
 def test_bench_help_names_the_tasks(capsys):

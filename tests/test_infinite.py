@@ -1,5 +1,7 @@
 """The endless panorama: latents by index, column geometry, exact splits, the finite reference."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,88 @@ def test_random_noise_is_drawn_per_call_and_not_cached(G):
 def test_bad_arguments(G, kwargs, needle):
     with pytest.raises(soat.SoatError, match=needle.replace(".", r"\.").replace("+", r"\+")):
         G.panorama_columns(**kwargs)
+
+
+# ---- sigma in fixed-batch chunks (issue 17) ---------------------------------------------------
+def _small(backend: str, dtype: str) -> soat.Generator:
+    G = soat.load("random:3", size=32, channel_multiplier=1, backend=backend, dtype=dtype)
+    G.estimate_mean_styles(torch.randn(500, 512, generator=torch.Generator().manual_seed(1)))  # cheaper sigma_bar
+    return G
+
+
+@pytest.mark.parametrize("backend, dtype", [("torch", "float32"), ("fast", "float32"), ("fast", "float16")])
+def test_batched_sigma_equals_the_single_latent_sigma(backend, dtype):
+    G = _small(backend, dtype)
+    targets = [(4, 0, 0.7), (4, 17, 0.7), (9, 5, 0.7)]
+    single = {}
+    for key in targets:
+        inf.clear_cache(G)
+        single[key] = inf.latent_styles(G, *key)
+    # the targets at other rows, among other companions: sorted by (seed, index) the first batch puts
+    # them at rows 3 and 20 of its first chunk and row 5 of its padded third; the second at rows 0, 1
+    # of its first chunk and row 10 of its padded second
+    batches = [[(s, i, 0.7) for s in (4, 5, 6) for i in range(-3, 20)] + [(9, 5, 0.7)],
+               [(9, 5, 0.7), (4, 17, 0.7), (4, 0, 0.7)] + [(7, i, 0.7) for i in range(40)]]
+    for keys in batches:
+        inf.clear_cache(G)
+        got = inf.latent_styles_batch(G, keys)
+        assert set(got) == set(keys)
+        for key in targets:
+            assert all(torch.equal(a, b) for a, b in zip(got[key], single[key])), (key, len(keys))
+    # and sigma is that of the right latent (another batch's kernels: equal up to rounding)
+    z = torch.from_numpy(sampler.endless_latents(4, 17, 1))
+    direct = G.styles(z, 0.7)
+    assert [s.shape for s in single[(4, 17, 0.7)]] == [s.shape for s in direct]
+    tolerance = 1e-5 if G.dtype == torch.float32 else 1e-2
+    for a, b in zip(single[(4, 17, 0.7)], direct):
+        torch.testing.assert_close(a.float(), b.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_latents_at_draws_each_run_once_and_equals_one_latent_at_a_time(monkeypatch):
+    keys = [(3, 5), (2, 0), (3, 6), (3, 4), (2, -2), (3, 9), (2, 1)]
+    alone = np.concatenate([sampler.endless_latents(seed, index, 1) for seed, index in keys])
+    draws = []
+    real = sampler.endless_latents
+
+    def endless_latents(seed, first, count, dim):
+        draws.append((seed, first, count))
+        return real(seed, first, count, dim)
+    monkeypatch.setattr(sampler, "endless_latents", endless_latents)
+    assert np.array_equal(sampler.latents_at(keys), alone)
+    assert sorted(draws) == [(2, -2, 1), (2, 0, 2), (3, 4, 3), (3, 9, 1)]  # one draw per run of indices
+
+
+def test_spans_compute_sigma_in_few_fixed_batch_calls(G, monkeypatch):
+    batches, merged = [], []
+    real = G.styles
+    monkeypatch.setattr(G, "styles", lambda z, truncation=1.0: batches.append(z.shape[0]) or real(z, truncation))
+
+    def merge_extension(g, s1, s2, noise):  # records its sigma; the spans' pixels are other tests' business
+        merged.append((s1, s2))
+        return torch.zeros(s1[0].shape[0], 3, g.size, 2 * g.size)
+    monkeypatch.setattr(inf, "merge_extension", merge_extension)
+    keys = [inf.SpanKey(seed, i, 0.7) for seed in (21, 22, 23) for i in range(20)]  # 63 latents
+    inf.clear_cache(G)
+    inf.spans(G, keys)
+    assert batches == [inf.STYLE_BATCH] * math.ceil(63 / inf.STYLE_BATCH)
+    inf.spans(G, keys[1:])  # every sigma is cached now: no call
+    assert len(batches) == math.ceil(63 / inf.STYLE_BATCH)
+    # each span got its own latents' sigma, in key order
+    s1, s2 = merged[0]
+    for b, key in enumerate(keys):
+        first, second = inf.latent_styles(G, *key), inf.latent_styles(G, key.seed, key.index + 1, key.truncation)
+        assert all(torch.equal(x[b:b + 1], y) for x, y in zip(s1, first))
+        assert all(torch.equal(x[b:b + 1], y) for x, y in zip(s2, second))
+
+
+def test_spans_copy_out_each_run_of_equal_columns_once(G):
+    keys = [inf.SpanKey(1, i, 0.7) for i in (3, 0, 4, 5, 0)]
+    inf.clear_cache(G)
+    got = inf.spans(G, keys)
+    for key, part in zip(keys, got):
+        lo, hi = geo.span_columns(SIZE, key.index)
+        assert part.shape == (1, 3, SIZE, hi - lo)
+        torch.testing.assert_close(part, inf.span(G, key), rtol=0, atol=1e-5)
+    # neighbours with the same columns share one copy (S_0's columns differ: a run of their own)
+    storages = [part.untyped_storage().data_ptr() for part in got]
+    assert storages[2] == storages[3] and len(set(storages)) == 4

@@ -11,8 +11,6 @@ checks run without Ray.
 import argparse
 import asyncio
 import faulthandler
-import io
-import json
 import os
 import socket
 from importlib.util import find_spec
@@ -29,14 +27,11 @@ pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, we
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 pytest.importorskip("websockets", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is needed to test the HTTP routes")
-from PIL import Image  # noqa: E402
-from websockets.asyncio.client import connect  # noqa: E402
-from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import soat  # noqa: E402
+from soat.bench.ray_fault import decode, kill_mid_stream  # noqa: E402
 from soat.errors import SoatError  # noqa: E402
 from soat.serve.app import background_server  # noqa: E402
-from soat.serve.protocol import unpack_frame  # noqa: E402
 from soat.serve.replica import ReplicaOptions, local_identity  # noqa: E402
 
 needs_ray = pytest.mark.skipif(find_spec("ray") is None, reason="Ray Serve is not installed: pip install 'soat[ray]'")
@@ -53,10 +48,6 @@ CONFIG = Path(__file__).parents[1] / "serve" / "serve_config.yaml"
 @pytest.fixture(scope="module")
 def G():
     return soat.load("random:0", size=SIZE, channel_multiplier=1)
-
-
-def decode(payload: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
 
 
 def expected(G, seed: int, x: int, w: int) -> np.ndarray:
@@ -179,35 +170,13 @@ def test_split_ranges_from_different_replicas_agree(ray_url, G):
 
 @needs_ray
 def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G):
-    import ray
-    seed, start, tile, total, kill_after = 5, 7, 4, 96, 3
-
-    async def stream() -> tuple[list, list, int]:
-        frames, replicas, closes = [], [], 0
-        x = start
-        while not (closes and x >= start + total):  # the first connection runs until the kill closes it
-            query = f"seed={seed}&x={x}&tile={tile}&format=png"
-            async with connect(ray_url.replace("http://", "ws://") + "/api/stream?" + query) as ws:
-                replicas.append(ws.response.headers["x-soat-replica"])
-                assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "hello"
-                await ws.send(json.dumps({"credit": 4}))  # frames in flight when the replica dies
-                try:
-                    while not (closes and x >= start + total):
-                        seq, col, width, _, payload = unpack_frame(await asyncio.wait_for(ws.recv(), TIMEOUT))
-                        frames.append((col, width, decode(payload)))
-                        x = col + width  # resume protocol: reconnect with x = last column + 1
-                        await ws.send(json.dumps({"credit": 1}))
-                        if len(frames) == kill_after:
-                            ray.kill(ray.get_actor(replicas[-1], namespace="serve"), no_restart=True)
-                except ConnectionClosed:
-                    closes += 1
-        return frames, replicas, closes
-
-    frames, replicas, closes = asyncio.run(asyncio.wait_for(stream(), 4 * TIMEOUT))
-    assert closes == 1 and len(replicas) == 2 and replicas[0] != replicas[1], (closes, replicas)
-    columns = [col for col, width, _ in frames]
-    assert columns[0] == start and all(c + w == n for (c, w, _), n in zip(frames, columns[1:])), columns
-    got = np.concatenate([pixels for _, _, pixels in frames], axis=1)
+    seed, start = 5, 7
+    drill = asyncio.run(asyncio.wait_for(kill_mid_stream(ray_url, seed, start, tile=4, total=96, kill_after=3,
+                                                         timeout=TIMEOUT), 4 * TIMEOUT))
+    replicas = drill.replicas
+    assert drill.closes == 1 and len(replicas) == 2 and replicas[0] != replicas[1], (drill.closes, replicas)
+    assert drill.frames[0][0] == start and drill.contiguous, [col for col, _, _ in drill.frames]
+    got = np.concatenate([pixels for _, _, pixels in drill.frames], axis=1)
     # stream spans are batched: at most one level off the batch-1 reference in the last fp32 bits
     assert np.abs(got.astype(int) - expected(G, seed, start, got.shape[1])).max() <= 1
     for _ in range(5):  # the survivor keeps serving

@@ -27,7 +27,7 @@ def check_aoti_source(source: str) -> None:
     """The aoti backend loads export folders only (a checkpoint is not compiled on the fly)."""
     if not os.path.isdir(source):
         raise SoatError(f"backend='aoti' loads an export folder; {source!r} is not one. Compile one with "
-                        f"`soat export {source} -o DIR --format aoti`")
+                        f"`soat export --checkpoint {source} -o DIR --format aoti`")
 
 
 def check_package_compatibility(manifest: Manifest, device: torch.device) -> None:

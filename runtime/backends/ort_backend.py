@@ -6,7 +6,9 @@ graph file's bytes after checking them against the manifest's sha256. On CPU,
 tensors cross as zero-copy numpy views. On CUDA, inputs and preallocated torch outputs
 are bound by device pointer (IOBinding), and ONNX Runtime's stream is ordered against
 torch's current stream on the GPU, so feature maps never visit the host and the host
-never waits between nodes.
+never waits between nodes. With ``graphs`` (``soat.load``'s default) each graph replays from
+ONNX Runtime's own CUDA graph per input signature (``ort_cuda_graphs.py``); the first call of
+a new shape captures it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ...errors import SoatError
 from ..backend import NodeByNode
 from ..graphs import graph_io, onnx_outputs, output_shape
 from ..manifest import Manifest
+from .ort_cuda_graphs import OrtCudaGraphs
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
@@ -40,13 +43,16 @@ class OrtBackend(NodeByNode):
         manifest: the verified export folder.
         device: ``cpu`` or ``cuda[:i]``.
         dtype: the export's dtype (fp32, or fp16 on CUDA).
+        graphs: on CUDA, replay every graph from ONNX Runtime's CUDA graph capture (per input
+            signature; ``soat.load`` passes its own ``graphs``, True by default); ``False`` runs
+            every graph eagerly.
     """
 
     name = "onnxruntime"
     differentiable = False
     capturable = False
 
-    def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype):
+    def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, graphs: bool = False):
         self.ort = import_onnxruntime()
         self.manifest = manifest
         self.config = manifest.config
@@ -55,6 +61,7 @@ class OrtBackend(NodeByNode):
         self._sessions: dict = {}
         self._run_options = None
         self._stream = None
+        self._graphs = None
         if self.device.type == "cuda":
             if hasattr(self.ort, "preload_dlls"):
                 self.ort.preload_dlls()  # CUDA/cuDNN from the torch wheels, where ORT finds none of its own
@@ -65,10 +72,15 @@ class OrtBackend(NodeByNode):
             self._stream = torch.cuda.Stream(self.device)
             self._run_options = self.ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            if graphs:
+                self._graphs = OrtCudaGraphs(self.ort, self.config, self._graph_session, self._stream, dtype)
         elif dtype != torch.float32:
             raise SoatError("ONNX Runtime on the CPU runs fp32 exports only; use dtype='fp32' or device='cuda'")
 
     def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._check_graph(graph_id)
+        if self._graphs is not None and self._graphs.capturable(graph_id):
+            return self._graphs.run(graph_id, inputs)
         session = self._session(graph_id)
         names, outputs = graph_io(self.config, graph_id)
         if self.device.type == "cuda":
@@ -101,13 +113,19 @@ class OrtBackend(NodeByNode):
         current.wait_stream(self._stream)
         return {graph_io(self.config, graph_id)[1][0]: out}
 
+    def _check_graph(self, graph_id: str) -> None:
+        if graph_id not in self.manifest.graphs:
+            raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
+
     def _session(self, graph_id: str):
         if graph_id not in self._sessions:
-            if graph_id not in self.manifest.graphs:
-                raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
             self._sessions[graph_id] = self.ort.InferenceSession(self._verified_bytes(graph_id),
                                                                  providers=self._providers())
         return self._sessions[graph_id]
+
+    def _graph_session(self, graph_id: str):
+        """A session of ``graph_id`` that captures CUDA graphs (one per ``gpu_graph_id``)."""
+        return self.ort.InferenceSession(self._verified_bytes(graph_id), providers=self._providers(cuda_graph=True))
 
     def _verified_bytes(self, graph_id: str) -> bytes:
         """The graph file's bytes, checked against the manifest's sha256: the session is built from exactly
@@ -126,11 +144,13 @@ class OrtBackend(NodeByNode):
         _check_finite_initializers(data, f"graph {graph_id!r} of export {self.manifest.folder!r}")
         return data
 
-    def _providers(self) -> list:
+    def _providers(self, cuda_graph: bool = False) -> list:
         if self.device.type != "cuda":
             return ["CPUExecutionProvider"]
         options = {"device_id": self.device.index or 0, "user_compute_stream": str(self._stream.cuda_stream),
                    "use_tf32": "0" if self.dtype == torch.float32 else "1"}  # TF32 would cost ~1e-3 in fp32
+        if cuda_graph:
+            options["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", options)]
 
 

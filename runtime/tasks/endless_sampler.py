@@ -5,11 +5,13 @@ scipy.ndimage's Gaussian (sigma 0.7, radius 3) over the raw ones, divided by the
 ``NORMALISER`` (``infinite``'s docstring has the full definition and its relation to the
 reference sampler).
 
-Public API: ``endless_latents``, ``raw_latent``, ``smoothing_weights``, ``WEIGHTS``,
-``NORMALISER``, ``SIGMA``, ``TRUNCATE``, ``RADIUS``, ``SEED_LIMIT``.
+Public API: ``endless_latents``, ``latents_at``, ``raw_latent``, ``smoothing_weights``,
+``WEIGHTS``, ``NORMALISER``, ``SIGMA``, ``TRUNCATE``, ``RADIUS``, ``SEED_LIMIT``.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -47,3 +49,28 @@ def endless_latents(seed: int, first: int, count: int, dim: int = 512) -> np.nda
     for k, w in enumerate(WEIGHTS):
         out += w * raw[k:k + count]
     return (out / NORMALISER).astype(np.float32)
+
+
+def latents_at(keys: Sequence[tuple[int, int]], dim: int = 512) -> np.ndarray:
+    """Latents of any ``(seed, index)`` pairs: ``[len(keys), dim]`` float32, row r that of ``keys[r]``.
+
+    Each run of consecutive indices of one seed is one ``endless_latents`` call, so its raw
+    latents are drawn once (a latent drawn alone costs ``2 * RADIUS + 1`` raw ones); the rows
+    are those of ``endless_latents(seed, index, 1)`` whatever the other keys are.
+    """
+    out = np.empty((len(keys), dim), dtype=np.float32)
+    for seed, first, rows in _consecutive_runs(keys):
+        out[rows] = endless_latents(seed, first, len(rows), dim)
+    return out
+
+
+def _consecutive_runs(keys: Sequence[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+    """``(seed, first index, rows of keys)`` for each run of consecutive indices of one seed."""
+    runs: list[tuple[int, int, list[int]]] = []
+    for row in sorted(range(len(keys)), key=keys.__getitem__):
+        seed, index = keys[row]
+        if runs and runs[-1][0] == seed and runs[-1][1] + len(runs[-1][2]) == index:
+            runs[-1][2].append(row)
+        else:
+            runs.append((seed, index, [row]))
+    return runs

@@ -26,7 +26,13 @@ alone, so that any column can be computed without the ones before it:
    scale has no effect on the image anyway beyond the 1e-8 of PixelNorm, which the
    mapping network applies first.
 4. **Styles.** ``sigma_i = G.styles(z_i, truncation)`` (truncation in sigma space),
-   one latent per call so that sigma_i never depends on how a range is batched.
+   always in a call of the one batch ``STYLE_BATCH``: the latents missing from the sigma
+   cache go ``STYLE_BATCH`` at a time, the last chunk padded with copies of one of its
+   rows, and a lone latent is such a chunk too. Every latent thus goes through the same
+   kernels at the same shapes, and the rows of a fixed-shape call do not depend on each
+   other, so sigma_i is bit-identical whatever range, batch, chunk or row it came in (a
+   call at another batch could differ in the last bits: kernels choose their blocking by
+   shape). The raw latents are drawn once per run of consecutive indices of a seed.
 5. **Spans and stitching,** exactly as SPEC's panorama: span
    ``S_i = merge_extension(sigma_i, sigma_{i+1})`` (``R x 2R``), ``p = 2R // 4``;
    column c of the endless image comes from S_0's columns ``[0, R + p)`` first, then
@@ -60,6 +66,8 @@ Public API (for ``Generator.panorama_columns``, the server and the benchmarks):
     ``spans(G, keys, noise)``       the contributed columns of several spans, one batched call.
     ``span(G, key, noise)``         one span's contributed columns, computed alone; cached.
     ``latent_styles(G, seed, index, truncation)``  sigma of endless latent ``index``.
+    ``latent_styles_batch(G, keys)``  sigma of several latents, ``STYLE_BATCH`` per call.
+    ``STYLE_BATCH``                  the batch of every sigma computation.
     ``SpanKey(seed, index, truncation)``  names a span.
     ``check_truncation(truncation)``  the truncation as a float, or a SoatError.
     ``cached_spans(G)``, ``clear_cache(G)``  the per-generator caches.
@@ -71,21 +79,30 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import NamedTuple, Sequence
+from itertools import groupby
+from typing import Iterable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from ...errors import SoatError
 from ..noise import NoiseArg
+from ..styles import flatten_styles
 from .blend import merge_extension
 from .endless_cache import cached_spans, caches, clear_cache, replayed
-from .endless_sampler import SEED_LIMIT, endless_latents
+from .endless_sampler import SEED_LIMIT, latents_at
 from .lru import LRU
 from .panorama import check_output_bytes
 from .panorama_geometry import column_pieces, span_columns, stitch
 
-__all__ = ["panorama_columns", "spans", "span", "latent_styles", "SpanKey", "check_truncation",
-           "cached_spans", "clear_cache", "LRU"]
+__all__ = ["panorama_columns", "spans", "span", "latent_styles", "latent_styles_batch", "STYLE_BATCH", "SpanKey",
+           "check_truncation", "cached_spans", "clear_cache", "LRU"]
+
+# The batch of every sigma computation (step 4): large enough that a server batch's new latents
+# (about one per span) take a few calls, small enough that a lone latent's padded call stays cheap.
+STYLE_BATCH = 32
+
+LatentKey = tuple[int, int, float]  # (seed, index, truncation): endless latent ``index`` of ``seed``
 
 
 class SpanKey(NamedTuple):
@@ -97,33 +114,91 @@ class SpanKey(NamedTuple):
 
 
 def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
-    """sigma of endless latent ``index``: ``[1, C_k]`` each, computed alone (batch 1) and cached."""
-    def make() -> list[torch.Tensor]:
-        z = torch.from_numpy(endless_latents(seed, index, 1, G.config.style_dim)).to(G.device)
-        styles = replayed(G, f"styles{truncation!r}", lambda g, z_: g.styles(z_, truncation), z)
-        return [s.clone() for s in styles]
-    return caches(G).styles.get((seed, index, truncation), make)
+    """sigma of endless latent ``index``: ``[1, C_k]`` each, computed in a ``STYLE_BATCH`` call and cached."""
+    key = (seed, index, truncation)
+    return latent_styles_batch(G, [key])[key]
+
+
+def latent_styles_batch(G, keys: Iterable[LatentKey]) -> dict[LatentKey, list[torch.Tensor]]:
+    """sigma of each latent in ``keys`` (``[1, C_k]`` each): the cached ones, and the others computed
+    ``STYLE_BATCH`` at a time per truncation and cached. The returned map holds every key even when
+    the cache is smaller than ``keys``."""
+    cache = caches(G).styles
+    found = {key: cache.peek(key) for key in dict.fromkeys(keys)}
+    missing = sorted((key for key, styles in found.items() if styles is None), key=_truncation_first)
+    for truncation, group in groupby(missing, key=lambda key: key[2]):
+        group = list(group)
+        for key, styles in zip(group, _computed_styles(G, group, truncation)):
+            cache.put(key, styles)
+            found[key] = styles
+    return found
+
+
+def _truncation_first(key: LatentKey) -> tuple[float, int, int]:
+    """Sort order of the missing latents: one group per truncation (a styles call has one), and each
+    seed's indices in order inside it (so that consecutive ones share their raw latents)."""
+    seed, index, truncation = key
+    return truncation, seed, index
+
+
+def _computed_styles(G, keys: list[LatentKey], truncation: float) -> list[list[torch.Tensor]]:
+    """sigma of ``keys`` (all at ``truncation``), in order: one draw per run of indices, one call per chunk."""
+    z = latents_at([(seed, index) for seed, index, _ in keys], G.config.style_dim)
+    return [styles for first in range(0, len(keys), STYLE_BATCH)
+            for styles in _styles_chunk(G, z[first:first + STYLE_BATCH], truncation)]
+
+
+def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor]]:
+    """sigma of up to ``STYLE_BATCH`` latents ``z``, in one ``G.styles`` call of batch ``STYLE_BATCH``
+    (one host-to-device copy, one graph replay on CUDA: one graph per truncation)."""
+    # pad with copies of a real row: any latent is a valid input, while an all-zero row would put
+    # PixelNorm's 0 / sqrt(0 + eps) through the mapping (eps underflows in fp16)
+    padded = np.concatenate([z, np.repeat(z[-1:], STYLE_BATCH - len(z), axis=0)])
+    z_host = torch.from_numpy(padded)
+    if G.device.type == "cuda":  # pinned, so the copy does not wait for the GPU work queued before it
+        z_host = z_host.pin_memory()
+    flat = replayed(G, f"styles{truncation!r}", lambda g, z_: flatten_styles(g.styles(z_, truncation)),
+                    z_host.to(G.device, non_blocking=True))
+    # one copy per latent (the graph's output is overwritten by its next replay), then views per layer
+    return [G.unflatten_styles(flat[row:row + 1].clone()) for row in range(len(z))]
 
 
 def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
     """Spans for ``keys`` in one batched ``merge_extension`` call; each key's contributed columns.
 
+    The sigma of every latent the spans need that is not cached is computed first, ``STYLE_BATCH``
+    latents per call (``latent_styles_batch``).
+
     Returns:
         One ``[1, 3, R, hi - lo]`` tensor per key (``span_columns``), in key order.
     """
-    firsts = [latent_styles(G, k.seed, k.index, k.truncation) for k in keys]
-    seconds = [latent_styles(G, k.seed, k.index + 1, k.truncation) for k in keys]
-    s1 = [torch.cat(entry) for entry in zip(*firsts)]
-    s2 = [torch.cat(entry) for entry in zip(*seconds)]
+    seconds = [key._replace(index=key.index + 1) for key in keys]
+    styles = latent_styles_batch(G, [*keys, *seconds])
+    s1, s2 = _stacked(styles, keys), _stacked(styles, seconds)
     if isinstance(noise, str) and noise == "fixed":
         batch = replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
     else:  # random noise is drawn on the host per call: no graph
         batch = merge_extension(G, s1, s2, noise)
-    out = []
-    for b, key in enumerate(keys):
-        lo, hi = span_columns(G.size, key.index)
-        out.append(batch[b:b + 1, :, :, lo:hi].clone())  # a copy, so the batch can be freed
+    return _contributed(G.size, batch, keys)
+
+
+def _contributed(size: int, batch: torch.Tensor, keys: Sequence[SpanKey]) -> list[torch.Tensor]:
+    """Each key's contributed columns of ``batch``, copied so that the batch can be freed: one copy
+    per run of neighbouring keys with the same columns (every span but S_0 has ``[p, 2R - p)``), so a
+    server batch costs a copy or two rather than one per span; each key gets its row of the copy."""
+    out: list[torch.Tensor] = []
+    first = 0
+    for (lo, hi), run in groupby(span_columns(size, key.index) for key in keys):
+        count = len(list(run))
+        copy = batch[first:first + count, :, :, lo:hi].clone()
+        out.extend(copy[b:b + 1] for b in range(count))
+        first += count
     return out
+
+
+def _stacked(styles: dict[LatentKey, list[torch.Tensor]], keys: Sequence[LatentKey]) -> list[torch.Tensor]:
+    """The sigma of ``keys`` as one batch: ``[len(keys), C_k]`` each."""
+    return [torch.cat(entry) for entry in zip(*(styles[key] for key in keys))]
 
 
 def span(G, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:

@@ -1,0 +1,73 @@
+"""The fault drill for ``soat serve --ray``: kill the replica serving a stream, resume on another.
+
+One client streams tiles of one panorama through Serve's proxy; after ``kill_after`` frames
+the replica that served them is killed (``ray.kill``, no restart). The client then does what
+the viewer does: it reconnects with ``x`` = the column after the last one it received, and
+goes on until ``total`` columns have arrived. The drill returns every frame (column, width,
+pixels), the replicas that served the two connections and the time from the kill to the
+first frame on the new connection.
+
+Used by ``tests/test_ray_serve.py`` (CPU replicas, pixels checked against the generator) and
+by ``bench/ray_scaling.py --fault`` (GPU replicas, gap and resume time measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Drill:
+    """What one drill saw: frames in arrival order, the replicas, closes and the resume wait."""
+
+    frames: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    replicas: list[str] = field(default_factory=list)
+    closes: int = 0
+    resume_ms: float = float("nan")  # from the kill to the first frame on the new connection
+
+    @property
+    def contiguous(self) -> bool:
+        """Every frame starts where the one before it ended: no gap, no overlap."""
+        return all(c + w == n for (c, w, _), (n, _, _) in zip(self.frames, self.frames[1:]))
+
+
+def decode(payload: bytes) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
+
+
+async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total: int, kill_after: int,
+                          timeout: float, fmt: str = "png") -> Drill:
+    """Stream ``total`` columns from ``start``, killing the serving replica after ``kill_after`` frames."""
+    import ray
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from soat.serve.protocol import unpack_frame
+    drill, x, killed_at = Drill(), start, None
+    ws_url = base_url.replace("http://", "ws://") + "/api/stream"
+    while not (drill.closes and x >= start + total):  # the first connection runs until the kill closes it
+        async with connect(f"{ws_url}?seed={seed}&x={x}&tile={tile}&format={fmt}") as ws:
+            drill.replicas.append(ws.response.headers["x-soat-replica"])
+            assert json.loads(await asyncio.wait_for(ws.recv(), timeout))["type"] == "hello"
+            await ws.send(json.dumps({"credit": 4}))  # frames in flight when the replica dies
+            try:
+                while not (drill.closes and x >= start + total):
+                    _, col, width, _, payload = unpack_frame(await asyncio.wait_for(ws.recv(), timeout))
+                    if killed_at is not None and drill.closes and np.isnan(drill.resume_ms):
+                        drill.resume_ms = 1e3 * (time.perf_counter() - killed_at)
+                    drill.frames.append((col, width, decode(payload)))
+                    x = col + width  # the resume protocol: reconnect at the column after the last one
+                    await ws.send(json.dumps({"credit": 1}))
+                    if len(drill.frames) == kill_after:
+                        killed_at = time.perf_counter()
+                        ray.kill(ray.get_actor(drill.replicas[-1], namespace="serve"), no_restart=True)
+            except ConnectionClosed:
+                drill.closes += 1
+    return drill
