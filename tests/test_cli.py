@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import soat
-from soat import cli
+from soat import commands
 from soat.cli import build_parser, main, parse_seeds
 from soat.errors import SoatError
 from soat.runtime.load import BACKENDS
@@ -60,7 +60,7 @@ def test_generate_writes_one_png_per_seed_and_needs_force_to_replace(tmp_path, c
 def test_generate_streams_small_batches(tmp_path, monkeypatch):
     """200000 seeds: z, styles and images are made per small batch and written as they come."""
     made, written = [], []
-    real_seed_z = cli.seed_z
+    real_seed_z = commands.seed_z
 
     def counting_seed_z(seeds, style_dim=512):
         made.append(len(list(seeds)))
@@ -71,10 +71,10 @@ def test_generate_streams_small_batches(tmp_path, monkeypatch):
         if len(written) == 3:
             raise KeyboardInterrupt
         return [path]
-    monkeypatch.setattr(cli, "seed_z", counting_seed_z)
+    monkeypatch.setattr(commands, "seed_z", counting_seed_z)
     monkeypatch.setattr("soat.runtime.images.save_png", save_then_stop)
     assert main(["generate", *TINY, "--seeds", "0-199999", "-o", str(tmp_path / "many")]) == 130
-    assert made == [cli.GENERATE_BATCH] and len(written) == 3
+    assert made == [commands.GENERATE_BATCH] and len(written) == 3
 
 
 def test_info_prints_layout_and_survives_a_closed_pipe(capsys):

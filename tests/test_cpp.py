@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import soat
-from soat.cli import seed_z
+from soat.commands import seed_z
 from soat.runtime.images import save_png
 from test_aoti import ROOT, aoti_export_dir
 
