@@ -154,20 +154,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_blend(args: argparse.Namespace) -> int:
-    seeds = task_seeds(args, 2)
+def prepared(args: argparse.Namespace, count: int, boxes: dict[str, tuple] | None = None) -> tuple:
+    """``(G, styles of each seed)`` for a task on ``count`` seeds: the seeds, the task's arguments and its
+    ``boxes`` are checked before the model loads (boxes against the size again once it is known)."""
+    seeds = task_seeds(args, count)
     check_task(args)
+    if boxes:
+        check_boxes(boxes, known_size(args.checkpoint, args.size))
     G = load_model(args)
-    a, b = styles_per_seed(G, args, seeds)
+    if boxes:
+        check_boxes(boxes, G.size)
+    return G, styles_per_seed(G, args, seeds)
+
+
+def cmd_blend(args: argparse.Namespace) -> int:
+    G, (a, b) = prepared(args, 2)
     save(G.blend(a, b, mode=args.mode, noise=args.noise), args.output)
     return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    seeds = task_seeds(args, 2)
-    check_task(args)
-    G = load_model(args)
-    a, b = styles_per_seed(G, args, seeds)
+    G, (a, b) = prepared(args, 2)
     task = G.merge if args.linear else G.merge_extension
     save(task(a, b, noise=args.noise), args.output)
     return 0
@@ -183,36 +190,22 @@ def cmd_panorama(args: argparse.Namespace) -> int:
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
-    (seed,) = task_seeds(args, 1)
-    check_task(args)
-    G = load_model(args)
-    (s,) = styles_per_seed(G, args, [seed])
-    torch.manual_seed(seed)
+    G, (s,) = prepared(args, 1)
+    torch.manual_seed(task_seeds(args, 1)[0])  # random noise drawn from the seed: one seed, one PNG
     save(G.expand(s, mode=args.mode, noise=args.noise or "random"), args.output)
     return 0
 
 
 def cmd_bbox(args: argparse.Namespace) -> int:
-    seeds = task_seeds(args, 2)
-    check_task(args)
-    boxes = {"--box": (args.box, True)}
-    check_boxes(boxes, known_size(args.checkpoint, args.size))
-    G = load_model(args)
-    check_boxes(boxes, G.size)
-    a, b = styles_per_seed(G, args, seeds)
+    G, (a, b) = prepared(args, 2, {"--box": (args.box, True)})
     save(G.blend_bbox(a, b, tuple(args.box), pose_align=args.pose_align, num_blend=args.num_blend,
                       noise=args.noise), args.output)
     return 0
 
 
 def cmd_swap(args: argparse.Namespace) -> int:
-    seeds = task_seeds(args, 2)
-    check_task(args)
-    boxes = {"--boxes (first)": (args.boxes[:4], False), "--boxes (second)": (args.boxes[4:], False)}
-    check_boxes(boxes, known_size(args.checkpoint, args.size))
-    G = load_model(args)
-    check_boxes(boxes, G.size)
-    a, b = styles_per_seed(G, args, seeds)
+    G, (a, b) = prepared(args, 2, {"--boxes (first)": (args.boxes[:4], False),
+                                   "--boxes (second)": (args.boxes[4:], False)})
     save(G.patch_swap(a, b, (tuple(args.boxes[:4]), tuple(args.boxes[4:])), swap=not args.no_swap,
                       noise=args.noise), args.output)
     return 0
@@ -231,13 +224,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_shift(args: argparse.Namespace) -> int:
-    (seed,) = task_seeds(args, 1)
-    check_task(args)
-    boxes = {"--source": (args.source, False)}
-    check_boxes(boxes, known_size(args.checkpoint, args.size))
-    G = load_model(args)
-    check_boxes(boxes, G.size)
-    (s,) = styles_per_seed(G, args, [seed])
+    G, (s,) = prepared(args, 1, {"--source": (args.source, False)})
     targets = [tuple(t) for t in args.target]
     save(G.shift(s, tuple(args.source), targets, layers=args.layers, strength=args.strength, noise=args.noise),
          args.output)
