@@ -103,7 +103,8 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
                       os.path.join(tmp, f"{gid}.pt2"), TORCH_DTYPES[dtype], device) for gid in ids}
         bar = tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress)
         if workers > 1:  # spawned processes: no forked CUDA or OpenMP state
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_quiet_worker) as pool:
                 for future in as_completed([pool.submit(compile_graph, *job) for job in jobs.values()]):
                     bar.set_postfix_str(future.result()[1])
                     bar.update()
@@ -121,6 +122,12 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
                                   device=device, mean_styles=mean)
         write_manifest(tmp, manifest)
     return os.path.join(out_dir, "manifest.json")
+
+
+def _quiet_worker() -> None:
+    """A compile worker: torch's own deprecation notices (unpickling a module warns about LeafSpec) are noise
+    in the export's progress bar."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, object]]:

@@ -103,3 +103,19 @@ def test_nan_inputs_are_refused_on_replay(pair):
     bad[3][0, 0] = float("nan")
     with pytest.raises(soat.SoatError, match="NaN"):
         graphed.generate(bad)
+
+
+@cuda
+def test_unchecked_replays_do_not_wait_for_the_gpu():
+    """``check_inputs=False`` (the streaming graphs): no NaN flag, so no host sync after the replay."""
+    from soat.runtime.cudagraph import GraphedTask
+    x = torch.randn(1024, 1024, device="cuda")
+    task = GraphedTask(lambda a: a @ a, check_inputs=False)
+    want = x @ x
+    assert torch.equal(task(x), want)  # captured
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU work queued ahead of the replay
+    out = task(x)
+    assert not torch.cuda.current_stream().query()  # returned while the GPU is still busy
+    assert torch.equal(out, want)
+    x[0, 0] = float("nan")
+    assert torch.isnan(task(x)).any()  # and NaN inputs go through unreported
