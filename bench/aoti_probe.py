@@ -1,6 +1,6 @@
 """Where does loading a CUDA AOTInductor package fail? A standalone probe for one GPU call (issue 19).
 
-    python bench/aoti_probe.py [--out DIR] [--skip-cpp]
+    python bench/aoti_probe.py [--out DIR] [--skip-cpp] [--gdb]
 
 Stages, each in its own subprocess so that a segfault is reported (signal, stderr tail, a faulthandler
 traceback, and a gdb backtrace where gdb exists) instead of ending the probe:
@@ -12,7 +12,10 @@ traceback, and a gdb backtrace where gdb exists) instead of ending the probe:
    for the CPU as a control;
 3. python load: torch._inductor.aoti_load_package + one run against eager, for each package;
 4. C++ load: a 30-line AOTIModelPackageLoader program built with CMake against this torch (find_package
-   Torch), run on each package.
+   Torch, built while the packages compile), run on each package.
+
+Loads go matmul-only and the CPU control first, each bounded by ``LOAD_TIMEOUT``; crashes are rerun
+under gdb only with ``--gdb``; ``probe.json`` is rewritten after every stage.
 
 Writes DIR/probe.json (default ./aoti-probe) and prints one line per stage. Imports nothing from soat.
 """
@@ -150,59 +153,69 @@ def environment() -> dict:
     return env
 
 
+LOAD_TIMEOUT = 90  # a load that neither crashes nor finishes in this long is reported as hung
+
+
+def write_cpp_project(out: str) -> tuple[list[list[str]], str]:
+    """The C++ loader's sources under ``out/cpp``: (configure and build commands, the executable's path)."""
+    import torch
+    src = os.path.join(out, "cpp")
+    os.makedirs(src, exist_ok=True)
+    for name, text in (("probe.cpp", CPP), ("CMakeLists.txt", CMAKE)):
+        with open(os.path.join(src, name), "w") as f:
+            f.write(text)
+    build = os.path.join(src, "build")
+    configure = ["cmake", "-S", src, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+    return [configure, ["cmake", "--build", build, "-j"]], os.path.join(build, "aoti_probe")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="aoti-probe")
     ap.add_argument("--skip-cpp", action="store_true", help="skip the C++ loader stage")
+    ap.add_argument("--gdb", action="store_true", help="rerun each crash under gdb for a backtrace (slow)")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     report = {"environment": environment(), "stages": []}
-    print(json.dumps({k: report["environment"][k] for k in ("torch", "cuda", "gpu")}))
+    print(json.dumps({k: report["environment"][k] for k in ("torch", "cuda", "gpu")}), flush=True)
+
+    def record(stage: str, r: dict) -> None:  # probe.json after every stage: a probe cut short keeps its results
+        report["stages"].append({"stage": stage, **r})
+        with open(os.path.join(out, "probe.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        last = (r["stdout"].strip().splitlines() or ["(no output)"])[-1]
+        print(f"{stage}: rc={r['rc']} signal={r.get('signal')} {r['seconds']} s, last: {last[:200]}", flush=True)
+
     for name, code in (("compile.py", COMPILE), ("load.py", LOAD)):
         with open(os.path.join(out, name), "w") as f:
             f.write(code)
-    cuda = report["environment"]["cuda_available"]
-    variants = ([("cuda", v) for v in ("conv", "O0", "embed", "matmul")] if cuda else []) + [("cpu", "conv")]
-    packages = []
-    for (device, variant), r in zip(variants, run_all([[sys.executable, os.path.join(out, "compile.py"), device,
-                                                        os.path.join(out, f"probe_{device}_{variant}.pt2"), variant]
-                                                       for device, variant in variants])):
-        report["stages"].append({"stage": f"compile {device} {variant}", **r})
-        print(f"compile {device} {variant}: rc={r['rc']} {r['seconds']} s {r['stderr'].strip()[-200:] if r['rc'] else ''}")
-        if r["rc"] == 0:
-            packages.append((device, variant, os.path.join(out, f"probe_{device}_{variant}.pt2")))
-    for device, variant, path in packages:
-        cmd = [sys.executable, "-X", "faulthandler", os.path.join(out, "load.py"), device, path, variant]
-        r = run(cmd)
+    # the matmul-only package (no generated kernel) and the CPU control load first: they tell the crash's cause
+    variants = ([("cuda", "matmul")] if report["environment"]["cuda_available"] else []) + [("cpu", "conv")]
+    variants += [("cuda", v) for v in ("conv", "embed", "O0")] if report["environment"]["cuda_available"] else []
+    path = {v: os.path.join(out, f"probe_{v[0]}_{v[1]}.pt2") for v in variants}
+    compiles = [[sys.executable, os.path.join(out, "compile.py"), d, path[(d, v)], v] for d, v in variants]
+    cpp_steps, exe = write_cpp_project(out) if not args.skip_cpp and shutil.which("cmake") else ([], None)
+    # everything that compiles runs at once; the C++ build's two steps run one after the other
+    build_cpp = [sys.executable, "-c", "import subprocess, sys; [subprocess.run(c, check=True) for c in "
+                 f"{cpp_steps!r}]"] if cpp_steps else None
+    results = run_all(compiles + ([build_cpp] if build_cpp else []), timeout=600)
+    for (device, variant), r in zip(variants, results):
+        record(f"compile {device} {variant}", r)
+    cpp_ok = build_cpp is not None and results[-1]["rc"] == 0
+    if build_cpp is not None:
+        record("cpp build", results[-1])
+    for (device, variant), r in zip(variants, results):
         if r["rc"] != 0:
-            r["gdb"] = gdb_backtrace(cmd)
-        report["stages"].append({"stage": f"python load {os.path.basename(path)}", **r})
-        last = (r["stdout"].strip().splitlines() or ["(no output)"])[-1]
-        print(f"python load {os.path.basename(path)}: rc={r['rc']} signal={r.get('signal')} last: {last}")
-    if not args.skip_cpp and shutil.which("cmake"):
-        src = os.path.join(out, "cpp")
-        os.makedirs(src, exist_ok=True)
-        with open(os.path.join(src, "probe.cpp"), "w") as f:
-            f.write(CPP)
-        with open(os.path.join(src, "CMakeLists.txt"), "w") as f:
-            f.write(CMAKE)
-        import torch
-        build = os.path.join(src, "build")
-        r1 = run(["cmake", "-S", src, "-B", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"])
-        r2 = run(["cmake", "--build", build, "-j"], timeout=600) if r1["rc"] == 0 else r1
-        report["stages"].append({"stage": "cpp build", **r2})
-        print(f"cpp build: rc={r2['rc']} {r1['seconds'] + r2['seconds']:.0f} s")
-        exe = os.path.join(build, "aoti_probe")
-        for device, _, path in packages if r2["rc"] == 0 else []:
-            r = run([exe, path, device])
-            if r["rc"] != 0:
-                r["gdb"] = gdb_backtrace([exe, path, device])
-            report["stages"].append({"stage": f"cpp load {os.path.basename(path)}", **r})
-            last = (r["stdout"].strip().splitlines() or ["(no output)"])[-1]
-            print(f"cpp load {os.path.basename(path)}: rc={r['rc']} signal={r.get('signal')} last: {last}")
-    with open(os.path.join(out, "probe.json"), "w") as f:
-        json.dump(report, f, indent=1)
+            continue
+        loads = [("python", [sys.executable, "-X", "faulthandler", os.path.join(out, "load.py"), device,
+                             path[(device, variant)], variant])]
+        loads += [("cpp", [exe, path[(device, variant)], device])] if cpp_ok else []
+        for how, cmd in loads:
+            r = run(cmd, timeout=LOAD_TIMEOUT)
+            if r["rc"] != 0 and args.gdb:
+                r["gdb"] = gdb_backtrace(cmd)
+            record(f"{how} load {device} {variant}", r)
     print(os.path.join(out, "probe.json"))
     return 0
 
