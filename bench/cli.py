@@ -11,7 +11,7 @@ from ..errors import SoatError
 from ..options import (DTYPE_CHOICES, add_checkpoint, add_device, add_force, check_checkpoint,
                           check_output_folder, int_range)
 from ..runtime.config import SUPPORTED_SIZES
-from ..runtime.load import BACKENDS
+from ..runtime.load import BACKENDS, EXPORT_BACKENDS
 from .suite import TASKS
 
 # per device: what a run measures when not told (the CPU: fp32 only, few runs, a small model)
@@ -82,13 +82,17 @@ def _choose(text: str, allowed, flag: str) -> list[str]:
 
 
 def _exports(items: list[str], backends: list[str]) -> dict[str, str]:
-    """``--export BACKEND=DIR`` flags as ``{backend: folder}``, each folder checked to exist."""
-    exports = {}
+    """``--export BACKEND=DIR`` flags as ``{backend: folder}``: an export backend of ``--backends``, once
+    each, and a folder that exists."""
+    allowed = [b for b in backends if b in EXPORT_BACKENDS]
+    exports: dict[str, str] = {}
     for item in items:
         backend, sep, folder = item.partition("=")
-        if not sep or backend not in backends or not os.path.isdir(folder):
-            raise SoatError(f"--export {item!r} must be BACKEND=DIR with BACKEND one of --backends "
-                            f"({', '.join(backends)}) and DIR an export folder")
+        if not sep or backend not in allowed or not os.path.isdir(folder):
+            raise SoatError(f"--export {item!r} must be BACKEND=DIR with BACKEND an export backend of --backends "
+                            f"({', '.join(allowed) or 'none given'}) and DIR an export folder")
+        if backend in exports:
+            raise SoatError(f"--export names {backend} twice; give one folder per backend")
         exports[backend] = folder
     return exports
 

@@ -55,7 +55,9 @@ async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total
     while not (drill.closes and x >= start + total):  # the first connection runs until the kill closes it
         async with connect(f"{ws_url}?seed={seed}&x={x}&tile={tile}&format={fmt}") as ws:
             drill.replicas.append(ws.response.headers["x-soat-replica"])
-            assert json.loads(await asyncio.wait_for(ws.recv(), timeout))["type"] == "hello"
+            hello = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+            if hello.get("type") != "hello":
+                raise RuntimeError(f"the stream did not start with its hello message: {hello}")
             await ws.send(json.dumps({"credit": 4}))  # frames in flight when the replica dies
             try:
                 while not (drill.closes and x >= start + total):

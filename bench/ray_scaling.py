@@ -106,7 +106,10 @@ def run_ray(options: ReplicaOptions, args, clients: int) -> list[Row]:
             rows.append(_row("Ray Serve", n, r))
             print(_table([rows[-1]]), flush=True)
         if args.fault:
-            print(fault_drill(f"http://127.0.0.1:{port}", args.tile or args.size), flush=True)
+            try:
+                print(fault_drill(f"http://127.0.0.1:{port}", args.tile or args.size), flush=True)
+            except Exception as e:  # the rows measured so far still go to the table and the CSV
+                print(f"fault drill failed: {type(e).__name__}: {e}", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -157,6 +160,8 @@ def main() -> None:
                                                         "serving a stream and time the resume (ray_fault)")
     p.add_argument("--csv", default=None)
     args = p.parse_args()
+    if args.fault and (args.no_ray or int(args.replicas.split(",")[-1]) < 2):
+        p.error("--fault needs Ray and at least 2 replicas in the last --replicas count (one is killed)")
     max_batch = args.max_batch or (64 if args.device.startswith("cuda") else 16)
     options = ReplicaOptions(checkpoint=args.checkpoint, size=args.size, channel_multiplier=args.channel_multiplier,
                              device=args.device, dtype=args.dtype, max_batch=max_batch)

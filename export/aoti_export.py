@@ -73,17 +73,19 @@ def export_aoti(source, out_dir: str | os.PathLike, dtype: str = "fp32", device:
     Returns:
         The path of ``manifest.json``.
     """
-    check_aoti_args(dtype, device)
+    check_aoti_args(dtype, device, workers)
     weights, noise, name, fingerprint = _resolve(source, size, channel_multiplier)
     return export_aoti_weights(weights, noise, name, fingerprint, os.fspath(out_dir), dtype, device, progress,
                                workers)
 
 
-def check_aoti_args(dtype: str, device: str) -> None:
+def check_aoti_args(dtype: str, device: str, workers: int | None = None) -> None:
     if dtype not in AOTI_DTYPES:
         raise SoatError(f"dtype={dtype!r} cannot be exported as aoti; use one of {', '.join(AOTI_DTYPES)}")
     if device not in DEVICES:
         raise SoatError(f"device={device!r} is not an aoti export device; use 'cpu' or 'cuda'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise SoatError(f"workers={workers!r} must be an integer >= 1")
     if device == "cuda" and not torch.cuda.is_available():
         raise SoatError("--device cuda compiles CUDA kernels and needs a CUDA GPU at export; none is available")
 
@@ -92,7 +94,7 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
                         fingerprint: str, out_dir: str, dtype: str = "fp32", device: str = "cpu",
                         progress: bool = True, workers: int | None = None) -> str:
     """``export_aoti`` for weights already in hand."""
-    check_aoti_args(dtype, device)
+    check_aoti_args(dtype, device, workers)
     config = weights.config
     ids = graph_ids(config)
     if workers is None:
@@ -127,7 +129,7 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
 def _quiet_worker() -> None:
     """A compile worker: torch's own deprecation notices (unpickling a module warns about LeafSpec) are noise
     in the export's progress bar."""
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 
 def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, object]]:

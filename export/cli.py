@@ -42,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
     """Run ``soat export``; prints the manifest path. ``SoatError`` propagates to the CLI's handler."""
     check_checkpoint(args.checkpoint)
     check_output_folder(args.out, args.force, [MANIFEST])
-    if args.workers is not None and args.workers < 1:
-        raise SoatError(f"--workers={args.workers} must be >= 1")
     if args.workers is not None and args.format != "aoti":
         raise SoatError("--workers is for --format aoti (an ONNX export traces its graphs in one process)")
     if args.format == "aoti":

@@ -4,7 +4,8 @@ A task call launches one kernel per layer op; at batch 1 the launches cost more
 than the math. ``graphed(fn)`` captures ``fn``'s whole schedule (engine calls and
 feature-op kernels) into one CUDA graph per input signature and replays it, with
 inputs copied into static buffers. Inputs are validated once per call outside the
-graph (the checks that read values back to the host are skipped during capture).
+graph (the checks that read values back to the host are skipped during capture), and
+for NaN/inf inside it unless the caller's inputs are its own (``check_inputs=False``).
 """
 
 from __future__ import annotations

@@ -59,6 +59,10 @@ class Generator:
         self._mean_styles: list[torch.Tensor] | None = None
         self.mean_source = MEAN_FROM_CHECKPOINT if w_avg is not None else MEAN_SAMPLED
         if mean_styles is not None:
+            total, finite = sum(self.style_channels), bool(torch.isfinite(mean_styles).all())
+            if tuple(mean_styles.shape) != (1, total) or not finite:
+                raise SoatError(f"mean_styles must be a finite [1, {total}] tensor for this layout; got shape "
+                                f"{list(mean_styles.shape)}" + ("" if finite else " with NaN or inf"))
             self._mean_styles = self.unflatten_styles(mean_styles.to(self.device, self.dtype))
             self.mean_source = MEAN_FROM_EXPORT
         self._noise_cache: dict = {}

@@ -163,6 +163,15 @@ def test_export_arguments_and_atomic_folder(tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary folder left behind
 
 
+def test_export_workers_must_be_a_positive_integer(tmp_path, capsys):
+    from soat.cli import main
+    assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "w"), "--format", "aoti", "--workers", "0"]) == 2
+    assert "workers=0 must be an integer >= 1" in capsys.readouterr().err
+    for bad in (-2, 1.5, True):
+        with pytest.raises(soat.SoatError, match="must be an integer >= 1"):
+            export_aoti("random:3", tmp_path / "x", workers=bad)
+
+
 def test_cli_export_format_aoti_passes_device_and_dtype(tmp_path, monkeypatch, capsys):
     from soat.cli import main
     from soat.export import cli as export_cli
@@ -172,8 +181,6 @@ def test_cli_export_format_aoti_passes_device_and_dtype(tmp_path, monkeypatch, c
                  "--dtype", "bf16", "--workers", "3", "--no-progress"]) == 0
     (args, kwargs), = calls
     assert args[0] == "random:3" and kwargs["dtype"] == "bf16" and kwargs["device"] == "cpu" and kwargs["workers"] == 3
-    assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "w"), "--format", "aoti", "--workers", "0"]) == 2
-    assert "--workers=0 must be >= 1" in capsys.readouterr().err
     assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "x"), "--workers", "2"]) == 2
     assert "--workers is for --format aoti" in capsys.readouterr().err
     assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "o"), "--dtype", "bf16"]) == 2  # ONNX: fp32/fp16

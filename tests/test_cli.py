@@ -183,10 +183,11 @@ def test_bench_cpu_defaults_are_small(tmp_path, monkeypatch):
     assert seen["exports"] == {}
 
 
-@pytest.mark.parametrize("flag", ["aoti", "aoti=/no/such/folder", "tensorrt=."])
-def test_bench_export_flag_errors(capsys, tmp_path, flag):
-    assert main(["bench", "--device", "cpu", "--backends", "torch,aoti", "--export", flag,
-                 "-o", str(tmp_path / "b")]) == 2
+@pytest.mark.parametrize("flags", [["aoti"], ["aoti=/no/such/folder"], ["tensorrt=."], ["torch=."],
+                                   ["aoti=.", "aoti=."]])
+def test_bench_export_flag_errors(capsys, tmp_path, flags):
+    argv = [part for flag in flags for part in ("--export", flag)]
+    assert main(["bench", "--device", "cpu", "--backends", "torch,aoti", *argv, "-o", str(tmp_path / "b")]) == 2
     assert "--export" in capsys.readouterr().err
 
 

@@ -307,3 +307,16 @@ def test_bad_load_arguments(kwargs, pattern):
 def test_cuda_without_gpu():
     with pytest.raises(soat.SoatError, match="no CUDA GPU"):
         soat.load("random", size=32, device="cuda")
+
+
+def test_stored_mean_styles_are_checked():
+    from soat.runtime.generator import Generator
+    G = soat.load("random:0", size=8, channel_multiplier=1)
+    total = sum(G.style_channels)
+    flat = soat.flatten_styles(G.mean_styles())
+    stored = Generator(G.backend, G.config, G.fixed_noise, mean_styles=flat)
+    assert stored.mean_source == "stored in the export" and torch.equal(soat.flatten_styles(stored.mean_styles()), flat)
+    for bad, needle in ((torch.zeros(1, total + 1), f"finite \\[1, {total}\\]"),
+                        (torch.full((1, total), float("nan")), "NaN or inf")):
+        with pytest.raises(soat.SoatError, match=needle):
+            Generator(G.backend, G.config, G.fixed_noise, mean_styles=bad)

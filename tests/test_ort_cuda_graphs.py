@@ -8,6 +8,8 @@ on equals graphs off exactly, and two inputs of one shape give two right outputs
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -101,6 +103,22 @@ def test_static_tensors_share_one_buffer_aligned_and_apart_within_a_capture():
     d, e = staging.tensors([(300,), (7, 7)])  # larger: the captures in the old buffer are dropped first
     assert grown == [None, old] and staging.buffer is not old
     assert d.data_ptr() == staging.buffer.data_ptr() and e.data_ptr() - d.data_ptr() == 3 * ALIGN_BYTES
+    size = staging.buffer.numel()
+    staging.tensors([(size + 1,)])  # just larger: the buffer at least doubles, so growth is rare
+    assert staging.buffer.numel() == 2 * size and len(grown) == 3
+
+
+def test_callbacks_hold_their_owner_weakly():
+    from soat.runtime.backends.ort_cuda_graphs import weak_method
+
+    class Owner:
+        def ping(self) -> str:
+            return "pong"
+    owner = Owner()
+    call, ref = weak_method(owner.ping), weakref.ref(owner)
+    assert call() == "pong"
+    del owner
+    assert ref() is None  # no cycle kept it: freed at once, not at the next cyclic GC
 
 
 class FakeStream:

@@ -5,10 +5,11 @@ with the chain's tensor names. Sessions are created on first use and kept, each 
 graph file's bytes after checking them against the manifest's sha256. On CPU,
 tensors cross as zero-copy numpy views. On CUDA, inputs and preallocated torch outputs
 are bound by device pointer (IOBinding), and ONNX Runtime's stream is ordered against
-torch's current stream on the GPU, so feature maps never visit the host and the host
-never waits between nodes. With ``graphs`` (``soat.load``'s default) each graph replays from
-ONNX Runtime's own CUDA graph per input signature (``ort_cuda_graphs.py``); the first call of
-a new shape captures it.
+torch's current stream on the GPU, so feature maps never visit the host and, without
+graphs, the host never waits between nodes. With ``graphs`` (``soat.load``'s default) each
+graph replays from ONNX Runtime's own CUDA graph per input signature (``ort_cuda_graphs.py``);
+the first call of a new shape captures it, and ORT synchronizes its stream after each replay
+(so the host waits per node there).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ...errors import SoatError
 from ..backend import NodeByNode
 from ..graphs import graph_io, onnx_outputs, output_shape
 from ..manifest import Manifest
-from .ort_cuda_graphs import OrtCudaGraphs
+from .ort_cuda_graphs import OrtCudaGraphs, weak_method
 
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
@@ -73,14 +74,17 @@ class OrtBackend(NodeByNode):
             self._run_options = self.ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
             if graphs:
-                self._graphs = OrtCudaGraphs(self.ort, self.config, self._graph_session, self._stream, dtype)
+                self._graphs = OrtCudaGraphs(self.ort, self.config, weak_method(self._graph_session), self._stream,
+                                             dtype)
         elif dtype != torch.float32:
             raise SoatError("ONNX Runtime on the CPU runs fp32 exports only; use dtype='fp32' or device='cuda'")
 
     def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self._check_graph(graph_id)
         if self._graphs is not None and self._graphs.capturable(graph_id):
-            return self._graphs.run(graph_id, inputs)
+            replayed = self._graphs.run(graph_id, inputs)
+            if replayed is not None:
+                return replayed
         session = self._session(graph_id)
         names, outputs = graph_io(self.config, graph_id)
         if self.device.type == "cuda":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -45,6 +46,19 @@ ALIGN_BYTES = 256  # each static tensor starts on a 256-byte boundary, as cudaMa
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 Signature = tuple[tuple[int, ...], ...]
+
+
+def weak_method(method: Callable) -> Callable:
+    """``method`` called through a weak reference to its object: a callback that keeps no cycle alive
+    (sessions, arenas and buffers are then freed when their owner is, not at the next cyclic GC)."""
+    ref = weakref.WeakMethod(method)
+    return lambda *args: ref()(*args)
+
+
+def _warn_uncapturable(graph_id: str, error: Exception) -> None:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    warnings.warn(f"ONNX Runtime cannot capture graph {graph_id!r} as a CUDA graph ({reason}); it runs without one",
+                  stacklevel=5)
 
 
 @dataclass
@@ -78,9 +92,11 @@ class Staging:
         for n in sizes:
             starts.append(starts[-1] + -(-n // align) * align)
         if self.buffer is None or self.buffer.numel() < starts[-1]:
+            # at least doubled: the nodes of a chain grow one after another, and every growth drops all captures
+            numel = max(starts[-1], 2 * self.buffer.numel()) if self.buffer is not None else starts[-1]
             self.on_grow()
             self.buffer = None
-            self.buffer = torch.empty(starts[-1], device=self.device, dtype=self.dtype)
+            self.buffer = torch.empty(numel, device=self.device, dtype=self.dtype)
         return [self.buffer[a:a + n].view(shape) for a, n, shape in zip(starts, sizes, shapes)]
 
 
@@ -131,7 +147,9 @@ class OrtCudaGraphs:
         ort: the ``onnxruntime`` module.
         config: the model layout (graph I/O names and shapes).
         new_session: ``graph_id -> InferenceSession`` made with ``enable_cuda_graph``.
-        stream: ORT's stream; ordered against torch's current stream on the GPU, never by a host wait.
+        stream: ORT's stream, ordered against torch's current stream on the GPU. ORT's replay itself
+            synchronizes this stream (ORT's CUDA graph manager does, after each replay), so the host
+            waits there for the work queued before each node: replays save launches, not that wait.
         dtype: the export's dtype.
     """
 
@@ -141,7 +159,7 @@ class OrtCudaGraphs:
         self.device = stream.device
         self._new_session = new_session
         self._graphs: dict[str, CaptureSlots | None] = {}  # None: ORT cannot capture this graph
-        self._staging = Staging(self.device, dtype, self._drop_slots)
+        self._staging = Staging(self.device, dtype, weak_method(self._drop_slots))
         self._lock = threading.Lock()
 
     def capturable(self, graph_id: str) -> bool:
@@ -151,13 +169,17 @@ class OrtCudaGraphs:
                 self._graphs[graph_id] = self._open(graph_id)
             return self._graphs[graph_id] is not None
 
-    def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One graph from its capture (captured first when the signature is new); the output is the
-        caller's own tensor, a copy of the static output that the next run of this signature overwrites."""
+        caller's own tensor, a copy of the static output that the next run of this signature overwrites.
+        None when ORT fails to capture the graph: it is then never captured again (the caller runs it
+        without a graph)."""
         names, outputs = graph_io(self.config, graph_id)
         signature = tuple(tuple(inputs[n].shape) for n in names)
         with self._lock:
-            slot = self._graphs[graph_id].slot(signature)
+            captures = self._graphs[graph_id]
+            first = signature not in captures.slots
+            slot = captures.slot(signature)
             current = torch.cuda.current_stream(self.device)
             out = torch.empty_like(slot.output)  # on the current stream: reused only after the wait below
             # every access to the static buffers is on ORT's stream, so calls from any stream stay ordered
@@ -165,7 +187,14 @@ class OrtCudaGraphs:
             with torch.cuda.stream(self.stream):
                 for name in names:
                     slot.inputs[name].copy_(inputs[name].detach())
-                slot.session.run_with_iobinding(slot.binding, slot.run_options)
+                try:
+                    slot.session.run_with_iobinding(slot.binding, slot.run_options)
+                except Exception as e:  # ORT's own types; a failed capture (a node that syncs or allocates)
+                    if not first:
+                        raise
+                    self._graphs[graph_id] = None
+                    _warn_uncapturable(graph_id, e)
+                    return None
                 out.copy_(slot.output)
             current.wait_stream(self.stream)
         return {outputs[0]: out}
@@ -181,11 +210,11 @@ class OrtCudaGraphs:
         except SoatError:
             raise
         except Exception as e:  # ORT's own exception types; it refuses graphs with CPU compute nodes
-            warnings.warn(f"ONNX Runtime cannot capture graph {graph_id!r} as a CUDA graph "
-                          f"({str(e).strip().splitlines()[-1]}); it runs without one", stacklevel=4)
+            _warn_uncapturable(graph_id, e)
             return None
-        return CaptureSlots(session, lambda: self._new_session(graph_id),
-                            lambda s, sig, gid: self._slot(graph_id, s, sig, gid))
+        me = weakref.ref(self)  # the slots must not keep this object (and its sessions) alive
+        return CaptureSlots(session, lambda: me()._new_session(graph_id),
+                            lambda s, sig, gid: me()._slot(graph_id, s, sig, gid))
 
     def _slot(self, graph_id: str, session: Any, signature: Signature, gpu_graph_id: int) -> Slot:
         names = graph_io(self.config, graph_id)[0]

@@ -55,7 +55,8 @@ def replayed(G, name: str, fn: Callable[..., Any], *args: Any) -> Any:
     sigma), never NaN: the replay skips the input check and its host sync, so a server's thread
     launches the next batch while the GPU still runs this one."""
     graphs = caches(G).graphs
-    if G.device.type != "cuda" or (name not in graphs and len(graphs) >= MAX_GRAPHS):
+    # G.graphs.enabled: on CUDA, graphs asked for at load and a backend whose work can be captured
+    if not G.graphs.enabled or (name not in graphs and len(graphs) >= MAX_GRAPHS):
         return fn(G, *args)
     if name not in graphs:
         ref = weakref.ref(G)

@@ -155,7 +155,7 @@ def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor
     # PixelNorm's 0 / sqrt(0 + eps) through the mapping (eps underflows in fp16)
     padded = np.concatenate([z, np.repeat(z[-1:], STYLE_BATCH - len(z), axis=0)])
     z_host = torch.from_numpy(padded)
-    if G.device.type == "cuda":  # pinned, so the copy does not wait for the GPU work queued before it
+    if G.device.type == "cuda":  # pinned, so the host does not wait for the copy (nor the GPU work before it)
         z_host = z_host.pin_memory()
     flat = replayed(G, f"styles{truncation!r}", lambda g, z_: flatten_styles(g.styles(z_, truncation)),
                     z_host.to(G.device, non_blocking=True))
@@ -185,7 +185,8 @@ def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.T
 def _contributed(size: int, batch: torch.Tensor, keys: Sequence[SpanKey]) -> list[torch.Tensor]:
     """Each key's contributed columns of ``batch``, copied so that the batch can be freed: one copy
     per run of neighbouring keys with the same columns (every span but S_0 has ``[p, 2R - p)``), so a
-    server batch costs a copy or two rather than one per span; each key gets its row of the copy."""
+    server batch costs a copy or two rather than one per span; each key gets its row of the copy (a
+    row kept alone keeps its run's copy alive, never the whole batch)."""
     out: list[torch.Tensor] = []
     first = 0
     for (lo, hi), run in groupby(span_columns(size, key.index) for key in keys):
