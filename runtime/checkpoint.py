@@ -144,7 +144,9 @@ def check_pickle_structure(data: str | bytes, where: str) -> None:
     except SoatError:
         raise
     except (_Malformed, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):
-        return  # not a valid pickle stream: the real loader reports it in its own words
+        # not a valid pickle stream (zipfile raises NotImplementedError for a compression method it lacks):
+        # the real loader reports it in its own words
+        return
     except OSError as e:
         raise SoatError(f"cannot read {where}: {e.strerror or e}") from None
 

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import faulthandler
 import os
-import socket
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -30,6 +29,7 @@ httpx = pytest.importorskip("httpx", reason="httpx is needed to test the HTTP ro
 
 import soat  # noqa: E402
 from soat.bench.ray_fault import decode, kill_mid_stream  # noqa: E402
+from soat.bench.ray_scaling import free_port  # noqa: E402
 from soat.errors import SoatError  # noqa: E402
 from soat.serve.app import background_server  # noqa: E402
 from soat.serve.replica import ReplicaOptions, local_identity  # noqa: E402
@@ -97,12 +97,6 @@ def test_health_and_ready_without_ray(G):
 
 
 # ---- on a local Ray instance ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_url():
     import ray

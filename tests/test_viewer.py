@@ -8,7 +8,6 @@ first tiles, scrolling, bad seeds, a seed change, a lossless save, and a server 
 
 import io
 import shutil
-import socket
 from contextlib import ExitStack
 
 import numpy as np
@@ -26,6 +25,7 @@ if CHROMIUM is None:
 from PIL import Image  # noqa: E402
 
 import soat  # noqa: E402
+from soat.bench.ray_scaling import free_port  # noqa: E402
 from soat.serve.app import background_server, create_app  # noqa: E402
 
 SIZE = 8
@@ -55,12 +55,6 @@ def G():
     G = soat.load("random:0", size=SIZE, channel_multiplier=1)
     G.estimate_mean_styles(torch.randn(2000, 512, generator=torch.Generator().manual_seed(0)))  # cheaper sigma_bar
     return G
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_viewer_loads_streams_validates_saves_and_recovers(G, tmp_path):
