@@ -6,6 +6,8 @@
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
 # invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
+# The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev
+# libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
 # websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
@@ -18,7 +20,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/soat-site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/soat-site:${PYTHONPATH:-}
-TESTS_DIR=${TESTS_DIR:-$PWD/tests}
+ROOT=$PWD  # the checkout: tests/, the C++ sources, .debs/ (Debian packages libsoat builds with)
+TESTS_DIR=${TESTS_DIR:-$ROOT/tests}
 cd /tmp  # away from the checkout, whose soat/ folder would shadow the installed package
 SOAT="python3 -m soat"
 BATCHES=${BATCHES:-1,8,32}
@@ -158,9 +161,42 @@ aoti_probe() {
 }
 
 aoti() {
-  log "AOTInductor: 256 px fp16 CUDA export, checked against fp32, timed next to the fast path"
+  log "AOTInductor: 256 px fp16 CUDA export (python) while libsoat builds (C++, Debian's libpng and json from .debs/)"
   timeout "${AOTI_EXPORT_S:-300}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
-    --workers "${AOTI_WORKERS:-12}" -o /tmp/aoti256 --force --no-progress 2>&1 | tail -3 | tee -a "$OUT/log.txt" || return
+    --workers "${AOTI_WORKERS:-24}" -o /tmp/aoti256 --force --no-progress >/tmp/aoti-export.log 2>&1 &
+  local export_pid=$!
+  (for f in "$ROOT"/.debs/*.deb; do dpkg -x "$f" /tmp/debroot; done
+   cmake -S "$ROOT" -B /tmp/soat-cpp -DBUILD_TESTING=OFF \
+     -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)');/tmp/debroot/usr" \
+   && cmake --build /tmp/soat-cpp -j 16) >/tmp/soat-cpp.log 2>&1
+  tail -2 /tmp/soat-cpp.log | tee -a "$OUT/log.txt"
+  wait $export_pid; tail -3 /tmp/aoti-export.log | tee -a "$OUT/log.txt"
+  [ -f /tmp/aoti256/manifest.json ] || return
+  export LD_LIBRARY_PATH=/tmp/debroot/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+  log "AOTInductor C++ (soat-cpp): fidelity against the torch fp32 path, then timings"
+  if [ -x /tmp/soat-cpp/soat-cpp ]; then
+    /tmp/soat-cpp/soat-cpp generate /tmp/aoti256 --seed 3 --truncation 0.7 -o /tmp/cpp3.png 2>&1 | tee -a "$OUT/log.txt"
+    $SOAT generate --device cuda --truncation 0.7 --seeds 3 -o /tmp/py32 --force >/dev/null 2>&1
+    python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
+import numpy as np
+from PIL import Image
+a, b = (np.asarray(Image.open(p), dtype=np.float64) for p in ("/tmp/cpp3.png", "/tmp/py32/seed0003.png"))
+mse = ((a - b) ** 2).mean()
+print(f"C++ fp16 generate vs python torch fp32 (uint8 PNGs): PSNR {10 * np.log10(255 ** 2 / max(mse, 1e-12)):.1f} dB, "
+      f"max level difference {int(np.abs(a - b).max())}")
+EOF
+    for spec in generate:1 generate:8 generate:128 blend:1 merge:1; do
+      timeout 60 /tmp/soat-cpp/soat-cpp bench /tmp/aoti256 --task "${spec%:*}" --batch "${spec#*:}" --iters 50 2>&1 \
+        | tee -a "$OUT/log.txt"
+    done
+  fi
+  log "AOTInductor python backend: one load in its own process first (the Python wrapper died with SIGSEGV here)"
+  local check="import soat, torch; G = soat.load('/tmp/aoti256', backend='aoti', device='cuda', dtype='fp16'); print('python aoti load ok', G.generate(G.styles(torch.randn(2, 512, device='cuda'))).shape)"
+  if ! timeout 180 python3 -X faulthandler -c "$check" 2>&1 | tail -8 | tee -a "$OUT/log.txt" | grep -q "load ok"; then
+    command -v cuda-gdb >/dev/null && timeout 240 cuda-gdb -batch -ex run -ex "bt 30" --args python3 -c "$check" 2>&1 \
+      | grep -v "^\[New Thread\|^\[Thread" | tail -45 | tee -a "$OUT/log.txt"
+    return
+  fi
   log "AOTInductor: can whole task calls be captured as CUDA graphs? (the backend says capturable=False today)"
   timeout 120 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
 import time, torch, soat

@@ -93,6 +93,8 @@ def test_soat_cpp_png_equals_python(soat_cpp, export_dir, G, tmp_path, case):
     (["blend", "{dir}", "--seeds", "1", "2", "--mode", "diagonal"], "not a blend mode"),
     (["columns", "{dir}", "--seed", "1", "--start", "-4", "--width", "9"], "start=-4 is out of range"),
     (["paint", "{dir}"], "unknown command"),
+    (["bench", "{dir}", "--task", "paint"], "is not one of generate, blend, merge"),
+    (["bench", "{dir}", "--batch", "0"], "--batch 0 must be at least 1"),
 ])
 def test_soat_cpp_errors_are_one_line_and_nonzero(soat_cpp, export_dir, tmp_path, args, message):
     cmd = [soat_cpp, *[a.format(dir=export_dir) for a in args], "-o", str(tmp_path / "x.png")]
@@ -100,6 +102,14 @@ def test_soat_cpp_errors_are_one_line_and_nonzero(soat_cpp, export_dir, tmp_path
     assert done.returncode != 0 and not os.path.exists(tmp_path / "x.png")
     first = done.stderr.splitlines()[0]
     assert first.startswith("soat-cpp: error: ") and message in first, done.stderr
+
+
+@pytest.mark.parametrize("task", ["generate", "blend", "merge"])
+def test_soat_cpp_bench_times_each_task(soat_cpp, export_dir, task):
+    done = subprocess.run([soat_cpp, "bench", export_dir, "--task", task, "--batch", "2", "--iters", "3",
+                           "--warmup", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"soat-cpp bench {task} b2 cpu Float: median ") and "3 iters" in done.stdout
 
 
 def test_ctest_passes_on_the_export(soat_cpp, export_dir):

@@ -3,12 +3,16 @@
 #include <cstdlib>
 #include <type_traits>
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <string>
 #include <vector>
 
 #include <c10/util/Exception.h>
+#include <torch/cuda.h>
 
 #include "soat/soat.h"
 
@@ -20,6 +24,7 @@ const char* kUsage =
     "       soat-cpp merge DIR --seeds A B [--truncation T] -o out.png\n"
     "       soat-cpp expand DIR --seed S [--mode reflect|...] [--noise random|fixed] [--truncation T] -o out.png\n"
     "       soat-cpp columns DIR --seed S --start X --width W [--truncation T] -o out.png\n"
+    "       soat-cpp bench DIR [--task generate|blend|merge] [--batch B] [--iters N] [--warmup W]\n"
     "       (--device cpu|cuda[:i]: default the export's device)";
 
 struct Args {
@@ -72,10 +77,12 @@ Args parse(int argc, char** argv) {
     } else if (k == "--mode") a.mode = value();
     else if (k == "--noise") a.noise = value();
     else if (k == "--device") a.device = value();
-    else if (k == "--seed" || k == "--start" || k == "--width" || k == "--truncation") a.opts[k] = value();
+    else if (k == "--seed" || k == "--start" || k == "--width" || k == "--truncation" || k == "--task" ||
+             k == "--batch" || k == "--iters" || k == "--warmup")
+      a.opts[k] = value();
     else throw soat::Error("unknown option " + k);
   }
-  if (a.out.empty()) throw soat::Error("-o out.png is required");
+  if (a.out.empty() && a.command != "bench") throw soat::Error("-o out.png is required");
   return a;
 }
 
@@ -85,13 +92,60 @@ std::string need(const Args& a, const std::string& k) {
   return it->second;
 }
 
+int64_t positive(const Args& a, const std::string& k, int64_t fallback) {
+  auto it = a.opts.find(k);
+  if (it == a.opts.end()) return fallback;
+  auto n = parse_int<int64_t>(k, it->second);
+  if (n < 1) throw soat::Error(k + " " + it->second + " must be at least 1");
+  return n;
+}
+
+// Times one task call on a batch of seeded styles (computed once, outside the timing), each call
+// waited for, as `soat bench` times the Python runtime: prints the median and the 10th/90th percentiles.
+int bench(soat::Generator& G, const Args& a, double psi) {
+  std::string task = a.opts.count("--task") ? a.opts.at("--task") : "generate";
+  int64_t batch = positive(a, "--batch", 1), iters = positive(a, "--iters", 50), warmup = positive(a, "--warmup", 10);
+  std::vector<uint64_t> seeds(2 * batch);
+  for (size_t i = 0; i < seeds.size(); ++i) seeds[i] = i;
+  auto s = G.styles(G.seed_z(seeds), psi);
+  soat::Styles s1, s2;
+  for (size_t k = 0; k < s.size(); ++k) {
+    s1.push_back(s[k].slice(0, 0, batch));
+    s2.push_back(s[k].slice(0, batch, 2 * batch));
+  }
+  std::function<at::Tensor()> call;
+  if (task == "generate") call = [&] { return G.generate(s1); };
+  else if (task == "blend") call = [&] { return G.blend(s1, s2); };
+  else if (task == "merge") call = [&] { return G.merge_extension(s1, s2); };
+  else throw soat::Error("--task " + task + " is not one of generate, blend, merge");
+  const bool cuda = G.device().is_cuda();
+  auto wait = [&] { if (cuda) torch::cuda::synchronize(G.device().index()); };
+  for (int64_t i = 0; i < warmup; ++i) call();
+  wait();
+  std::vector<double> ms;
+  for (int64_t i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    call();
+    wait();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  auto at = [&](double q) { return ms[static_cast<size_t>(q * (ms.size() - 1))]; };
+  std::printf("soat-cpp bench %s b%lld %s %s: median %.3f ms (p10 %.3f, p90 %.3f), %.1f img/s, %lld iters\n",
+              task.c_str(), static_cast<long long>(batch), G.device().str().c_str(),
+              c10::toString(G.dtype()), at(0.5), at(0.1), at(0.9), batch * 1e3 / at(0.5),
+              static_cast<long long>(iters));
+  return 0;
+}
+
 int run(int argc, char** argv) {
   Args a = parse(argc, argv);
-  static const std::vector<std::string> commands{"generate", "blend", "merge", "expand", "columns"};
+  static const std::vector<std::string> commands{"generate", "blend", "merge", "expand", "columns", "bench"};
   if (std::find(commands.begin(), commands.end(), a.command) == commands.end())
     throw soat::Error("unknown command '" + a.command + "'\n" + kUsage);
   double psi = a.opts.count("--truncation") ? parse_f("--truncation", a.opts["--truncation"]) : 0.7;
   soat::Generator G(a.dir, a.device);
+  if (a.command == "bench") return bench(G, a, psi);
   at::Tensor img;
   if (a.command == "generate") {
     img = G.generate(G.styles(G.seed_z({parse_int<uint64_t>("--seed", need(a, "--seed"))}), psi));

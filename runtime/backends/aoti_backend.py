@@ -1,7 +1,12 @@
 """The AOTInductor backend: an export folder of ``.pt2`` packages (``soat export --format aoti``).
 
 Each graph is a package compiled ahead of time by ``torch._inductor`` (C++ kernels on the
-CPU, Triton on CUDA) and loaded with ``torch._inductor.aoti_load_package`` on first use.
+CPU, Triton on CUDA) and loaded on first use by libtorch's package loader
+(``torch._C._aoti.AOTIModelPackageLoader``, the class ``torch._inductor.aoti_load_package`` wraps and
+``libsoat`` uses in C++). Calling the loader directly skips the wrapper's pytree work on every call (the
+graphs take and return flat tensors) and its device-information probe (the manifest check below covers
+the device): on the lent H200 that Python wrapper died with SIGSEGV where the C++ loader ran the same
+packages (bench/NOTES.md, round 4).
 A package runs only under the torch version that built it and on the device type it was
 compiled for: both are in the manifest and checked here before anything is loaded.
 The noise input takes the batch of ``x`` (see ``soat.export.aoti_export``): a
@@ -70,7 +75,7 @@ class AotiBackend(NodeByNode):
         if "noise" in names:
             i = names.index("noise")
             args[i] = args[i].expand(args[0].shape[0], *args[i].shape[1:])
-        out = self._model(graph_id)(*[a.contiguous() for a in args])
+        (out,) = self._model(graph_id).run([a.contiguous() for a in args])
         return {outputs[0]: out}
 
     def _model(self, graph_id: str):
@@ -79,6 +84,8 @@ class AotiBackend(NodeByNode):
             if graph_id not in self.manifest.graphs:
                 raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
             index = self.device.index if self.device.index is not None else -1
-            model = torch._inductor.aoti_load_package(self.manifest.graph_path(graph_id), device_index=index)
+            # (path, model name in the package, run single-threaded, runners, device index)
+            model = torch._C._aoti.AOTIModelPackageLoader(self.manifest.graph_path(graph_id), "model", False, 1,
+                                                          index)
             self._models[graph_id] = model
         return model
