@@ -165,11 +165,14 @@ aoti() {
   timeout "${AOTI_EXPORT_S:-300}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
     --workers "${AOTI_WORKERS:-24}" -o /tmp/aoti256 --force --no-progress >/tmp/aoti-export.log 2>&1 &
   local export_pid=$!
-  (for f in "$ROOT"/.debs/*.deb; do dpkg -x "$f" /tmp/debroot; done
+  # zlib's static library from the .deb cannot go into a shared library: link the image's libz.so.1
+  (for f in "$ROOT"/.debs/*.deb; do dpkg -x "$f" /tmp/debroot; done; rm -f /tmp/debroot/usr/lib/x86_64-linux-gnu/libz.*
    cmake -S "$ROOT" -B /tmp/soat-cpp -DBUILD_TESTING=OFF \
      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)');/tmp/debroot/usr" \
-   && cmake --build /tmp/soat-cpp -j 16) >/tmp/soat-cpp.log 2>&1
-  tail -2 /tmp/soat-cpp.log | tee -a "$OUT/log.txt"
+     -DZLIB_LIBRARY=/usr/lib/x86_64-linux-gnu/libz.so.1 -DZLIB_INCLUDE_DIR=/tmp/debroot/usr/include \
+     -DPNG_LIBRARY=/tmp/debroot/usr/lib/x86_64-linux-gnu/libpng16.so.16 -DPNG_PNG_INCLUDE_DIR=/tmp/debroot/usr/include \
+   && cmake --build /tmp/soat-cpp -j 16) >"$OUT/cpp-build.log" 2>&1
+  tail -2 "$OUT/cpp-build.log" | tee -a "$OUT/log.txt"
   wait $export_pid; tail -3 /tmp/aoti-export.log | tee -a "$OUT/log.txt"
   [ -f /tmp/aoti256/manifest.json ] || return
   export LD_LIBRARY_PATH=/tmp/debroot/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -193,8 +196,13 @@ EOF
   log "AOTInductor python backend: one load in its own process first (the Python wrapper died with SIGSEGV here)"
   local check="import soat, torch; G = soat.load('/tmp/aoti256', backend='aoti', device='cuda', dtype='fp16'); print('python aoti load ok', G.generate(G.styles(torch.randn(2, 512, device='cuda'))).shape)"
   if ! timeout 180 python3 -X faulthandler -c "$check" 2>&1 | tail -8 | tee -a "$OUT/log.txt" | grep -q "load ok"; then
-    command -v cuda-gdb >/dev/null && timeout 240 cuda-gdb -batch -ex run -ex "bt 30" --args python3 -c "$check" 2>&1 \
-      | grep -v "^\[New Thread\|^\[Thread" | tail -45 | tee -a "$OUT/log.txt"
+    log "AOTInductor python load variants (round 4's backtrace: std::regex in the package's parse_device_str)"
+    local bare="import torch; m = torch._C._aoti.AOTIModelPackageLoader('/tmp/aoti256/mapping.pt2', 'model', False, 1, -1); print('bare load ok', m.run([torch.randn(2, 512, device='cuda', dtype=torch.half)])[0].shape)"
+    (LC_ALL=C PYTHONCOERCECLOCALE=0 timeout 120 python3 -c "$check" 2>&1 | grep -q "load ok" && echo "C locale, no coercion: loads" | tee -a "$OUT/log.txt") &
+    (timeout 120 python3 -c "$bare" 2>&1 | grep -q "load ok" && echo "torch alone (no soat, no triton import): loads" | tee -a "$OUT/log.txt") &
+    (TORCH_USE_RTLD_GLOBAL=1 timeout 120 python3 -c "$bare" 2>&1 | grep -q "load ok" \
+      && echo "torch's libraries loaded RTLD_GLOBAL: loads" | tee -a "$OUT/log.txt") &
+    wait
     return
   fi
   log "AOTInductor: can whole task calls be captured as CUDA graphs? (the backend says capturable=False today)"

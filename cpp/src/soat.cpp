@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "io.h"
 
@@ -44,11 +45,10 @@ at::Tensor ramp(int64_t n, bool pad) {
   return alpha;
 }
 
-at::Tensor ramp_lerp(const at::Tensor& x1, const at::Tensor& x2, int64_t axis, bool pad) {
-  int64_t n = x1.size(axis);
+// (1 - alpha) * x1 + alpha * x2 with alpha [1, 1, n, 1] (axis 2) or [1, 1, 1, n] (axis 3) on x1's device
+at::Tensor ramp_alpha(int64_t n, int64_t axis, bool pad, const at::TensorOptions& like) {
   std::vector<int64_t> view = axis == 2 ? std::vector<int64_t>{1, 1, n, 1} : std::vector<int64_t>{1, 1, 1, n};
-  at::Tensor alpha = ramp(n, pad).to(x1.device()).view(view).to(x1.scalar_type());
-  return (1 - alpha) * x1 + alpha * x2;
+  return ramp(n, pad).view(view).to(like);
 }
 
 at::Tensor widen_one(const at::Tensor& x, const std::string& mode) {
@@ -95,10 +95,22 @@ struct Generator::Impl {
   std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders;
   std::vector<at::Tensor> fixed_noise;
   std::map<std::vector<int64_t>, at::Tensor> widened;  // (index, b, h, w) -> widened fixed noise
+  // (n, axis, pad) -> ramp on the device: built once, since a host-to-device copy per node would make
+  // the host wait for the GPU at every layer of a blend
+  std::map<std::tuple<int64_t, int64_t, bool>, at::Tensor> alphas;
   Styles mean;
   std::map<std::pair<int64_t, int64_t>, Styles> latent_cache;  // (seed, index) at one truncation
   double latent_truncation = -1;
   uint64_t latent_seed = 0;
+
+  at::Tensor ramp_lerp(const at::Tensor& x1, const at::Tensor& x2, int64_t axis, bool pad) {
+    int64_t n = x1.size(axis);
+    auto key = std::make_tuple(n, axis, pad);
+    auto it = alphas.find(key);
+    if (it == alphas.end()) it = alphas.emplace(key, ramp_alpha(n, axis, pad, x1.options())).first;
+    const at::Tensor& alpha = it->second;
+    return (1 - alpha) * x1 + alpha * x2;
+  }
 
   // the noise for a node given its input's batch and size; random: drawn from gen (normal_, layer order)
   std::optional<at::Tensor> noise_for(const Node& n, int64_t b, int64_t h, int64_t w, at::Generator* gen) {
@@ -304,8 +316,8 @@ static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, con
   for (size_t i = first; i < m.chain.size(); ++i) {
     const Node& n = m.chain[i];
     auto nz = m.noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
-    at::Tensor out = ramp_lerp(G.run_graph(n.id, node_inputs(n, x, s1, rgb, nz)),
-                               G.run_graph(n.id, node_inputs(n, x, s2, rgb, nz)), axis, pad);
+    at::Tensor out = m.ramp_lerp(G.run_graph(n.id, node_inputs(n, x, s1, rgb, nz)),
+                                 G.run_graph(n.id, node_inputs(n, x, s2, rgb, nz)), axis, pad);
     if (n.kind == "to_rgb") rgb = out;
     else x = out;
   }

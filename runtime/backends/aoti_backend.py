@@ -3,10 +3,8 @@
 Each graph is a package compiled ahead of time by ``torch._inductor`` (C++ kernels on the
 CPU, Triton on CUDA) and loaded on first use by libtorch's package loader
 (``torch._C._aoti.AOTIModelPackageLoader``, the class ``torch._inductor.aoti_load_package`` wraps and
-``libsoat`` uses in C++). Calling the loader directly skips the wrapper's pytree work on every call (the
-graphs take and return flat tensors) and its device-information probe (the manifest check below covers
-the device): on the lent H200 that Python wrapper died with SIGSEGV where the C++ loader ran the same
-packages (bench/NOTES.md, round 4).
+``libsoat`` uses in C++). Calling the loader directly skips the wrapper's pytree work on every call: the
+graphs take and return flat tensors.
 A package runs only under the torch version that built it and on the device type it was
 compiled for: both are in the manifest and checked here before anything is loaded.
 The noise input takes the batch of ``x`` (see ``soat.export.aoti_export``): a
