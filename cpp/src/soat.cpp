@@ -309,15 +309,33 @@ at::Tensor Generator::generate(const Styles& s) {
   return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), s, c, at::Tensor(), noise).second.clamp(-1, 1);
 }
 
-// lerp_chain: every node with both styles on the shared input, outputs combined by the ramp
+// Both style lists as one batch of 2B per entry: sigma1's rows, then sigma2's
+static Styles paired(const Styles& s1, const Styles& s2) {
+  Styles s;
+  for (size_t k = 0; k < s1.size(); ++k) s.push_back(at::cat({s1[k], s2[k]}));
+  return s;
+}
+
+// The noise of a batch-B call for the paired batch of 2B: both runs see the same maps
+static std::optional<at::Tensor> twice(std::optional<at::Tensor> noise) {
+  if (noise && noise->size(0) != 1) noise = at::cat({*noise, *noise});
+  return noise;
+}
+
+// lerp_chain: every node with both styles on the shared input, outputs combined by the ramp. Both runs go
+// into one call of batch 2B (the input and skip repeated): half the graph calls, which matters where each
+// kernel is launched from the host.
 static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, const Styles& s1, const Styles& s2,
                              at::Tensor x, int64_t axis, bool pad) {
+  const Styles s = paired(s1, s2);
+  const int64_t b = x.size(0);
   at::Tensor rgb;
   for (size_t i = first; i < m.chain.size(); ++i) {
     const Node& n = m.chain[i];
-    auto nz = m.noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
-    at::Tensor out = m.ramp_lerp(G.run_graph(n.id, node_inputs(n, x, s1, rgb, nz)),
-                                 G.run_graph(n.id, node_inputs(n, x, s2, rgb, nz)), axis, pad);
+    auto nz = twice(m.noise_for(n, b, x.size(2), x.size(3), nullptr));
+    at::Tensor out = G.run_graph(n.id, node_inputs(n, at::cat({x, x}), s, rgb.defined() ? at::cat({rgb, rgb}) : rgb,
+                                                   nz));
+    out = m.ramp_lerp(out.slice(0, 0, b), out.slice(0, b), axis, pad);
     if (n.kind == "to_rgb") rgb = out;
     else x = out;
   }
@@ -337,8 +355,10 @@ at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
   auto& m = *impl_;
   const Node& conv1 = m.chain[1];
   at::Tensor c = run_graph("input", {s1[0]});
-  auto n0 = m.noise_for(conv1, c.size(0), c.size(2), c.size(3), nullptr)->expand({c.size(0), 1, 4, 4});
-  at::Tensor x = at::cat({run_graph(conv1.id, {c, s1[0], n0}), run_graph(conv1.id, {c, s2[0], n0})}, 3);
+  const int64_t b = c.size(0);
+  auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
+  at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), at::cat({s1[0], s2[0]}), n0});
+  at::Tensor x = at::cat({both.slice(0, 0, b), both.slice(0, b)}, 3);
   return lerp_chain(*this, m, 2, s1, s2, x, 3, true).clamp(-1, 1);
 }
 

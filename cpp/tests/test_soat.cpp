@@ -78,6 +78,11 @@ static void test_export(const std::string& dir) {
   SOAT_CHECK(G.blend(s1, s2, true).sizes() == at::IntArrayRef({1, 3, R, R}));
   at::Tensor merged = G.merge_extension(s1, s2);
   SOAT_CHECK(merged.sizes() == at::IntArrayRef({1, 3, R, 2 * R}));
+  // blend and merge run both styles as one batch of 2B: a batch of two pairs gives each pair as alone
+  auto t = G.styles(G.seed_z({5, 6}), 0.7);
+  SOAT_CHECK((G.merge_extension(s, t).slice(0, 1, 2) - G.merge_extension(s2, G.pick(t, 1))).abs().max().item<float>() <
+             1e-4);
+  SOAT_CHECK((G.blend(s, t, true).slice(0, 1, 2) - G.blend(s2, G.pick(t, 1), true)).abs().max().item<float>() < 1e-4);
   SOAT_CHECK(G.expand(s1, "reflect").sizes() == at::IntArrayRef({1, 3, R, 2 * R}));
   SOAT_CHECK(G.expand(s1, "vertical", 5).sizes() == at::IntArrayRef({1, 3, 2 * R, R}));
   // columns: any split of a range gives the whole range's pixels
