@@ -15,8 +15,8 @@ device, then copied to the host in one transfer. On CUDA that copy goes into pin
 memory without blocking the worker thread, so up to ``depth`` batches are in flight: the
 worker launches the next batch while a finisher thread waits for the previous one's
 copy, and encoding (the server's encoder pool) overlaps both. On CUDA a batch is padded
-to a power of two (repeating its last span), so the streaming graphs are captured for at
-most ``log2(max_batch) + 1`` shapes.
+(repeating its last span) to one of a few sizes (``graph_batch``), so the streaming graphs
+are captured for a few shapes only, all of them at warm-up.
 """
 
 from __future__ import annotations
@@ -141,12 +141,11 @@ class SpanBatcher:
         return (1 + len(self._queue) // self.max_batch) * self.batch_s + self.window_s
 
     async def warm_up(self) -> None:
-        """Before the first client: one batch of each size the server will run (on CUDA each power of two
-        up to ``max_batch``, so every graph is captured now, not during a stream; elsewhere one span),
-        which also times a batch for ``first_tile_eta_s``."""
-        sizes = [1]
-        while self.G.device.type == "cuda" and sizes[-1] * 2 <= self.max_batch:
-            sizes.append(sizes[-1] * 2)
+        """Before the first client: one batch of each size the server will run (on CUDA each padded size
+        ``graph_batch`` gives up to ``max_batch``, so every graph is captured now, not during a stream;
+        elsewhere one span), which also times a batch for ``first_tile_eta_s``."""
+        cuda = self.G.device.type == "cuda"
+        sizes = sorted({graph_batch(n) for n in range(1, self.max_batch + 1)}) if cuda else [1]
         first = 0
         for n in sizes:  # seed 0's first spans: real ones, cached for its first viewers
             await asyncio.gather(*(self.span(SpanKey(0, first + i, self.truncation)) for i in range(n)))

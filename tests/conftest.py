@@ -37,6 +37,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def onnx_export(source, tmp_path_factory, name: str, **kwargs) -> str:
+    """``source`` (a generator or checkpoint) exported to ONNX in a fresh temporary folder ``name``."""
+    import soat.export
+    folder = tmp_path_factory.mktemp(name)
+    soat.export.export(source, folder, progress=False, **kwargs)
+    return str(folder)
+
+
 def make_styles(G: soat.Generator, batch: int = 1, seed: int = 0) -> list[torch.Tensor]:
     """Untruncated sigma list ``[[batch, C_k]]`` from seeded z (the global RNG is left alone)."""
     z = torch.randn(batch, G.config.style_dim, generator=torch.Generator().manual_seed(seed))

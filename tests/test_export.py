@@ -24,7 +24,7 @@ from soat.runtime.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from soat.export.onnx_export import cache_key
 from soat.runtime.chain import build_chain
 from soat.runtime.checkpoint import file_sha256
-from conftest import make_styles, pick, rel_err
+from conftest import make_styles, onnx_export, pick, rel_err
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -36,16 +36,12 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_ORT_CUDA
 
 @pytest.fixture(scope="module")
 def export_dir(g32, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("export32")
-    soat.export.export(g32, folder, progress=False)
-    return str(folder)
+    return onnx_export(g32, tmp_path_factory, "export32")
 
 
 @pytest.fixture(scope="module")
 def export_dir_b(g32b, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("export32b")
-    soat.export.export(g32b, folder, progress=False)
-    return str(folder)
+    return onnx_export(g32b, tmp_path_factory, "export32b")
 
 
 @pytest.fixture(scope="module", params=DEVICES)

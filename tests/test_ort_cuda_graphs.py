@@ -20,7 +20,7 @@ from soat.runtime.backends.ort_backend import OrtBackend
 from soat.runtime.backends.ort_cuda_graphs import ALIGN_BYTES, CaptureSlots, OrtCudaGraphs, Staging
 from soat.runtime.graphs import graph_io
 from soat.runtime.manifest import read_manifest
-from conftest import make_styles
+from conftest import make_styles, onnx_export
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -30,16 +30,12 @@ HAS_ORT_CUDA = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_
 
 @pytest.fixture(scope="module")
 def export16(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("export16")
-    soat.export.export("random", folder, dtype="fp16", size=16, progress=False)
-    return str(folder)
+    return onnx_export("random", tmp_path_factory, "export16", dtype="fp16", size=16)
 
 
 @pytest.fixture(scope="module")
-def export32(g8, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("export8")
-    soat.export.export(g8, folder, progress=False)
-    return str(folder)
+def export8(g8, tmp_path_factory) -> str:
+    return onnx_export(g8, tmp_path_factory, "export8")
 
 
 class Sessions:
@@ -155,7 +151,7 @@ def test_graph_session_errors_of_ours_are_not_swallowed(g8):
 
 # ---- which path runs --------------------------------------------------------------------------
 @pytest.mark.parametrize("graphs", [True, False])
-def test_load_passes_graphs_to_the_ort_backend(export32, monkeypatch, graphs):
+def test_load_passes_graphs_to_the_ort_backend(export8, monkeypatch, graphs):
     seen = []
 
     class Recording(OrtBackend):
@@ -164,12 +160,12 @@ def test_load_passes_graphs_to_the_ort_backend(export32, monkeypatch, graphs):
             super().__init__(manifest, device, dtype, graphs)
 
     monkeypatch.setattr(load_module, "OrtBackend", Recording)
-    soat.load(export32, backend="onnxruntime", graphs=graphs)
+    soat.load(export8, backend="onnxruntime", graphs=graphs)
     assert seen == [graphs]
 
 
-def test_capturable_graphs_run_through_the_captures_others_eagerly(export32, g8):
-    backend = soat.load(export32, backend="onnxruntime").backend
+def test_capturable_graphs_run_through_the_captures_others_eagerly(export8, g8):
+    backend = soat.load(export8, backend="onnxruntime").backend
     assert backend._graphs is None  # on the CPU there are no CUDA graphs, whatever graphs= says
     wplus = torch.randn(2, g8.config.n_latent, g8.config.style_dim)
     eager = backend.run("styles", {"wplus": wplus})["styles"]

@@ -45,7 +45,7 @@ at::Tensor ramp(int64_t n, bool pad) {
   return alpha;
 }
 
-// (1 - alpha) * x1 + alpha * x2 with alpha [1, 1, n, 1] (axis 2) or [1, 1, 1, n] (axis 3) on x1's device
+// the ramp shaped to lerp along axis ([1, 1, n, 1] for 2, [1, 1, 1, n] for 3), with like's dtype and device
 at::Tensor ramp_alpha(int64_t n, int64_t axis, bool pad, const at::TensorOptions& like) {
   std::vector<int64_t> view = axis == 2 ? std::vector<int64_t>{1, 1, n, 1} : std::vector<int64_t>{1, 1, 1, n};
   return ramp(n, pad).view(view).to(like);
@@ -309,8 +309,13 @@ at::Tensor Generator::generate(const Styles& s) {
   return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), s, c, at::Tensor(), noise).second.clamp(-1, 1);
 }
 
-// Both style lists as one batch of 2B per entry: sigma1's rows, then sigma2's
-static Styles paired(const Styles& s1, const Styles& s2) {
+// Both style lists (checked, of one batch B) as one batch of 2B per entry: sigma1's rows, then sigma2's
+static Styles paired(const Styles& s1, const Styles& s2, const std::vector<int64_t>& channels) {
+  check_styles(s1, channels, "styles1");
+  check_styles(s2, channels, "styles2");
+  if (s1[0].size(0) != s2[0].size(0))
+    throw Error("styles1 has batch " + std::to_string(s1[0].size(0)) + " but styles2 has " +
+                std::to_string(s2[0].size(0)) + "; they must match");
   Styles s;
   for (size_t k = 0; k < s1.size(); ++k) s.push_back(at::cat({s1[k], s2[k]}));
   return s;
@@ -323,11 +328,10 @@ static std::optional<at::Tensor> twice(std::optional<at::Tensor> noise) {
 }
 
 // lerp_chain: every node with both styles on the shared input, outputs combined by the ramp. Both runs go
-// into one call of batch 2B (the input and skip repeated): half the graph calls, which matters where each
-// kernel is launched from the host.
-static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, const Styles& s1, const Styles& s2,
-                             at::Tensor x, int64_t axis, bool pad) {
-  const Styles s = paired(s1, s2);
+// into one call of batch 2B (s: paired styles; the input and skip repeated): half the graph calls, which
+// matters where each kernel is launched from the host.
+static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, const Styles& s, at::Tensor x,
+                             int64_t axis, bool pad) {
   const int64_t b = x.size(0);
   at::Tensor rgb;
   for (size_t i = first; i < m.chain.size(); ++i) {
@@ -343,23 +347,21 @@ static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, con
 }
 
 at::Tensor Generator::blend(const Styles& s1, const Styles& s2, bool vertical) {
-  check_styles(s1, impl_->channels, "styles1");
-  check_styles(s2, impl_->channels, "styles2");
+  const Styles s = paired(s1, s2, impl_->channels);
   at::Tensor c = run_graph("input", {s1[0]});
-  return lerp_chain(*this, *impl_, 1, s1, s2, c, vertical ? 2 : 3, true).clamp(-1, 1);
+  return lerp_chain(*this, *impl_, 1, s, c, vertical ? 2 : 3, true).clamp(-1, 1);
 }
 
 at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
-  check_styles(s1, impl_->channels, "styles1");
-  check_styles(s2, impl_->channels, "styles2");
+  const Styles s = paired(s1, s2, impl_->channels);
   auto& m = *impl_;
   const Node& conv1 = m.chain[1];
   at::Tensor c = run_graph("input", {s1[0]});
   const int64_t b = c.size(0);
   auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
-  at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), at::cat({s1[0], s2[0]}), n0});
+  at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), s[0], n0});
   at::Tensor x = at::cat({both.slice(0, 0, b), both.slice(0, b)}, 3);
-  return lerp_chain(*this, m, 2, s1, s2, x, 3, true).clamp(-1, 1);
+  return lerp_chain(*this, m, 2, s, x, 3, true).clamp(-1, 1);
 }
 
 at::Tensor Generator::expand(const Styles& s, const std::string& mode, std::optional<uint64_t> noise_seed) {

@@ -83,6 +83,13 @@ static void test_export(const std::string& dir) {
   SOAT_CHECK((G.merge_extension(s, t).slice(0, 1, 2) - G.merge_extension(s2, G.pick(t, 1))).abs().max().item<float>() <
              1e-4);
   SOAT_CHECK((G.blend(s, t, true).slice(0, 1, 2) - G.blend(s2, G.pick(t, 1), true)).abs().max().item<float>() < 1e-4);
+  bool mismatched = false;
+  try {
+    G.blend(s, s1);
+  } catch (const soat::Error& e) {
+    mismatched = std::string(e.what()).find("they must match") != std::string::npos;
+  }
+  SOAT_CHECK(mismatched);
   SOAT_CHECK(G.expand(s1, "reflect").sizes() == at::IntArrayRef({1, 3, R, 2 * R}));
   SOAT_CHECK(G.expand(s1, "vertical", 5).sizes() == at::IntArrayRef({1, 3, 2 * R, R}));
   // columns: any split of a range gives the whole range's pixels
