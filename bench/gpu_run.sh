@@ -161,73 +161,124 @@ aoti_probe() {
 }
 
 aoti() {
-  log "AOTInductor: 256 px fp16 CUDA export (python) while libsoat builds (C++, Debian's libpng and json from .debs/)"
-  timeout "${AOTI_EXPORT_S:-300}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
+  log "AOTInductor: 256 px fp16 CUDA export while libsoat builds (Debian's libpng and json from .debs/)"
+  timeout "${AOTI_EXPORT_S:-330}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
     --workers "${AOTI_WORKERS:-24}" -o /tmp/aoti256 --force --no-progress >/tmp/aoti-export.log 2>&1 &
-  local export_pid=$!
+  local export_pid=$! t0=$SECONDS
   # zlib's static library from the .deb cannot go into a shared library: link the image's libz.so.1
   (for f in "$ROOT"/.debs/*.deb; do dpkg -x "$f" /tmp/debroot; done; rm -f /tmp/debroot/usr/lib/x86_64-linux-gnu/libz.*
    cmake -S "$ROOT" -B /tmp/soat-cpp -DBUILD_TESTING=OFF \
      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)');/tmp/debroot/usr" \
      -DZLIB_LIBRARY=/usr/lib/x86_64-linux-gnu/libz.so.1 -DZLIB_INCLUDE_DIR=/tmp/debroot/usr/include \
      -DPNG_LIBRARY=/tmp/debroot/usr/lib/x86_64-linux-gnu/libpng16.so.16 -DPNG_PNG_INCLUDE_DIR=/tmp/debroot/usr/include \
-   && cmake --build /tmp/soat-cpp -j 16) >"$OUT/cpp-build.log" 2>&1
-  tail -2 "$OUT/cpp-build.log" | tee -a "$OUT/log.txt"
+   && cmake --build /tmp/soat-cpp -j 8) >"$OUT/cpp-build.log" 2>&1
+  grep -E "error" "$OUT/cpp-build.log" | head -20 | tee -a "$OUT/log.txt"; tail -1 "$OUT/cpp-build.log" | tee -a "$OUT/log.txt"
   wait $export_pid; tail -3 /tmp/aoti-export.log | tee -a "$OUT/log.txt"
+  echo "export + build: $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"
   [ -f /tmp/aoti256/manifest.json ] || return
   export LD_LIBRARY_PATH=/tmp/debroot/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
-  log "AOTInductor C++ (soat-cpp): fidelity against the torch fp32 path, then timings"
-  if [ -x /tmp/soat-cpp/soat-cpp ]; then
-    /tmp/soat-cpp/soat-cpp generate /tmp/aoti256 --seed 3 --truncation 0.7 -o /tmp/cpp3.png 2>&1 | tee -a "$OUT/log.txt"
-    $SOAT generate --device cuda --truncation 0.7 --seeds 3 -o /tmp/py32 --force >/dev/null 2>&1
-    python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
+  local python_ok=""
+  aoti_python_load && python_ok=1
+  aoti_cpp
+  [ -n "$python_ok" ] && aoti_python
+}
+
+aoti_python_load() {
+  log "AOTInductor python backend: one load in its own process first (round 4: SIGSEGV in std::regex)"
+  local check="import soat, torch; G = soat.load('/tmp/aoti256', backend='aoti', device='cuda', dtype='fp16'); print('python aoti load ok', G.generate(G.styles(torch.randn(2, 512, device='cuda'))).shape)"
+  timeout 180 python3 -X faulthandler -c "$check" 2>&1 | tail -4 | tee -a "$OUT/log.txt" | grep -q "load ok" && return 0
+  log "AOTInductor python load: what binds where, and variants"
+  rm -rf /tmp/pk && mkdir -p /tmp/pk && (cd /tmp/pk && python3 -m zipfile -e /tmp/aoti256/mapping.pt2 .)
+  local so; so=$(find /tmp/pk -name "*.so" | head -1)
+  { readelf -d "$so" | grep NEEDED; readelf -p .comment "$so" | head -4
+    echo "regex symbols defined: $(nm -DC --defined-only "$so" | grep -c regex)"; nm -C "$so" 2>/dev/null | grep -m3 "do_unshift"
+  } 2>&1 | tee -a "$OUT/log.txt"
+  local bare="import torch; m = torch._C._aoti.AOTIModelPackageLoader('/tmp/aoti256/mapping.pt2', 'model', True, 1, -1); print('bare load ok', m.run([torch.randn(2, 512, device='cuda', dtype=torch.half)])[0].shape)"
+  local cpu_lib; cpu_lib=$(python3 -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))")
+  local promote_std="import ctypes, os, torch; ctypes.CDLL('libstdc++.so.6', mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD); "
+  local promote_cpu="import ctypes, os, torch; ctypes.CDLL('$cpu_lib', mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD); "
+  LD_DEBUG=bindings timeout 120 python3 -c "$bare" 2>&1 | grep "wrapper.so" | grep -E "regex|locale|collate|ctype" \
+    | head -12 | tee -a "$OUT/log.txt"
+  variant() {  # a name, then the command (with its environment)
+    local name=$1; shift
+    if env "$@" 2>&1 | grep -q "load ok"; then echo "variant loads: $name"; else echo "variant fails: $name"; fi \
+      | tee -a "$OUT/log.txt"
+  }
+  variant "torch alone" timeout 120 python3 -c "$bare" &
+  variant "libstdc++ promoted to RTLD_GLOBAL" timeout 120 python3 -c "$promote_std$bare" &
+  variant "libtorch_cpu promoted to RTLD_GLOBAL" timeout 120 python3 -c "$promote_cpu$bare" &
+  variant "TORCH_USE_RTLD_GLOBAL=1" TORCH_USE_RTLD_GLOBAL=1 timeout 120 python3 -c "$bare" &
+  variant "LD_PRELOAD=libstdc++" LD_PRELOAD=libstdc++.so.6 timeout 120 python3 -c "$bare" &
+  variant "C locale, no coercion" LC_ALL=C PYTHONCOERCECLOCALE=0 timeout 120 python3 -c "$bare" &
+  wait
+  return 1
+}
+
+aoti_cpp() {
+  log "AOTInductor C++ (soat-cpp): fidelity against the torch fp32 path (graphs on and off), then timings"
+  [ -x /tmp/soat-cpp/soat-cpp ] || return
+  local g spec task batch
+  for g in on off; do
+    timeout 120 /tmp/soat-cpp/soat-cpp generate /tmp/aoti256 --seed 3 --truncation 0.7 --graphs $g -o /tmp/cpp3_$g.png 2>&1 \
+      | tee -a "$OUT/log.txt"
+  done
+  $SOAT generate --device cuda --truncation 0.7 --seeds 3 -o /tmp/py32 --force >/dev/null 2>&1
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
 import numpy as np
 from PIL import Image
-a, b = (np.asarray(Image.open(p), dtype=np.float64) for p in ("/tmp/cpp3.png", "/tmp/py32/seed0003.png"))
-mse = ((a - b) ** 2).mean()
-print(f"C++ fp16 generate vs python torch fp32 (uint8 PNGs): PSNR {10 * np.log10(255 ** 2 / max(mse, 1e-12)):.1f} dB, "
-      f"max level difference {int(np.abs(a - b).max())}")
-EOF
-    for spec in generate:1 generate:8 generate:128 blend:1 merge:1; do
-      timeout 60 /tmp/soat-cpp/soat-cpp bench /tmp/aoti256 --task "${spec%:*}" --batch "${spec#*:}" --iters 50 2>&1 \
-        | tee -a "$OUT/log.txt"
-    done
-  fi
-  log "AOTInductor python backend: one load in its own process first (the Python wrapper died with SIGSEGV here)"
-  local check="import soat, torch; G = soat.load('/tmp/aoti256', backend='aoti', device='cuda', dtype='fp16'); print('python aoti load ok', G.generate(G.styles(torch.randn(2, 512, device='cuda'))).shape)"
-  if ! timeout 180 python3 -X faulthandler -c "$check" 2>&1 | tail -8 | tee -a "$OUT/log.txt" | grep -q "load ok"; then
-    log "AOTInductor python load variants (round 4's backtrace: std::regex in the package's parse_device_str)"
-    local bare="import torch; m = torch._C._aoti.AOTIModelPackageLoader('/tmp/aoti256/mapping.pt2', 'model', False, 1, -1); print('bare load ok', m.run([torch.randn(2, 512, device='cuda', dtype=torch.half)])[0].shape)"
-    (LC_ALL=C PYTHONCOERCECLOCALE=0 timeout 120 python3 -c "$check" 2>&1 | grep -q "load ok" && echo "C locale, no coercion: loads" | tee -a "$OUT/log.txt") &
-    (timeout 120 python3 -c "$bare" 2>&1 | grep -q "load ok" && echo "torch alone (no soat, no triton import): loads" | tee -a "$OUT/log.txt") &
-    (TORCH_USE_RTLD_GLOBAL=1 timeout 120 python3 -c "$bare" 2>&1 | grep -q "load ok" \
-      && echo "torch's libraries loaded RTLD_GLOBAL: loads" | tee -a "$OUT/log.txt") &
-    wait
-    return
-  fi
-  log "AOTInductor: can whole task calls be captured as CUDA graphs? (the backend says capturable=False today)"
-  timeout 120 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
-import time, torch, soat
-from soat.runtime.backends.aoti_backend import AotiBackend
+ref = np.asarray(Image.open("/tmp/py32/seed0003.png"), dtype=np.float64)
+for g in ("on", "off"):
+    a = np.asarray(Image.open(f"/tmp/cpp3_{g}.png"), dtype=np.float64)
+    mse = ((a - ref) ** 2).mean()
+    print(f"C++ fp16 generate (graphs {g}) vs python torch fp32 (uint8 PNGs): "
+          f"PSNR {10 * np.log10(255 ** 2 / max(mse, 1e-12)):.1f} dB, max level difference {int(np.abs(a - ref).max())}")
+on, off = (np.asarray(Image.open(f"/tmp/cpp3_{g}.png")) for g in ("on", "off"))
+print("C++ graphed PNG == eager PNG:", bool((on == off).all()))
+PY
+  for spec in generate:1:on generate:1:off generate:8:on generate:128:on blend:1:on merge:1:on; do
+    IFS=: read -r task batch g <<<"$spec"
+    timeout 90 /tmp/soat-cpp/soat-cpp bench /tmp/aoti256 --task "$task" --batch "$batch" --graphs "$g" --iters 50 2>&1 \
+      | tee -a "$OUT/log.txt"
+  done
+}
+
+aoti_python() {
+  log "AOTInductor python backend: CUDA graphs equal eager, fp16 against fp32"
+  timeout 150 python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
+import torch, soat
 eager = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=False)
-AotiBackend.capturable = True  # the question this probe answers
 graphed = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=True)
-z = torch.randn(8, 512, generator=torch.Generator().manual_seed(3))
-for batch in (1, 8):
-    s = eager.styles(z[:batch].cuda())
-    try:
-        ref, outs = eager.generate(s), [graphed.generate(s).clone() for _ in range(3)]
-        print(f"b{batch}: graphed == eager: {all(torch.equal(o, ref) for o in outs)}")
-        for name, G in (("eager", eager), ("graphed", graphed)):
-            for _ in range(5): G.generate(s)
-            torch.cuda.synchronize(); t = time.perf_counter()
-            for _ in range(50): G.generate(s)
-            torch.cuda.synchronize(); print(f"b{batch} {name}: {(time.perf_counter() - t) / 50 * 1e3:.3f} ms per generate")
-    except Exception as e:
-        print(f"b{batch}: capture failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-EOF
-  timeout "${AOTI_BENCH_S:-200}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --graphs on --batches 1,8,128 \
-    --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 -o "$OUT/aoti256" 2>&1 | filtered
+exact = soat.load("random", size=256, device="cuda", dtype="fp32", backend="torch")
+z = torch.randn(4, 512, generator=torch.Generator().manual_seed(3)).cuda()
+s, s2, e1, e2 = eager.styles(z[:2]), eager.styles(z[2:]), exact.styles(z[:2]), exact.styles(z[2:])
+for task, call in (("generate", lambda G, a, b: G.generate(a)), ("blend", lambda G, a, b: G.blend(a, b)),
+                   ("merge_extension", lambda G, a, b: G.merge_extension(a, b))):
+    ref = call(eager, s, s2)
+    outs = [call(graphed, s, s2).clone() for _ in range(3)]
+    mse = ((ref.float() - call(exact, e1, e2).float()) ** 2).mean().item()
+    print(f"{task}: graphed == eager {all(torch.equal(o, ref) for o in outs)}; aoti fp16 vs torch fp32 PSNR "
+          f"{10 * torch.log10(torch.tensor(4.0 / max(mse, 1e-20))).item():.1f} dB")
+PY
+  log "AOTInductor python backend, the fast path and the torch.compile peer in one run"
+  timeout "${AOTI_BENCH_S:-300}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --graphs on --batches 1,8,128 \
+    --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 --peers --no-baseline \
+    -o "$OUT/aoti256" 2>&1 | filtered
+  log "AOTInductor: where a batch-128 generate spends its GPU time (eager), the aoti packages and the fast path"
+  timeout 120 python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
+import torch, soat
+from torch.profiler import ProfilerActivity, profile
+for name, G in (("aoti", soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=False)),
+                ("fast", soat.load("random", size=256, device="cuda", dtype="fp16", graphs=False))):
+    s = G.styles(torch.randn(128, 512, generator=torch.Generator().manual_seed(0)).cuda())
+    G.generate(s); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        G.generate(s); torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in rows)
+    print(f"{name}: {total / 1e3:.1f} ms of kernels; the largest:")
+    for e in rows[:8]:
+        print(f"  {e.device_time_total / 1e3:8.2f} ms {e.count:4d}x {e.key[:110]}")
+PY
 }
 
 big() {

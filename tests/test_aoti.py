@@ -9,10 +9,12 @@ by later sessions while neither changes.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -78,6 +80,21 @@ def test_panorama_columns_and_truncation_equal_torch(g32, g_aoti):
     wplus = torch.randn(2, g32.config.n_latent, 512, generator=torch.Generator().manual_seed(6))
     for got, want in zip(g_aoti.styles_from_w(wplus), g32.styles_from_w(wplus)):
         assert rel_err(got, want) <= TOL
+
+
+def test_concurrent_calls_equal_sequential_ones(g_aoti):
+    """Packages run single-threaded (capturable); the backend's lock keeps two threads off one package."""
+    styles = [make_styles(g_aoti, batch=2, seed=seed) for seed in (21, 22, 23, 24)]
+    want = [g_aoti.generate(s) for s in styles]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(g_aoti.generate, styles))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_loading_makes_libtorch_global(g_aoti):
+    """expose_cxx_runtime: after a load, libtorch_cpu's symbols resolve in the global scope (as in C++)."""
+    g_aoti.generate(make_styles(g_aoti, seed=3))
+    assert hasattr(ctypes.CDLL(None), "aoti_torch_empty_strided")
 
 
 def test_mean_styles_are_stored_not_sampled(g32, aoti_dir, monkeypatch):

@@ -95,6 +95,7 @@ def test_soat_cpp_png_equals_python(soat_cpp, export_dir, G, tmp_path, case):
     (["paint", "{dir}"], "unknown command"),
     (["bench", "{dir}", "--task", "paint"], "is not one of generate, blend, merge"),
     (["bench", "{dir}", "--batch", "0"], "--batch 0 must be at least 1"),
+    (["generate", "{dir}", "--seed", "1", "--graphs", "maybe"], "--graphs maybe must be on or off"),
 ])
 def test_soat_cpp_errors_are_one_line_and_nonzero(soat_cpp, export_dir, tmp_path, args, message):
     cmd = [soat_cpp, *[a.format(dir=export_dir) for a in args], "-o", str(tmp_path / "x.png")]

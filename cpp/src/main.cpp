@@ -25,10 +25,10 @@ const char* kUsage =
     "       soat-cpp expand DIR --seed S [--mode reflect|...] [--noise random|fixed] [--truncation T] -o out.png\n"
     "       soat-cpp columns DIR --seed S --start X --width W [--truncation T] -o out.png\n"
     "       soat-cpp bench DIR [--task generate|blend|merge] [--batch B] [--iters N] [--warmup W]\n"
-    "       (--device cpu|cuda[:i]: default the export's device)";
+    "       (--device cpu|cuda[:i]: default the export's device; --graphs on|off: CUDA graphs, default on)";
 
 struct Args {
-  std::string command, dir, out, mode, noise = "random", device;
+  std::string command, dir, out, mode, noise = "random", device, graphs = "on";
   std::vector<std::string> seeds;
   std::map<std::string, std::string> opts;
 };
@@ -77,12 +77,14 @@ Args parse(int argc, char** argv) {
     } else if (k == "--mode") a.mode = value();
     else if (k == "--noise") a.noise = value();
     else if (k == "--device") a.device = value();
+    else if (k == "--graphs") a.graphs = value();
     else if (k == "--seed" || k == "--start" || k == "--width" || k == "--truncation" || k == "--task" ||
              k == "--batch" || k == "--iters" || k == "--warmup")
       a.opts[k] = value();
     else throw soat::Error("unknown option " + k);
   }
   if (a.out.empty() && a.command != "bench") throw soat::Error("-o out.png is required");
+  if (a.graphs != "on" && a.graphs != "off") throw soat::Error("--graphs " + a.graphs + " must be on or off");
   return a;
 }
 
@@ -131,10 +133,10 @@ int bench(soat::Generator& G, const Args& a, double psi) {
   }
   std::sort(ms.begin(), ms.end());
   auto at = [&](double q) { return ms[static_cast<size_t>(q * (ms.size() - 1))]; };
-  std::printf("soat-cpp bench %s b%lld %s %s: median %.3f ms (p10 %.3f, p90 %.3f), %.1f img/s, %lld iters\n",
-              task.c_str(), static_cast<long long>(batch), G.device().str().c_str(),
-              c10::toString(G.dtype()), at(0.5), at(0.1), at(0.9), batch * 1e3 / at(0.5),
-              static_cast<long long>(iters));
+  std::string where = G.device().str() + " " + c10::toString(G.dtype()) + (cuda ? " graphs " + a.graphs : "");
+  std::printf("soat-cpp bench %s b%lld %s: median %.3f ms (p10 %.3f, p90 %.3f), %.1f img/s, %lld iters\n",
+              task.c_str(), static_cast<long long>(batch), where.c_str(), at(0.5), at(0.1), at(0.9),
+              batch * 1e3 / at(0.5), static_cast<long long>(iters));
   return 0;
 }
 
@@ -144,7 +146,7 @@ int run(int argc, char** argv) {
   if (std::find(commands.begin(), commands.end(), a.command) == commands.end())
     throw soat::Error("unknown command '" + a.command + "'\n" + kUsage);
   double psi = a.opts.count("--truncation") ? parse_f("--truncation", a.opts["--truncation"]) : 0.7;
-  soat::Generator G(a.dir, a.device);
+  soat::Generator G(a.dir, a.device, a.graphs == "on");
   if (a.command == "bench") return bench(G, a, psi);
   at::Tensor img;
   if (a.command == "generate") {

@@ -6,6 +6,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/headeronly/version.h>
+#ifdef SOAT_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <algorithm>
 #include <filesystem>
@@ -82,6 +88,17 @@ at::Tensor widen_noise(const at::Tensor& noise, int64_t batch, int64_t height, i
   return src.to(noise.device(), noise.scalar_type());
 }
 
+using TaskFn = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
+
+#ifdef SOAT_CUDA
+// One task captured for one input signature: the static inputs its graph reads and the output it writes
+struct Capture {
+  std::vector<at::Tensor> inputs;
+  at::cuda::CUDAGraph graph;
+  at::Tensor out;
+};
+#endif
+
 }  // namespace
 
 struct Generator::Impl {
@@ -92,6 +109,11 @@ struct Generator::Impl {
   std::vector<Node> chain;
   std::vector<int64_t> channels;
   std::map<std::string, std::string> files;
+  bool cuda_graphs = false;
+#ifdef SOAT_CUDA
+  std::map<std::string, std::unique_ptr<Capture>> captures;  // "task|shapes" -> its graph
+  at::cuda::MempoolId_t pool{0, 0};  // shared by every capture: replays never overlap
+#endif
   std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders;
   std::vector<at::Tensor> fixed_noise;
   std::map<std::vector<int64_t>, at::Tensor> widened;  // (index, b, h, w) -> widened fixed noise
@@ -112,6 +134,51 @@ struct Generator::Impl {
     return (1 - alpha) * x1 + alpha * x2;
   }
 
+  // fn(inputs), replayed from one CUDA graph per (task, input shapes) where graphs are on: at batch 1 launching
+  // each layer's kernels from the host costs more than the math. The result is a copy (it outlives the next call).
+  at::Tensor graphed(const std::string& task, const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
+#ifdef SOAT_CUDA
+    if (cuda_graphs) {
+      std::ostringstream key;
+      key << task;
+      for (const auto& t : inputs) key << '|' << t.sizes();
+      auto it = captures.find(key.str());
+      if (it == captures.end()) it = captures.emplace(key.str(), capture(inputs, fn)).first;
+      Capture& c = *it->second;
+      for (size_t i = 0; i < inputs.size(); ++i) c.inputs[i].copy_(inputs[i]);
+      c.graph.replay();
+      return c.out.clone();
+    }
+#endif
+    return fn(inputs);
+  }
+
+#ifdef SOAT_CUDA
+  // Two eager runs on a side stream first: they load the packages, fold their constants and fill the noise and
+  // ramp caches, none of which may happen inside a capture.
+  std::unique_ptr<Capture> capture(const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
+    auto c = std::make_unique<Capture>();
+    for (const auto& t : inputs) c->inputs.push_back(t.to(device, dtype).clone());
+    if (pool.first == 0 && pool.second == 0) pool = at::cuda::graph_pool_handle();
+    c10::cuda::device_synchronize();
+    {
+      c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool(false, device.has_index() ? device.index() : -1));
+      for (int i = 0; i < 2; ++i) fn(c->inputs);
+      c10::cuda::device_synchronize();
+      c->graph.capture_begin(pool);
+      try {
+        c->out = fn(c->inputs);
+      } catch (...) {
+        c->graph.capture_end();
+        throw;
+      }
+      c->graph.capture_end();
+    }
+    c10::cuda::device_synchronize();
+    return c;
+  }
+#endif
+
   // the noise for a node given its input's batch and size; random: drawn from gen (normal_, layer order)
   std::optional<at::Tensor> noise_for(const Node& n, int64_t b, int64_t h, int64_t w, at::Generator* gen) {
     if (n.noise_index < 0) return std::nullopt;
@@ -130,7 +197,8 @@ struct Generator::Impl {
   }
 };
 
-Generator::Generator(const std::string& folder, const std::string& device) : impl_(std::make_unique<Impl>()) {
+Generator::Generator(const std::string& folder, const std::string& device, bool cuda_graphs)
+    : impl_(std::make_unique<Impl>()) {
   auto& m = *impl_;
   m.folder = folder;
   fs::path manifest_path = fs::path(folder) / "manifest.json";
@@ -167,6 +235,10 @@ Generator::Generator(const std::string& folder, const std::string& device) : imp
     if (m.device.type() != at::Device(built_device).type())
       throw Error("export '" + folder + "' was compiled for device '" + built_device + "' but device '" + device +
                   "' was asked for; re-export with --device " + at::DeviceTypeName(m.device.type(), true));
+    m.cuda_graphs = cuda_graphs && m.device.is_cuda();
+#ifndef SOAT_CUDA
+    if (m.device.is_cuda()) throw Error("this libsoat was built without CUDA; build it against a CUDA libtorch");
+#endif
     std::string dt = j.at("dtype");
     m.dtype = dt == "fp16" ? at::kHalf : dt == "bf16" ? at::kBFloat16 : at::kFloat;
     m.size = j.at("config").at("size");
@@ -219,12 +291,15 @@ at::Tensor Generator::run_graph(const std::string& id, std::vector<at::Tensor> i
     if (file == m.files.end()) throw Error("graph '" + id + "' is not in export '" + m.folder + "'");
     try {
       c10::DeviceIndex index = m.device.is_cuda() && m.device.has_index() ? m.device.index() : -1;
+      // single-threaded: no CUDA event per run, so that runs can be captured into a CUDA graph (one Generator
+      // per thread, as for its caches)
       it = m.loaders.emplace(id, std::make_unique<torch::inductor::AOTIModelPackageLoader>(file->second, "model",
-                                                                                         false, 1, index)).first;
+                                                                                         true, 1, index)).first;
     } catch (const c10::Error& e) {
       throw Error("cannot load package '" + file->second + "': " + first_line(e.what_without_backtrace()));
     }
   }
+  // contiguous: a package reads its inputs with the strides it was compiled for
   for (auto& t : inputs) t = t.to(m.device, m.dtype).contiguous();
   return it->second->run(inputs).at(0);
 }
@@ -302,20 +377,38 @@ static std::pair<at::Tensor, at::Tensor> run_nodes(Generator& G, const std::vect
 
 at::Tensor Generator::generate(const Styles& s) {
   check_styles(s, impl_->channels, "styles");
-  auto noise = [&](const Node& n, const at::Tensor& x) {
-    return impl_->noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
-  };
-  at::Tensor c = run_graph("input", {s[0]});
-  return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), s, c, at::Tensor(), noise).second.clamp(-1, 1);
+  return impl_->graphed("generate", s, [this](const Styles& st) {
+    auto noise = [&](const Node& n, const at::Tensor& x) {
+      return impl_->noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
+    };
+    at::Tensor c = run_graph("input", {st[0]});
+    return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), st, c, at::Tensor(), noise).second.clamp(-1, 1);
+  });
 }
 
-// Both style lists (checked, of one batch B) as one batch of 2B per entry: sigma1's rows, then sigma2's
-static Styles paired(const Styles& s1, const Styles& s2, const std::vector<int64_t>& channels) {
+// Both style lists checked: of the layout, and of one batch
+static void check_pair(const Styles& s1, const Styles& s2, const std::vector<int64_t>& channels) {
   check_styles(s1, channels, "styles1");
   check_styles(s2, channels, "styles2");
   if (s1[0].size(0) != s2[0].size(0))
     throw Error("styles1 has batch " + std::to_string(s1[0].size(0)) + " but styles2 has " +
                 std::to_string(s2[0].size(0)) + "; they must match");
+}
+
+// sigma1's entries then sigma2's as one list (a graphed task's inputs), and back
+static std::vector<at::Tensor> joined(const Styles& s1, const Styles& s2) {
+  std::vector<at::Tensor> all(s1);
+  all.insert(all.end(), s2.begin(), s2.end());
+  return all;
+}
+
+static std::pair<Styles, Styles> halves(const std::vector<at::Tensor>& all) {
+  auto mid = all.begin() + static_cast<std::ptrdiff_t>(all.size() / 2);
+  return {Styles(all.begin(), mid), Styles(mid, all.end())};
+}
+
+// Both style lists as one batch of 2B per entry: sigma1's rows, then sigma2's
+static Styles paired(const Styles& s1, const Styles& s2) {
   Styles s;
   for (size_t k = 0; k < s1.size(); ++k) s.push_back(at::cat({s1[k], s2[k]}));
   return s;
@@ -347,21 +440,28 @@ static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, con
 }
 
 at::Tensor Generator::blend(const Styles& s1, const Styles& s2, bool vertical) {
-  const Styles s = paired(s1, s2, impl_->channels);
-  at::Tensor c = run_graph("input", {s1[0]});
-  return lerp_chain(*this, *impl_, 1, s, c, vertical ? 2 : 3, true).clamp(-1, 1);
+  check_pair(s1, s2, impl_->channels);
+  return impl_->graphed(vertical ? "blend-vertical" : "blend", joined(s1, s2), [this, vertical](const Styles& all) {
+    auto [a, b] = halves(all);
+    at::Tensor c = run_graph("input", {a[0]});
+    return lerp_chain(*this, *impl_, 1, paired(a, b), c, vertical ? 2 : 3, true).clamp(-1, 1);
+  });
 }
 
 at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
-  const Styles s = paired(s1, s2, impl_->channels);
-  auto& m = *impl_;
-  const Node& conv1 = m.chain[1];
-  at::Tensor c = run_graph("input", {s1[0]});
-  const int64_t b = c.size(0);
-  auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
-  at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), s[0], n0});
-  at::Tensor x = at::cat({both.slice(0, 0, b), both.slice(0, b)}, 3);
-  return lerp_chain(*this, m, 2, s, x, 3, true).clamp(-1, 1);
+  check_pair(s1, s2, impl_->channels);
+  return impl_->graphed("merge_extension", joined(s1, s2), [this](const Styles& all) {
+    auto [a, b2] = halves(all);
+    const Styles s = paired(a, b2);
+    auto& m = *impl_;
+    const Node& conv1 = m.chain[1];
+    at::Tensor c = run_graph("input", {a[0]});
+    const int64_t b = c.size(0);
+    auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
+    at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), s[0], n0});
+    at::Tensor x = at::cat({both.slice(0, 0, b), both.slice(0, b)}, 3);
+    return lerp_chain(*this, m, 2, s, x, 3, true).clamp(-1, 1);
+  });
 }
 
 at::Tensor Generator::expand(const Styles& s, const std::string& mode, std::optional<uint64_t> noise_seed) {

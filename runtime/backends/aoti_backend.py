@@ -8,12 +8,21 @@ graphs take and return flat tensors.
 A package runs only under the torch version that built it and on the device type it was
 compiled for: both are in the manifest and checked here before anything is loaded.
 The noise input takes the batch of ``x`` (see ``soat.export.aoti_export``): a
-``[1, 1, H, W]`` map is expanded to ``[B, 1, H, W]`` before the call.
+``[1, 1, H, W]`` map is expanded to ``[B, 1, H, W]`` before the call. Inputs are passed contiguous:
+a package reads its inputs with the strides it was compiled for, and gives wrong numbers, without
+an error, for any other.
+
+The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
+one CUDA graph); a lock keeps concurrent calls from sharing a package's buffers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import sys
+import threading
 
 import torch
 
@@ -24,6 +33,28 @@ from ..manifest import Manifest
 
 # torch dtype -> the manifest's dtype name (soat.load's export dtypes for this backend)
 AOTI_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@functools.cache
+def expose_cxx_runtime() -> None:
+    """Make libstdc++ and libtorch_cpu global (``RTLD_GLOBAL``) before the first package loads, as they are in
+    a C++ program linked against libtorch.
+
+    A package's ``wrapper.so`` carries its own copies of the C++ templates it uses (``std::regex``, in the
+    device-string parsing every package runs when it loads); in a C++ program libtorch's copies, found first in
+    the global scope, replace them. In a Python process nothing of libtorch's is global, and on the lent GPU
+    machines every package load died inside ``std::regex`` (SIGSEGV, bench/NOTES.md round 4) while the same
+    packages loaded in C++. With both libraries promoted every package loads and runs in Python there (round 5;
+    which of the two is needed was not isolated). Already loaded libraries are only promoted (``RTLD_NOLOAD``);
+    a name that is not loaded is skipped.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    for name in ("libstdc++.so.6", os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")):
+        try:
+            ctypes.CDLL(name, mode=os.RTLD_GLOBAL | os.RTLD_NOLOAD)
+        except OSError:
+            pass
 
 
 def check_aoti_source(source: str) -> None:
@@ -57,7 +88,7 @@ class AotiBackend(NodeByNode):
 
     name = "aoti"
     differentiable = False
-    capturable = False
+    capturable = True
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype):
         self.device = torch.device(device)
@@ -66,6 +97,7 @@ class AotiBackend(NodeByNode):
         self.config = manifest.config
         self.dtype = dtype
         self._models: dict = {}
+        self._lock = threading.Lock()
 
     def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names, outputs = graph_io(self.config, graph_id)
@@ -73,7 +105,9 @@ class AotiBackend(NodeByNode):
         if "noise" in names:
             i = names.index("noise")
             args[i] = args[i].expand(args[0].shape[0], *args[i].shape[1:])
-        (out,) = self._model(graph_id).run([a.contiguous() for a in args])
+        args = [a.contiguous() for a in args]
+        with self._lock:
+            (out,) = self._model(graph_id).run(args)
         return {outputs[0]: out}
 
     def _model(self, graph_id: str):
@@ -81,9 +115,10 @@ class AotiBackend(NodeByNode):
         if model is None:
             if graph_id not in self.manifest.graphs:
                 raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
+            expose_cxx_runtime()
             index = self.device.index if self.device.index is not None else -1
             # (path, model name in the package, run single-threaded, runners, device index)
-            model = torch._C._aoti.AOTIModelPackageLoader(self.manifest.graph_path(graph_id), "model", False, 1,
+            model = torch._C._aoti.AOTIModelPackageLoader(self.manifest.graph_path(graph_id), "model", True, 1,
                                                           index)
             self._models[graph_id] = model
         return model

@@ -7,7 +7,9 @@
 // Tasks: generate, blend (horizontal/vertical), merge_extension, expand and the endless panorama's
 // columns(seed, start, width); the feature ops between graphs are ATen calls. Every failure throws
 // soat::Error with a one-line message. Packages load only in the libtorch version (and on the device
-// type) that built them; the constructor checks both against the manifest.
+// type) that built them; the constructor checks both against the manifest. On CUDA, generate, blend and
+// merge_extension (and so columns) replay one CUDA graph per task and input shapes, captured on the first
+// call of each. A Generator is not thread-safe: one per thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,8 +31,8 @@ using Styles = std::vector<at::Tensor>;  // sigma list: one [B, C_k] tensor per 
 
 class Generator {
  public:
-  // device: "" (the manifest's device), "cpu" or "cuda[:i]".
-  explicit Generator(const std::string& folder, const std::string& device = "");
+  // device: "" (the manifest's device), "cpu" or "cuda[:i]"; cuda_graphs: replay tasks from CUDA graphs on CUDA.
+  explicit Generator(const std::string& folder, const std::string& device = "", bool cuda_graphs = true);
   ~Generator();
   Generator(Generator&&) noexcept;
   Generator& operator=(Generator&&) noexcept;
