@@ -5,7 +5,7 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
+# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti, aoti_nodes. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
@@ -158,6 +158,12 @@ ray_scale() {
 aoti_probe() {
   log "AOTInductor CUDA packages: compile and load probe (python and C++)"
   timeout 300 python3 -m soat.bench.aoti_probe --out "$OUT/aoti-probe" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+aoti_nodes() {
+  log "AOTInductor node probe: dynamic vs static H/W, the blur as taps, channels_last (batch 128, 256 px)"
+  timeout "${AOTI_NODES_S:-330}" python3 -m soat.bench.aoti_node_probe 2>&1 | grep -v "Warning\|cls.__new__\|warn" \
+    | tee -a "$OUT/log.txt"
 }
 
 aoti() {

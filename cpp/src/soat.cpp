@@ -134,8 +134,9 @@ struct Generator::Impl {
     return (1 - alpha) * x1 + alpha * x2;
   }
 
-  // fn(inputs), replayed from one CUDA graph per (task, input shapes) where graphs are on: at batch 1 launching
-  // each layer's kernels from the host costs more than the math. The result is a copy (it outlives the next call).
+  // fn(inputs), replayed from one CUDA graph per (task, input shapes) where graphs are on, so that small batches
+  // do not wait on the host launching every layer's kernels (256 px generate, batch 1, on an H200: 2.34 ms eager,
+  // 2.04 ms graphed; the rest is the packages' kernels). The result is a copy (it outlives the next call).
   at::Tensor graphed(const std::string& task, const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
 #ifdef SOAT_CUDA
     if (cuda_graphs) {
