@@ -4,7 +4,8 @@ Round 5's profile of the exported 256 px model (bench/NOTES.md) put 6x the fast 
 into inductor's own pointwise kernels and ATen's generic depthwise kernel (the blur). This probe
 compiles a few nodes of the random model as fp16 CUDA packages in several variants at once:
 
-- ``dynamic``: as ``soat export --format aoti`` compiles them (batch, height and width dynamic);
+- ``dynamic``: batch, height and width dynamic, as ``soat export --format aoti`` compiles them, but
+  traced on native-size inputs (the export traces on 4 x 8 maps);
 - ``static-hw``: batch dynamic, height and width fixed at the node's native size (index arithmetic
   then divides by constants);
 - ``dynamic-taps`` / ``static-hw-taps``: the upsampling blur written as 16 weighted slices, which
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="aoti-node-")
     jobs = {(g, v): os.path.join(folder, f"{g}-{v}.pt2") for g in args.graphs.split(",")
             for v in args.variants.split(",")}
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # one compile per process: the taps variants patch ModConv.forward in theirs
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
         futures = {key: pool.submit(_compile, args.size, key[0], key[1], path) for key, path in jobs.items()}
         for key, f in futures.items():
             try:

@@ -162,7 +162,8 @@ aoti_probe() {
 
 aoti_nodes() {
   log "AOTInductor node probe: dynamic vs static H/W, the blur as taps, channels_last (batch 128, 256 px)"
-  timeout "${AOTI_NODES_S:-330}" python3 -m soat.bench.aoti_node_probe 2>&1 | grep -v "Warning\|cls.__new__\|warn" \
+  timeout "${AOTI_NODES_S:-330}" python3 -m soat.bench.aoti_node_probe 2>&1 \
+    | grep -v "UserWarning\|FutureWarning\|cls.__new__\|warnings.warn\|_warn_once" \
     | tee -a "$OUT/log.txt"
 }
 

@@ -17,7 +17,9 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -96,7 +98,10 @@ struct Capture {
   std::vector<at::Tensor> inputs;
   at::cuda::CUDAGraph graph;
   at::Tensor out;
+  uint64_t last_used = 0;
 };
+
+constexpr size_t kMaxCaptures = 32;  // per Generator, as the Python runtime keeps; the least recently used goes
 #endif
 
 }  // namespace
@@ -112,7 +117,10 @@ struct Generator::Impl {
   bool cuda_graphs = false;
 #ifdef SOAT_CUDA
   std::map<std::string, std::unique_ptr<Capture>> captures;  // "task|shapes" -> its graph
-  at::cuda::MempoolId_t pool{0, 0};  // shared by every capture: replays never overlap
+  std::set<std::string> uncapturable;                          // keys whose capture failed: run eagerly
+  uint64_t calls = 0;
+  // shared by every capture: a Generator is used from one thread, on one stream, so replays never overlap
+  at::cuda::MempoolId_t pool{0, 0};
 #endif
   std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders;
   std::vector<at::Tensor> fixed_noise;
@@ -136,16 +144,27 @@ struct Generator::Impl {
 
   // fn(inputs), replayed from one CUDA graph per (task, input shapes) where graphs are on, so that small batches
   // do not wait on the host launching every layer's kernels (256 px generate, batch 1, on an H200: 2.34 ms eager,
-  // 2.04 ms graphed; the rest is the packages' kernels). The result is a copy (it outlives the next call).
+  // 2.04 ms graphed; the rest is the packages' kernels). The result is a copy (it outlives the next call). Runs
+  // eagerly inside a caller's own capture, and for a shape whose capture failed (said once on stderr).
   at::Tensor graphed(const std::string& task, const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
 #ifdef SOAT_CUDA
     if (cuda_graphs) {
+      c10::cuda::OptionalCUDAGuard guard;
+      if (device.has_index()) guard.set_device(device);
+      if (c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return fn(inputs);
       std::ostringstream key;
       key << task;
       for (const auto& t : inputs) key << '|' << t.sizes();
+      if (uncapturable.count(key.str())) return fn(inputs);
       auto it = captures.find(key.str());
-      if (it == captures.end()) it = captures.emplace(key.str(), capture(inputs, fn)).first;
+      if (it == captures.end()) {
+        auto c = capture(key.str(), inputs, fn);
+        if (!c) return fn(inputs);
+        if (captures.size() >= kMaxCaptures) drop_least_recent();
+        it = captures.emplace(key.str(), std::move(c)).first;
+      }
       Capture& c = *it->second;
+      c.last_used = ++calls;
       for (size_t i = 0; i < inputs.size(); ++i) c.inputs[i].copy_(inputs[i]);
       c.graph.replay();
       return c.out.clone();
@@ -156,27 +175,45 @@ struct Generator::Impl {
 
 #ifdef SOAT_CUDA
   // Two eager runs on a side stream first: they load the packages, fold their constants and fill the noise and
-  // ramp caches, none of which may happen inside a capture.
-  std::unique_ptr<Capture> capture(const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
+  // ramp caches, none of which may happen inside a capture. Thread-local capture mode: other threads' CUDA calls
+  // neither break it nor fail because of it. nullptr (and the key marked) when the capture fails.
+  std::unique_ptr<Capture> capture(const std::string& key, const std::vector<at::Tensor>& inputs, const TaskFn& fn) {
     auto c = std::make_unique<Capture>();
     for (const auto& t : inputs) c->inputs.push_back(t.to(device, dtype).clone());
     if (pool.first == 0 && pool.second == 0) pool = at::cuda::graph_pool_handle();
-    c10::cuda::device_synchronize();
-    {
-      c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool(false, device.has_index() ? device.index() : -1));
-      for (int i = 0; i < 2; ++i) fn(c->inputs);
-      c10::cuda::device_synchronize();
-      c->graph.capture_begin(pool);
+    const c10::DeviceIndex index = device.has_index() ? device.index() : -1;
+    c10::cuda::getCurrentCUDAStream(index).synchronize();  // the static inputs are written
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, index);
+    c10::cuda::CUDAStreamGuard on_side(side);
+    for (int i = 0; i < 2; ++i) fn(c->inputs);
+    side.synchronize();
+    try {
+      c->graph.capture_begin(pool, cudaStreamCaptureModeThreadLocal);
       try {
         c->out = fn(c->inputs);
       } catch (...) {
-        c->graph.capture_end();
+        try {
+          c->graph.capture_end();
+        } catch (...) {  // the capture is already invalid: the first error is the one to report
+        }
         throw;
       }
       c->graph.capture_end();
+    } catch (const std::exception& e) {
+      std::cerr << "soat: CUDA graph capture of " << key << " failed (" << first_line(e.what())
+                << "); those calls run eagerly\n";
+      uncapturable.insert(key);
+      return nullptr;
     }
-    c10::cuda::device_synchronize();
+    side.synchronize();
     return c;
+  }
+
+  void drop_least_recent() {
+    auto oldest = std::min_element(captures.begin(), captures.end(), [](const auto& a, const auto& b) {
+      return a.second->last_used < b.second->last_used;
+    });
+    captures.erase(oldest);
   }
 #endif
 
@@ -443,20 +480,20 @@ static at::Tensor lerp_chain(Generator& G, Generator::Impl& m, size_t first, con
 at::Tensor Generator::blend(const Styles& s1, const Styles& s2, bool vertical) {
   check_pair(s1, s2, impl_->channels);
   return impl_->graphed(vertical ? "blend-vertical" : "blend", joined(s1, s2), [this, vertical](const Styles& all) {
-    auto [a, b] = halves(all);
-    at::Tensor c = run_graph("input", {a[0]});
-    return lerp_chain(*this, *impl_, 1, paired(a, b), c, vertical ? 2 : 3, true).clamp(-1, 1);
+    auto [first, second] = halves(all);
+    at::Tensor c = run_graph("input", {first[0]});
+    return lerp_chain(*this, *impl_, 1, paired(first, second), c, vertical ? 2 : 3, true).clamp(-1, 1);
   });
 }
 
 at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
   check_pair(s1, s2, impl_->channels);
   return impl_->graphed("merge_extension", joined(s1, s2), [this](const Styles& all) {
-    auto [a, b2] = halves(all);
-    const Styles s = paired(a, b2);
+    auto [first, second] = halves(all);
+    const Styles s = paired(first, second);
     auto& m = *impl_;
     const Node& conv1 = m.chain[1];
-    at::Tensor c = run_graph("input", {a[0]});
+    at::Tensor c = run_graph("input", {first[0]});
     const int64_t b = c.size(0);
     auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
     at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), s[0], n0});

@@ -13,7 +13,8 @@ a package reads its inputs with the strides it was compiled for, and gives wrong
 an error, for any other.
 
 The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
-one CUDA graph); a lock keeps concurrent calls from sharing a package's buffers.
+one CUDA graph), so the backend serializes its calls and package loads with a lock: a package's
+model instance is not safe to run from two threads at once.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class AotiBackend(NodeByNode):
             i = names.index("noise")
             args[i] = args[i].expand(args[0].shape[0], *args[i].shape[1:])
         args = [a.contiguous() for a in args]
-        with self._lock:
+        with self._lock:  # the package and, on first use, its load
             (out,) = self._model(graph_id).run(args)
         return {outputs[0]: out}
 

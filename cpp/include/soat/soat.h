@@ -9,7 +9,8 @@
 // soat::Error with a one-line message. Packages load only in the libtorch version (and on the device
 // type) that built them; the constructor checks both against the manifest. On CUDA, generate, blend and
 // merge_extension (and so columns) replay one CUDA graph per task and input shapes, captured on the first
-// call of each. A Generator is not thread-safe: one per thread.
+// call of each (at most 32 kept, the least recently used dropped). A Generator is not thread-safe: one per
+// thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
