@@ -87,6 +87,48 @@ def test_soat_cpp_png_equals_python(soat_cpp, export_dir, G, tmp_path, case):
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.001, (int(diff.max()), float((diff > 0).mean()))
 
 
+SERVICE_CMAKE = """cmake_minimum_required(VERSION 3.18)
+project(service LANGUAGES CXX)
+set(CMAKE_CXX_STANDARD 17)
+find_package(soat REQUIRED)
+add_executable(service main.cpp)
+target_link_libraries(service PRIVATE soat::soat)
+"""
+SERVICE_MAIN = """#include <soat/soat.h>
+int main(int argc, char** argv) {
+  soat::Generator G(argv[1]);
+  soat::save_png(G.generate(G.styles(G.seed_z({3}), 0.7)), argv[2]);
+}
+"""
+
+
+def _run(cmd) -> None:
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_a_service_links_the_installed_package(soat_cpp, export_dir, tmp_path):
+    """The README's embedding: `cmake --install`, then a project of its own with find_package(soat) and
+    soat::soat; its image and the installed soat-cpp's equal the build tree's soat-cpp."""
+    prefix, app = tmp_path / "prefix", tmp_path / "service"
+    _run(["cmake", "--install", BUILD, "--prefix", prefix])
+    app.mkdir()
+    (app / "CMakeLists.txt").write_text(SERVICE_CMAKE)
+    (app / "main.cpp").write_text(SERVICE_MAIN)
+    _run(["cmake", "-S", app, "-B", app / "build", f"-DCMAKE_PREFIX_PATH={prefix};{torch.utils.cmake_prefix_path}"])
+    _run(["cmake", "--build", app / "build"])
+    _run([app / "build" / "service", export_dir, tmp_path / "service.png"])
+    _run([prefix / "bin" / "soat-cpp", "generate", export_dir, "--seed", "3", "-o", tmp_path / "installed.png"])
+    _run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / "build.png"])
+    want = _pixels(tmp_path / "build.png")
+    assert np.array_equal(_pixels(tmp_path / "service.png"), want)
+    assert np.array_equal(_pixels(tmp_path / "installed.png"), want)
+
+
 @pytest.mark.parametrize("args, message", [
     (["generate", "/no/such/export", "--seed", "1"], "no manifest.json"),
     (["generate", "{dir}", "--seed", "x"], "must be an integer"),
