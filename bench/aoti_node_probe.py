@@ -31,6 +31,8 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .suite import percentile, rel_err, time_call
+
 GRAPHS = "convs.10,convs.11,to_rgbs.5"
 # name -> (height and width dynamic, blur as taps, inputs channels_last, weights channels_last)
 VARIANTS = {"dynamic": (True, False, False, False), "static-hw": (False, False, False, False),
@@ -96,18 +98,9 @@ def _compile(size: int, graph_id: str, variant: str, path: str) -> str:
     return path
 
 
-def _median_ms(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+def _median_ms(fn) -> float:
+    """Median of 20 CUDA-event timings after 3 warm-up calls (the suite's timer)."""
+    return percentile(time_call(fn, torch.device("cuda"), warmup=3, iters=20), 0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             lay = (lambda t: t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t.contiguous())
             loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", True, 1, -1)
             got = loader.run([lay(t) for t in small])[0].float()
-            err = ((got - want).norm() / want.norm()).item()
+            err = rel_err(got, want)
             big = [lay(t) for t in x]
             ms = _median_ms(lambda: loader.run(big))
             print(f"{graph_id:<10} {variant:<15} rel err {err:.1e}  {ms:8.3f} ms at batch {args.batch}", flush=True)
