@@ -13,7 +13,9 @@ compiles a few nodes of the random model as fp16 CUDA packages in several varian
 - ``cl-inputs``: dynamic, inputs channels_last, weights contiguous; ``cl-static-hw-taps``:
   channels_last inputs, static height and width, blur as taps;
 - ``cl-weights``: inputs and weights channels_last (round 5: a ToRGB-with-skip package compiled so
-  gave rel err 1.24 on CUDA, exact on the CPU).
+  gave rel err 1.24 on CUDA, exact on the CPU);
+- ``fused``: what ``soat export --format aoti --device cuda`` compiles (``runtime/fused_graph_modules.py``:
+  the fast path's kernels inside, ``x`` channels_last), dynamic.
 
 and prints, per package, its relative error against the graph module in fp32 and its median time
 at ``--batch`` on the node's native size (CUDA events).
@@ -34,11 +36,12 @@ import torch.nn.functional as F
 from .suite import percentile, rel_err, time_call
 
 GRAPHS = "convs.10,convs.11,to_rgbs.5"
-# name -> (height and width dynamic, blur as taps, inputs channels_last, weights channels_last)
+# name -> (height and width dynamic, blur as taps, inputs channels_last, weights channels_last); "fused" is the
+# export's own form, whose module says which inputs are channels_last
 VARIANTS = {"dynamic": (True, False, False, False), "static-hw": (False, False, False, False),
             "dynamic-taps": (True, True, False, False), "static-hw-taps": (False, True, False, False),
             "cl-inputs": (True, False, True, False), "cl-static-hw-taps": (False, True, True, False),
-            "cl-weights": (True, False, True, True)}
+            "cl-weights": (True, False, True, True), "fused": (True, False, ("x",), False)}
 
 
 def _weights(size: int):
@@ -62,7 +65,14 @@ def _taps_forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
     return _blur_taps(out) if self.upsample else out
 
 
-def _inputs(config, graph_id: str, batch: int, channels_last: bool, seed: int) -> list[torch.Tensor]:
+def _laid_out(name: str, t: torch.Tensor, channels_last: bool | tuple[str, ...]) -> torch.Tensor:
+    """``t`` channels_last where the variant says (every map, or the named inputs), else contiguous."""
+    cl = name in channels_last if isinstance(channels_last, tuple) else channels_last and t.dim() == 4
+    return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _inputs(config, graph_id: str, batch: int, channels_last: bool | tuple[str, ...],
+            seed: int) -> list[torch.Tensor]:
     from soat.runtime.graphs import graph_io, input_shapes
     shapes = input_shapes(config, graph_id, batch=batch)
     gen = torch.Generator().manual_seed(seed)
@@ -71,20 +81,20 @@ def _inputs(config, graph_id: str, batch: int, channels_last: bool, seed: int) -
         shape = list(shapes[name])
         if name == "noise":
             shape[0] = batch
-        t = torch.randn(shape, generator=gen).to("cuda", torch.float16)
-        out.append(t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t)
+        out.append(_laid_out(name, torch.randn(shape, generator=gen).to("cuda", torch.float16), channels_last))
     return out
 
 
 def _compile(size: int, graph_id: str, variant: str, path: str) -> str:
-    from soat.export.aoti_export import dynamic_shapes
+    from soat.export.aoti_export import dynamic_shapes, export_module
     from soat.runtime.graph_modules import ModConv, graph_module
     from soat.runtime.graphs import graph_io
     hw_dynamic, taps, channels_last, weights_cl = VARIANTS[variant]
     if taps:
         ModConv.forward = _taps_forward
     weights = _weights(size)
-    module = graph_module(weights, graph_id).eval().to("cuda", torch.float16)
+    form = export_module if variant == "fused" else (lambda w, g, _: graph_module(w, g))
+    module = form(weights, graph_id, "cuda").eval().to("cuda", torch.float16)
     if weights_cl:
         module = module.to(memory_format=torch.channels_last)
     names = graph_io(weights.config, graph_id)[0]
@@ -146,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             if gid != graph_id or not os.path.exists(path):
                 continue
             cl = VARIANTS[variant][2]
-            lay = (lambda t: t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t.contiguous())
             loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", True, 1, -1)
-            got = loader.run([lay(t) for t in small])[0].float()
+            got = loader.run([_laid_out(n, t, cl) for n, t in zip(names, small)])[0].float()
             err = rel_err(got, want)
-            big = [lay(t) for t in x]
+            big = [_laid_out(n, t, cl) for n, t in zip(names, x)]
             ms = _median_ms(lambda: loader.run(big))
             print(f"{graph_id:<10} {variant:<15} rel err {err:.1e}  {ms:8.3f} ms at batch {args.batch}", flush=True)
     return 0

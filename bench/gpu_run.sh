@@ -182,12 +182,31 @@ aoti() {
   grep -E "error" "$OUT/cpp-build.log" | head -20 | tee -a "$OUT/log.txt"; tail -1 "$OUT/cpp-build.log" | tee -a "$OUT/log.txt"
   wait $export_pid; tail -3 /tmp/aoti-export.log | tee -a "$OUT/log.txt"
   echo "export + build: $((SECONDS - t0)) s" | tee -a "$OUT/log.txt"
-  [ -f /tmp/aoti256/manifest.json ] || return
+  [ -f /tmp/aoti256/manifest.json ] || { aoti_export_traceback; return; }
   export LD_LIBRARY_PATH=/tmp/debroot/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
   local python_ok=""
   aoti_python_load && python_ok=1
   aoti_cpp
   [ -n "$python_ok" ] && aoti_python
+}
+
+aoti_export_traceback() {
+  log "AOTInductor: the failed graph's export again, with its whole traceback (the CLI prints one line)"
+  local gid
+  gid=$(grep -o "aoti export of graph '[^']*'" /tmp/aoti-export.log | head -1 | cut -d"'" -f2)
+  [ -n "$gid" ] || return
+  GID=$gid timeout 240 python3 - <<'PY' 2>&1 | tail -60 | tee -a "$OUT/log.txt"
+import os, traceback, torch
+from soat.export.aoti_export import compile_graph, export_module
+from soat.runtime.sources import load_weights
+weights, _ = load_weights("random", 256)
+gid = os.environ["GID"]
+try:
+    compile_graph(export_module(weights, gid, "cuda").to("cpu", torch.float16).eval(), weights.config, gid,
+                  "/tmp/failed.pt2", torch.float16, "cuda")
+except Exception:
+    traceback.print_exc()
+PY
 }
 
 aoti_python_load() {

@@ -1,8 +1,11 @@
 """``soat export ... --format aoti``: one AOTInductor package (``.pt2``) per graph.
 
-Each graph is the same module of ``runtime/graph_modules.py`` that the ONNX exporter
-traces, captured by ``torch.export`` with dynamic shapes and compiled ahead of time by
-``torch._inductor.aoti_compile_and_package`` (C++ kernels on the CPU, Triton on CUDA).
+Each graph is the module of ``runtime/graph_modules.py`` that the ONNX exporter traces,
+captured by ``torch.export`` with dynamic shapes and compiled ahead of time by
+``torch._inductor.aoti_compile_and_package``: on the CPU the plain form (C++ kernels); on CUDA
+the fused form of ``runtime/fused_graph_modules.py``, whose styled convs and ToRGBs call the fast
+path's Triton kernels (Inductor compiles them into the package) around cuDNN's convs, with the
+feature map ``x`` read in channels_last (recorded per graph in the manifest; the loaders pass it so).
 The packages load in Python (``soat.load(DIR, backend="aoti")``) and in C++
 (``torch::inductor::AOTIModelPackageLoader``; ``cpp/``, ``libsoat``), with the same
 libtorch version only: the manifest records the torch version and the device, and both
@@ -101,8 +104,9 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
         workers = min(4, os.cpu_count() or 1)
     with atomic_folder(out_dir) as tmp:
         # modules cross to the workers on the CPU (plain pickles); each worker moves its own to the device
-        jobs = {gid: (graph_module(weights, gid).to("cpu", TORCH_DTYPES[dtype]).eval(), config, gid,
-                      os.path.join(tmp, f"{gid}.pt2"), TORCH_DTYPES[dtype], device) for gid in ids}
+        modules = {gid: export_module(weights, gid, device).to("cpu", TORCH_DTYPES[dtype]).eval() for gid in ids}
+        jobs = {gid: (module, config, gid, os.path.join(tmp, f"{gid}.pt2"), TORCH_DTYPES[dtype], device)
+                for gid, module in modules.items()}
         bar = tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress)
         if workers > 1:  # spawned processes: no forked CUDA or OpenMP state
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -121,9 +125,23 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
         exporter = {"soat": exporter_version(), "torch": torch.__version__}
         manifest = build_manifest(config, dtype, None, {"name": source_name, "fingerprint": fingerprint},
                                   graph_sha, noise_sha, noise_shapes, exporter, graph_format=AOTI_FORMAT,
-                                  device=device, mean_styles=mean)
+                                  device=device, mean_styles=mean,
+                                  channels_last={gid: channels_last_inputs(m) for gid, m in modules.items()})
         write_manifest(tmp, manifest)
     return os.path.join(out_dir, "manifest.json")
+
+
+def export_module(weights: StyleGAN2Weights, graph_id: str, device: str) -> torch.nn.Module:
+    """The module compiled for ``device``: the fused form on CUDA (module docstring), the plain one on the CPU."""
+    if device == "cuda":
+        from ..runtime.fused_graph_modules import fused_graph_module  # imports Triton
+        return fused_graph_module(weights, graph_id)
+    return graph_module(weights, graph_id)
+
+
+def channels_last_inputs(module: torch.nn.Module) -> tuple[str, ...]:
+    """The inputs a graph module is traced with, and reads, in channels_last (none for the plain forms)."""
+    return tuple(getattr(module, "channels_last_inputs", ()))
 
 
 def _quiet_worker() -> None:
@@ -153,13 +171,18 @@ def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int
     return spec
 
 
-def example_inputs(config: GeneratorConfig, graph_id: str, dtype: torch.dtype, device: str) -> tuple:
-    """Tracing inputs (``graphs.example_shapes``: batch 2, a 4 x 8 map), the noise at the batch of ``x``."""
+def example_inputs(config: GeneratorConfig, graph_id: str, dtype: torch.dtype, device: str,
+                   channels_last: Sequence[str] = ()) -> tuple:
+    """Tracing inputs (``graphs.example_shapes``: batch 2, a 4 x 8 map), the noise at the batch of ``x``, the
+    ``channels_last`` ones in that memory format."""
     shapes = dict(example_shapes(config, graph_id))
     if "noise" in shapes:
         shapes["noise"] = (shapes["x"][0], *shapes["noise"][1:])
     gen = torch.Generator().manual_seed(0)
-    return tuple(torch.randn(shapes[n], generator=gen).to(device, dtype) for n in graph_io(config, graph_id)[0])
+    names = graph_io(config, graph_id)[0]
+    args = (torch.randn(shapes[n], generator=gen).to(device, dtype) for n in names)
+    return tuple(a.contiguous(memory_format=torch.channels_last) if n in channels_last else a
+                 for n, a in zip(names, args))
 
 
 def compile_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: str, path: str,
@@ -167,7 +190,7 @@ def compile_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: st
     """``torch.export`` one graph module with its dynamic shapes and compile it into the package ``path``;
     returns ``(path, graph_id)``."""
     module = module.to(device)
-    args = example_inputs(config, graph_id, dtype, device)
+    args = example_inputs(config, graph_id, dtype, device, channels_last_inputs(module))
     names = graph_io(config, graph_id)[0]
     specs = dynamic_shapes(config, graph_id)
     try:

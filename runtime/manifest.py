@@ -23,7 +23,9 @@ from .config import GeneratorConfig
 from .graphs import graph_ids, graph_io, onnx_outputs
 
 FORMAT = "soat-export"
-FORMAT_VERSION = 2  # 2: graph formats (onnx, aoti), the device and the mean styles; 1 (onnx only) is still read
+# 3: each graph lists its channels_last inputs; 2: graph formats (onnx, aoti), the device and the mean styles;
+# 1 (onnx only). Every older version is still read.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 NOISE_FILE = "noise.npz"
 MEAN_STYLES_FILE = "mean_styles.npz"
@@ -35,7 +37,8 @@ FIELDS_V1 = ("format", "format_version", "exporter", "config", "dtype", "opset",
              "style_channels", "graphs", "noise")
 FIELDS = FIELDS_V1 + ("device", "mean_styles")
 GRAPH_FIELDS_V1 = ("file", "sha256", "inputs", "outputs")
-GRAPH_FIELDS = GRAPH_FIELDS_V1 + ("format",)
+GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",),
+                3: GRAPH_FIELDS_V1 + ("format", "channels_last")}  # by format version
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
@@ -67,6 +70,11 @@ class Manifest:
     def graph_sha256(self, graph_id: str) -> str:
         return self.graphs[graph_id]["sha256"]
 
+    def channels_last(self, graph_id: str) -> tuple[str, ...]:
+        """The graph's inputs it reads in channels_last memory format (a compiled package reads its inputs with
+        the strides it was compiled for); the others are contiguous."""
+        return tuple(self.graphs[graph_id].get("channels_last", ()))
+
 
 def chain_record(config: GeneratorConfig) -> list[dict]:
     """The chain as JSON: node order, kind, sigma/W+/noise index, channels, resolution, up, tensor names."""
@@ -76,14 +84,16 @@ def chain_record(config: GeneratorConfig) -> list[dict]:
 
 def build_manifest(config: GeneratorConfig, dtype: str, opset: int, source: dict, graph_sha: dict[str, str],
                    noise_sha: str, noise_shapes: list[list[int]], exporter: dict, graph_format: str = ONNX_FORMAT,
-                   device: str = ANY_DEVICE, mean_styles: dict | None = None) -> dict:
+                   device: str = ANY_DEVICE, mean_styles: dict | None = None,
+                   channels_last: dict[str, tuple[str, ...]] | None = None) -> dict:
     """The manifest of an export whose files (``<graph id>.onnx`` or ``.pt2``, ``noise.npz``, the mean styles
-    where given) have the given sha256."""
+    where given) have the given sha256; ``channels_last``: graph id -> its inputs read in channels_last."""
+    channels_last = channels_last or {}
     graphs = {}
     for gid in graph_ids(config):
         graphs[gid] = {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
                        "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
-                       "format": graph_format}
+                       "format": graph_format, "channels_last": list(channels_last.get(gid, ()))}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter,
         "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset, "source": source,
@@ -151,11 +161,15 @@ def read_manifest(folder: str) -> Manifest:
         raise SoatError(f"{where}: graph list does not match the layout (missing {missing}, unknown {extra}); "
                         "re-export the folder")
     for gid, g in m["graphs"].items():
-        _check_fields(g, GRAPH_FIELDS_V1 if v1 else GRAPH_FIELDS, f"{where} graph {gid!r}")
+        _check_fields(g, GRAPH_FIELDS[m["format_version"]], f"{where} graph {gid!r}")
         names = (list(graph_io(config, gid)[0]), list(graph_outputs(config, gid, graph_format)))
         if (g["inputs"], g["outputs"]) != names:
             raise SoatError(f"{where}: graph {gid!r} lists inputs {g['inputs']} / outputs {g['outputs']}, "
                             f"not {names[0]} / {names[1]}; re-export the folder")
+        channels_last = g.get("channels_last", [])
+        if not isinstance(channels_last, list) or not set(map(str, channels_last)) <= set(names[0]):
+            raise SoatError(f"{where}: graph {gid!r} lists channels_last inputs {channels_last!r}, which must be a "
+                            f"list of its inputs {names[0]}; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
     _check_fields(m["noise"], NOISE_FIELDS, f"{where} noise")
     _check_file(folder, m["noise"], "noise buffers")

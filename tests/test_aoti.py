@@ -202,3 +202,112 @@ def test_cli_export_format_aoti_passes_device_and_dtype(tmp_path, monkeypatch, c
     assert "--workers is for --format aoti" in capsys.readouterr().err
     assert main(["export", "--checkpoint", "random:3", "-o", str(tmp_path / "o"), "--dtype", "bf16"]) == 2  # ONNX: fp32/fp16
     assert "cannot be exported" in capsys.readouterr().err
+
+
+# The fused form (what CUDA exports compile): the fast path's kernels as torch.library.triton_ops
+
+def _fused_cases(config):
+    """One plain conv, one upsampling conv, the first ToRGB and one with a skip."""
+    from soat.runtime.chain import CONV_UP, TO_RGB, build_chain
+    chain = build_chain(config)
+    pick_first = lambda test: next(n.id for n in chain if test(n))  # noqa: E731
+    return [pick_first(lambda n: n.kind not in (CONV_UP, TO_RGB) and n.noise_index is not None),
+            pick_first(lambda n: n.kind == CONV_UP), pick_first(lambda n: n.kind == TO_RGB),
+            pick_first(lambda n: n.kind == TO_RGB and "skip" in n.inputs)]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_fused_graph_modules_equal_the_plain_ones(g32, case):
+    """Under TRITON_INTERPRET on the CPU (on CUDA tensors on a GPU): batch 3 and a 6 x 10 map, fp32 rel err
+    <= 1e-5; a conv's output stays channels_last (the next graph reads it without a copy)."""
+    pytest.importorskip("triton")
+    from soat.runtime.fused_graph_modules import fused_graph_module
+    from soat.runtime.graph_modules import graph_module
+    from soat.runtime.graphs import graph_io, input_shapes
+    from soat.runtime.sources import load_weights
+    from conftest import DEVICE
+    weights, _ = load_weights(*SOURCE)
+    gid = _fused_cases(g32.config)[case]
+    plain, fused = (f(weights, gid).to(DEVICE).eval() for f in (graph_module, fused_graph_module))
+    shapes = input_shapes(g32.config, gid, batch=3, height=6, width=10)
+    gen = torch.Generator().manual_seed(case)
+    names = graph_io(g32.config, gid)[0]
+    args = [torch.randn(shapes[n], generator=gen).to(DEVICE) for n in names]
+    args = [a.contiguous(memory_format=torch.channels_last) if n in fused.channels_last_inputs else a
+            for n, a in zip(names, args)]
+    with torch.no_grad():
+        want, got = plain(*args), fused(*args)
+    assert rel_err(got, want) <= TOL, gid
+    assert got.shape[1] == 3 or got.is_contiguous(memory_format=torch.channels_last), gid
+
+
+def test_fused_graph_modules_export_with_dynamic_shapes(g32):
+    """``torch.export`` keeps each fused op as one node and every batch, height and width symbolic (no launch
+    geometry specializes them). Run in a process without TRITON_INTERPRET: the interpreter's kernels cannot be
+    traced; Inductor's compile of the ops needs a GPU (bench/gpu_run.sh, step aoti)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    code = f"""
+import torch
+from soat.export.aoti_export import channels_last_inputs, dynamic_shapes, example_inputs
+from soat.runtime.fused_graph_modules import fused_graph_module
+from soat.runtime.graphs import graph_io
+from soat.runtime.sources import load_weights
+weights, _ = load_weights{SOURCE!r}
+for gid in {_fused_cases(g32.config)!r}:
+    module = fused_graph_module(weights, gid).eval()
+    names = graph_io(weights.config, gid)[0]
+    args = example_inputs(weights.config, gid, torch.float32, "cpu", channels_last_inputs(module))
+    specs = dynamic_shapes(weights.config, gid)
+    program = torch.export.export(module, args, dynamic_shapes=tuple(specs.get(n) for n in names))
+    ops = sorted({{str(n.target) for n in program.graph.nodes if str(n.target).startswith("soat.")}})
+    x = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "x").meta["val"]
+    print(gid, ops, all(isinstance(d, torch.SymInt) for d in (x.shape[0], x.shape[2], x.shape[3])))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    conv, up, rgb, rgb_skip = _fused_cases(g32.config)
+    for gid in (conv, up):
+        assert lines[gid] == "['soat.conv_epilogue.default', 'soat.demod.default', 'soat.modulate.default'] True"
+    for gid in (rgb, rgb_skip):
+        assert lines[gid] == "['soat.to_rgb.default'] True"
+
+
+def test_manifest_lists_channels_last_inputs(aoti_dir, tmp_path):
+    """Format 3 lists each graph's channels_last inputs (none for a CPU export); a name that is not an input
+    is refused; format 2 folders (no such field) still load."""
+    m = read_manifest(aoti_dir)
+    assert all(m.channels_last(gid) == () for gid in m.graphs)
+    with open(os.path.join(aoti_dir, MANIFEST)) as f:
+        graphs = json.load(f)["graphs"]
+    bad = {gid: {**g, "channels_last": ["nope"]} for gid, g in graphs.items()}
+    with pytest.raises(soat.SoatError, match="channels_last inputs \\['nope'\\].*re-export"):
+        read_manifest(_copy_with(aoti_dir, tmp_path / "bad", graphs=bad))
+    v2 = {gid: {k: v for k, v in g.items() if k != "channels_last"} for gid, g in graphs.items()}
+    assert read_manifest(_copy_with(aoti_dir, tmp_path / "v2", graphs=v2, format_version=2)).channels_last("conv1") == ()
+
+
+def test_backend_passes_inputs_in_the_listed_memory_format(aoti_dir, tmp_path, monkeypatch):
+    """The packages read inputs with the strides they were compiled for: the backend passes ``x`` channels_last
+    where the manifest says so, and every other input contiguous."""
+    with open(os.path.join(aoti_dir, MANIFEST)) as f:
+        graphs = json.load(f)["graphs"]
+    listed = {gid: {**g, "channels_last": ["x"] if "x" in g["inputs"] else []} for gid, g in graphs.items()}
+    G = soat.load(_copy_with(aoti_dir, tmp_path / "cl", graphs=listed), backend="aoti")
+    seen = []
+
+    class Recorder:
+        def run(self, args):
+            seen.append(args)
+            return [torch.zeros(1)]
+
+    backend = G.backend
+    monkeypatch.setattr(backend, "_model", lambda gid: Recorder())
+    x = torch.randn(2, 512, 8, 8)
+    backend.run("convs.0", {"x": x, "style": torch.randn(2, 512), "noise": torch.randn(1, 1, 16, 16)})
+    (got_x, style, noise), = seen
+    assert got_x.is_contiguous(memory_format=torch.channels_last) and not got_x.is_contiguous()
+    assert torch.equal(got_x, x) and style.is_contiguous() and noise.is_contiguous() and noise.shape[0] == 2

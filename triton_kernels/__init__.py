@@ -4,5 +4,6 @@ Each op has a module holding its torch reference and its public wrapper (``ramp_
 and a kernel module beside it written as the Triton tutorials write them
 (``ramp_lerp_kernel.py``), imported on the first Triton launch. ``ops`` gathers the
 feature ops the tasks call; the layer kernels (``conv_epilogue``, ``modulate``, ``demod``,
-``to_rgb``) serve the fast backend. This package imports nothing from the runtime.
+``to_rgb``) serve the fast backend, and ``packaged_ops`` registers them as
+``torch.library.triton_op``s for the CUDA AOTI packages. This package imports nothing from the runtime.
 """

@@ -1,10 +1,12 @@
 """Triton kernels of the styled-conv epilogue (``conv_epilogue.py``): ``y`` read once, fp32, one rounding."""
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
 
-from ._tiles import empty_map, is_channels_last, tile_grid
+from ._tiles import direct, empty_map, is_channels_last, tile_grid
 from .tiles_kernel import offset, tile_index
 
 UP_TILE = 1024  # quads x channels per program of the upsampling epilogue (four fp32 accumulators each)
@@ -90,8 +92,9 @@ def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out
 
 def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
                             bias: torch.Tensor, up: bool, next_style: torch.Tensor | None,
-                            write_x: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(x or None, x_mod or None)``, each ``[B, C, H, W]`` in ``y``'s layout (``conv_epilogue.py``)."""
+                            write_x: bool, wrap: Callable = direct) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(x or None, x_mod or None)``, each ``[B, C, H, W]`` in ``y``'s layout (``conv_epilogue.py``; ``wrap``:
+    ``_tiles.direct``)."""
     B, C, Hy, Wy = y.shape
     H, W = (Hy - 1, Wy - 1) if up else (Hy, Wy)
     out = empty_map((B, C, H, W), y) if write_x else None
@@ -100,16 +103,17 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     first = out if out is not None else out_mod
     out_mod_arg = first if out_mod is None else out_mod
     style_arg = first if next_style is None else next_style.contiguous()
-    noise_strides = (noise.stride(0) if noise.shape[0] > 1 else 0, noise.stride(2), noise.stride(3))
+    # expanded to the batch: stride 0 for one shared map, with no test of its batch (a traced batch is symbolic)
+    nsb, _, nsh, nsw = noise.expand(B, 1, H, W).stride()
     args = (y, demod.contiguous(), noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
-            *y.stride(), *noise_strides, *first.stride(), *out_mod_arg.stride())
+            *y.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride())
     flags = {"WRITE_X": write_x, "WRITE_MOD": next_style is not None}
     if not up:
         cl = is_channels_last(first)
         grid, br, bi = tile_grid(first.shape, cl)
-        conv_epilogue_kernel[grid](*args, B, C, H, W, **flags, CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
+        wrap(conv_epilogue_kernel)[grid](*args, B, C, H, W, **flags, CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
     else:  # one 2x2 output quad per row of the tile, channels inner
         grid, br, bi = tile_grid((B, C, H // 2, W // 2), True, UP_TILE)
-        conv_epilogue_up_kernel[grid](*args, Hy, Wy, B, C, H // 2, W // 2, **flags, BR=br, BI=bi,
-                                      enable_fp_fusion=False)
+        wrap(conv_epilogue_up_kernel)[grid](*args, Hy, Wy, B, C, H // 2, W // 2, **flags, BR=br, BI=bi,
+                                            enable_fp_fusion=False)
     return out, out_mod

@@ -4,7 +4,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import empty_map, is_channels_last, tile_grid
+from typing import Callable
+
+from ._tiles import direct, empty_map, is_channels_last, tile_grid
 from .tiles_kernel import offset, tile_index
 
 
@@ -17,11 +19,12 @@ def modulate_kernel(x, style, out, sxb, sxc, sxh, sxw, sob, soc, soh, sow, B, C,
     tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), (v * s).to(out.dtype.element_ty), mask=ok)
 
 
-def modulate(x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """``x [B, C, H, W] * style [B, C]`` per channel -> ``[B, C, H, W]`` in ``x``'s layout."""
+def modulate(x: torch.Tensor, style: torch.Tensor, wrap: Callable = direct) -> torch.Tensor:
+    """``x [B, C, H, W] * style [B, C]`` per channel -> ``[B, C, H, W]`` in ``x``'s layout (``wrap``:
+    ``_tiles.direct``)."""
     out = empty_map(x.shape, x)
     cl = is_channels_last(x)
     grid, br, bi = tile_grid(x.shape, cl)
-    modulate_kernel[grid](x, style.contiguous(), out, *x.stride(), *out.stride(), *x.shape,
+    wrap(modulate_kernel)[grid](x, style.contiguous(), out, *x.stride(), *out.stride(), *x.shape,
                           CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
     return out

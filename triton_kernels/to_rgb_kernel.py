@@ -1,8 +1,12 @@
 """Triton kernel of ToRGB (``to_rgb.py``): the modulated 1x1 conv, bias and upsampled skip in one pass."""
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
+
+from ._tiles import direct
 
 BLOCK_P, BLOCK_I = 64, 64  # pixels and input channels per step
 
@@ -53,14 +57,14 @@ def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ss
 
 
 def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-           skip: torch.Tensor | None) -> torch.Tensor:
+           skip: torch.Tensor | None, wrap: Callable = direct) -> torch.Tensor:
     """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]``, ``weight [3, I]``,
-    ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None."""
+    ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None (``wrap``: ``_tiles.direct``)."""
     batch, inputs, height, width = x.shape
     out = torch.empty(batch, 3, height, width, dtype=x.dtype, device=x.device)
     skip_arg = out if skip is None else skip  # unread without a skip: any valid pointer
     grid = (triton.cdiv(height * width, BLOCK_P), batch)
-    to_rgb_kernel[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out, *x.stride(),
+    wrap(to_rgb_kernel)[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out, *x.stride(),
                         *skip_arg.stride(), *out.stride(), inputs, height, width, *skip_arg.shape[-2:],
                         HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I, enable_fp_fusion=False)
     return out

@@ -114,6 +114,8 @@ struct Generator::Impl {
   std::vector<Node> chain;
   std::vector<int64_t> channels;
   std::map<std::string, std::string> files;
+  // graph id -> for each input (in the graph's order): read in channels_last (else contiguous)
+  std::map<std::string, std::vector<bool>> channels_last;
   bool cuda_graphs = false;
 #ifdef SOAT_CUDA
   std::map<std::string, std::unique_ptr<Capture>> captures;  // "task|shapes" -> its graph
@@ -252,7 +254,7 @@ Generator::Generator(const std::string& folder, const std::string& device, bool 
     if (j.at("format") != "soat-export") throw Error(manifest_path.string() + " is not a SOAT export manifest");
     int version = j.at("format_version");
     if (version < 2) throw Error("'" + folder + "' holds ONNX graphs; libsoat runs `soat export ... --format aoti`");
-    if (version > 2) throw Error("'" + folder + "' has a newer manifest format than this libsoat reads");
+    if (version > 3) throw Error("'" + folder + "' has a newer manifest format than this libsoat reads");
     for (auto& [id, g] : j.at("graphs").items()) {
       if (g.at("format") != "aoti")
         throw Error("'" + folder + "' holds " + g.at("format").get<std::string>() +
@@ -261,6 +263,10 @@ Generator::Generator(const std::string& folder, const std::string& device, bool 
       if (file.find('/') != std::string::npos || !fs::is_regular_file(fs::path(folder) / file))
         throw Error("graph '" + id + "': '" + file + "' is missing from export folder '" + folder + "'; re-export it");
       m.files[id] = (fs::path(folder) / file).string();
+      auto inputs = g.at("inputs").get<std::vector<std::string>>();
+      auto cl = g.value("channels_last", std::vector<std::string>{});  // format 3; none before
+      for (const auto& name : inputs)
+        m.channels_last[id].push_back(std::find(cl.begin(), cl.end(), name) != cl.end());
     }
     std::string built = j.at("exporter").at("torch");
     std::ostringstream mine;
@@ -337,8 +343,12 @@ at::Tensor Generator::run_graph(const std::string& id, std::vector<at::Tensor> i
       throw Error("cannot load package '" + file->second + "': " + first_line(e.what_without_backtrace()));
     }
   }
-  // contiguous: a package reads its inputs with the strides it was compiled for
-  for (auto& t : inputs) t = t.to(m.device, m.dtype).contiguous();
+  // dense in the memory format the manifest lists: a package reads its inputs with the strides it was compiled
+  // for (and gives wrong numbers for any others)
+  const auto& cl = m.channels_last.at(id);
+  for (size_t i = 0; i < inputs.size(); ++i)
+    inputs[i] = inputs[i].to(m.device, m.dtype).contiguous(i < cl.size() && cl[i] ? at::MemoryFormat::ChannelsLast
+                                                                                    : at::MemoryFormat::Contiguous);
   return it->second->run(inputs).at(0);
 }
 

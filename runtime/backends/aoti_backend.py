@@ -8,9 +8,10 @@ graphs take and return flat tensors.
 A package runs only under the torch version that built it and on the device type it was
 compiled for: both are in the manifest and checked here before anything is loaded.
 The noise input takes the batch of ``x`` (see ``soat.export.aoti_export``): a
-``[1, 1, H, W]`` map is expanded to ``[B, 1, H, W]`` before the call. Inputs are passed contiguous:
-a package reads its inputs with the strides it was compiled for, and gives wrong numbers, without
-an error, for any other.
+``[1, 1, H, W]`` map is expanded to ``[B, 1, H, W]`` before the call. Inputs are passed dense in the
+memory format the manifest lists for them (channels_last for the feature maps of CUDA exports, else
+contiguous): a package reads its inputs with the strides it was compiled for, and gives wrong
+numbers, without an error, for any other.
 
 The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
 one CUDA graph), so the backend serializes its calls and package loads with a lock: a package's
@@ -106,7 +107,9 @@ class AotiBackend(NodeByNode):
         if "noise" in names:
             i = names.index("noise")
             args[i] = args[i].expand(args[0].shape[0], *args[i].shape[1:])
-        args = [a.contiguous() for a in args]
+        channels_last = self.manifest.channels_last(graph_id)
+        args = [a.contiguous(memory_format=torch.channels_last if n in channels_last else torch.contiguous_format)
+                for n, a in zip(names, args)]
         with self._lock:  # the package and, on first use, its load
             (out,) = self._model(graph_id).run(args)
         return {outputs[0]: out}
