@@ -32,6 +32,6 @@ def demod(style: torch.Tensor, weight_sq: torch.Tensor, wrap: Callable = direct)
     out = torch.empty(batch, outputs, dtype=style.dtype, device=style.device)
     grid = (batch, triton.cdiv(outputs, BLOCK_O))
     block_i = min(triton.next_power_of_2(max(inputs, 1)), TILE // BLOCK_O)
-    wrap(demod_kernel)[grid](style.contiguous(), weight_sq.contiguous(), out, inputs, outputs, BI=block_i, BO=BLOCK_O,
-                       enable_fp_fusion=False)
+    wrap(demod_kernel)[grid](style.contiguous(), weight_sq.contiguous(), out, inputs, outputs, BI=block_i,
+                             BO=BLOCK_O, enable_fp_fusion=False)
     return out

@@ -1,10 +1,10 @@
 """Triton kernel of the input modulation (``modulate.py``): the map walked in its memory order."""
 
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
-
-from typing import Callable
 
 from ._tiles import direct, empty_map, is_channels_last, tile_grid
 from .tiles_kernel import offset, tile_index
@@ -26,5 +26,5 @@ def modulate(x: torch.Tensor, style: torch.Tensor, wrap: Callable = direct) -> t
     cl = is_channels_last(x)
     grid, br, bi = tile_grid(x.shape, cl)
     wrap(modulate_kernel)[grid](x, style.contiguous(), out, *x.stride(), *out.stride(), *x.shape,
-                          CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
+                                CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
     return out

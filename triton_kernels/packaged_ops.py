@@ -3,8 +3,8 @@
 ``torch.export`` keeps each op as one node (``torch.ops.soat.conv_epilogue``); Inductor then traces
 its body, where ``wrap_triton`` exposes the kernel launch, and compiles the kernel into the package
 beside its own code. A package built from these ops runs them with neither Python nor this
-package installed (``soat export --format aoti --device cuda``, ``runtime/graph_modules.py``'s fused
-form). Eager calls launch the kernels directly (under ``TRITON_INTERPRET=1`` on CPU tensors, how CI
+package installed (``soat export --format aoti --device cuda`` compiles the fused graph modules of
+``runtime/fused_graph_modules.py``). Eager calls launch the kernels directly (under ``TRITON_INTERPRET=1`` on CPU tensors, how CI
 checks them against the references).
 
 The ops take what the exported graphs give them, with no dispatch between kernel and reference

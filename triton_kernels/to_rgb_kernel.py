@@ -64,7 +64,8 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: tor
     out = torch.empty(batch, 3, height, width, dtype=x.dtype, device=x.device)
     skip_arg = out if skip is None else skip  # unread without a skip: any valid pointer
     grid = (triton.cdiv(height * width, BLOCK_P), batch)
-    wrap(to_rgb_kernel)[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out, *x.stride(),
-                        *skip_arg.stride(), *out.stride(), inputs, height, width, *skip_arg.shape[-2:],
-                        HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I, enable_fp_fusion=False)
+    wrap(to_rgb_kernel)[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out,
+                              *x.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
+                              *skip_arg.shape[-2:], HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I,
+                              enable_fp_fusion=False)
     return out
