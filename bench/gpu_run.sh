@@ -8,6 +8,7 @@
 # invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti, aoti_nodes. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
+# AOTI_PEERS= (empty) leaves the torch.compile peer out of the aoti step's table (it takes ~1.5 min).
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
 # websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
@@ -169,7 +170,7 @@ aoti_nodes() {
 
 aoti() {
   log "AOTInductor: 256 px fp16 CUDA export while libsoat builds (Debian's libpng and json from .debs/)"
-  timeout "${AOTI_EXPORT_S:-330}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
+  timeout "${AOTI_EXPORT_S:-420}" $SOAT export --checkpoint random --size 256 --format aoti --device cuda --dtype fp16 \
     --workers "${AOTI_WORKERS:-24}" -o /tmp/aoti256 --force --no-progress >/tmp/aoti-export.log 2>&1 &
   local export_pid=$! t0=$SECONDS
   # zlib's static library from the .deb cannot go into a shared library: link the image's libz.so.1
@@ -262,7 +263,7 @@ for task, call in (("generate", lambda G, a, b: G.generate(a)), ("blend", lambda
 PY
   log "AOTInductor python backend, the fast path and the torch.compile peer in one run"
   timeout "${AOTI_BENCH_S:-300}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --graphs on --batches 1,8,128 \
-    --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 --peers --no-baseline \
+    --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 ${AOTI_PEERS---peers} --no-baseline \
     -o "$OUT/aoti256" 2>&1 | filtered
   log "AOTInductor: where a batch-128 generate spends its GPU time (eager), the aoti packages and the fast path"
   timeout 120 python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"

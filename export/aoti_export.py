@@ -6,6 +6,8 @@ captured by ``torch.export`` with dynamic shapes and compiled ahead of time by
 the fused form of ``runtime/fused_graph_modules.py``, whose styled convs and ToRGBs call the fast
 path's Triton kernels (Inductor compiles them into the package) around cuDNN's convs, with the
 feature map ``x`` read in channels_last (recorded per graph in the manifest; the loaders pass it so).
+Besides the graphs of the chain, every styled conv gets its linked graph (``graphs.linked_ids``): the
+loaders run consecutive styled convs through those, with no modulation pass between them.
 The packages load in Python (``soat.load(DIR, backend="aoti")``) and in C++
 (``torch::inductor::AOTIModelPackageLoader``; ``cpp/``, ``libsoat``), with the same
 libtorch version only: the manifest records the torch version and the device, and both
@@ -19,7 +21,8 @@ Dynamic axes (``torch.export.Dim``; every graph is dynamic, none had to be stati
 - height and width ``>= 1`` of every feature map, with the relations the layers imply:
   an upsampling conv's noise is ``2H x 2W``; a block ToRGB's ``x`` is twice its ``skip``
   (``H = 2 Hs``), so odd heights at a ToRGB are refused (no task makes them);
-- the constant: batch only; mapping and styles: batch only.
+- the constant: batch only; mapping and styles: batch only;
+- a linked graph: as its node's, ``x_mod`` in place of ``x`` and ``next_style`` at the batch.
 
 Besides the packages the folder holds the fixed noise (``noise.npz``, as the ONNX
 export) and the mean styles (``mean_styles.npz``: sigma_bar, flat ``[1, total]`` fp32,
@@ -45,7 +48,7 @@ from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
 from ..runtime.generator import MEAN_STYLE_SAMPLES, MEAN_STYLE_SEED
 from ..runtime.graph_modules import ConstNode, graph_module
-from ..runtime.graphs import MAPPING, STYLES, example_shapes, graph_ids, graph_io
+from ..runtime.graphs import LINKED, MAPPING, STYLES, example_shapes, graph_ids, graph_io, linked_ids
 from ..runtime.manifest import (AOTI_DTYPES, AOTI_FORMAT, MEAN_STYLES_FILE, NOISE_FILE, build_manifest,
                                 write_manifest)
 from ..runtime.weights import StyleGAN2Weights
@@ -99,7 +102,7 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
     """``export_aoti`` for weights already in hand."""
     check_aoti_args(dtype, device, workers)
     config = weights.config
-    ids = graph_ids(config)
+    ids = graph_ids(config) + linked_ids(config)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     with atomic_folder(out_dir) as tmp:
@@ -158,6 +161,10 @@ def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int
         return {"z": {0: batch}}
     if graph_id == STYLES:
         return {"wplus": {0: batch}}
+    if graph_id.endswith(LINKED):
+        spec = dynamic_shapes(config, graph_id[:-len(LINKED)])
+        spec["x_mod"] = spec.pop("x")
+        return {**spec, "next_style": spec["style"]}  # the same Dim objects
     node = next(n for n in build_chain(config) if n.id == graph_id)
     if node.kind == CONST:
         return {"style": {0: batch}}
@@ -177,7 +184,7 @@ def example_inputs(config: GeneratorConfig, graph_id: str, dtype: torch.dtype, d
     ``channels_last`` ones in that memory format."""
     shapes = dict(example_shapes(config, graph_id))
     if "noise" in shapes:
-        shapes["noise"] = (shapes["x"][0], *shapes["noise"][1:])
+        shapes["noise"] = (shapes["style"][0], *shapes["noise"][1:])
     gen = torch.Generator().manual_seed(0)
     names = graph_io(config, graph_id)[0]
     args = (torch.randn(shapes[n], generator=gen).to(device, dtype) for n in names)

@@ -5,8 +5,9 @@ What ``soat export --format aoti --device cuda`` compiles: the same arithmetic a
 modulation, the demodulation, the conv epilogue (the upsampling blur inside) and ToRGB as the ops
 of ``triton_kernels/packaged_ops.py``, so Inductor puts the fast path's kernels into the packages
 instead of its own pointwise code and a depthwise conv for the blur. The convs stay ATen's (cuDNN).
-A fused module reads its ``x`` in channels_last (``channels_last_inputs``: the export records it in
-the manifest and the loaders pass ``x`` so), and its conv weights are channels_last: cuDNN's fast
+A fused module reads its feature map (``x``, a linked graph's ``x_mod``) in channels_last
+(``channels_last_inputs``: the export records it in the manifest and the loaders pass it so), and its
+conv weights are channels_last: cuDNN's fast
 layout for fp16 convs, as on the fast path.
 
 Importing this module imports Triton (the ops' kernels); the runtime imports it only to export.
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..triton_kernels import packaged_ops  # noqa: F401  (registers torch.ops.soat.*, also where a worker unpickles)
-from .graph_modules import StyledConvNode, ToRGBNode, ToRGBSkipNode, graph_module
+from .graph_modules import LinkedConvNode, StyledConvNode, ToRGBNode, ToRGBSkipNode, graph_module
 from .weights import StyleGAN2Weights
 
 
@@ -39,6 +40,39 @@ class FusedStyledConvNode(nn.Module):
         y = conv.shared_conv(ops.modulate(x, style))
         return ops.conv_epilogue(y, ops.demod(style, conv.weight_sq), noise, self.node.noise_weight, self.node.bias,
                                  conv.upsample)
+
+
+class FusedLinkedConvNode(nn.Module):
+    """``LinkedConvNode`` as the shared-weight conv of ``x_mod``, demodulation and the epilogue form that writes
+    the graph's outputs (``packaged_ops``)."""
+
+    channels_last_inputs = ("x_mod",)
+
+    def __init__(self, linked: LinkedConvNode):
+        super().__init__()
+        self.node = linked.node.to(memory_format=torch.channels_last)  # as FusedStyledConvNode's
+        self.outputs = linked.outputs
+
+    def forward(self, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+                next_style: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        ops, conv = torch.ops.soat, self.node.conv
+        args = (conv.shared_conv(_channels_last_view(x_mod)), ops.demod(style, conv.weight_sq), noise,
+                self.node.noise_weight, self.node.bias, conv.upsample)
+        if next_style is None:
+            return ops.conv_epilogue(*args)
+        if self.outputs == ("next_x_mod",):
+            return ops.conv_epilogue_next(*args, next_style)
+        return ops.conv_epilogue_both(*args, next_style)
+
+
+def _channels_last_view(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (channels_last dense, as the loaders pass it) viewed with channels_last strides written out from its
+    sizes. On torch 2.11 a conv reading a graph input directly is traced as giving NCHW, and Inductor then copies
+    the conv's (channels_last) output into that layout for the epilogue, which runs 2x slower on it; through this
+    view (free at run time) the conv's output stays channels_last, as behind the modulation op of the node graphs
+    (bench/NOTES.md, round 7)."""
+    B, C, H, W = x.shape
+    return x.as_strided((B, C, H, W), (C * H * W, 1, W * C, C))
 
 
 class FusedToRGBNode(nn.Module):
@@ -66,6 +100,8 @@ def fused_graph_module(weights: StyleGAN2Weights, graph_id: str) -> nn.Module:
     """``graph_module(weights, graph_id)`` in the fused form where it has one (mapping, styles and the constant
     are as they are)."""
     module = graph_module(weights, graph_id)
+    if isinstance(module, LinkedConvNode):
+        return FusedLinkedConvNode(module)
     if isinstance(module, StyledConvNode):
         return FusedStyledConvNode(module)
     if isinstance(module, ToRGBSkipNode):

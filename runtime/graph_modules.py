@@ -29,7 +29,7 @@ from ..triton_kernels.demod import demod_ref
 from ..triton_kernels.fir import depthwise_blur_weight
 from . import layers
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
-from .graphs import MAPPING, STYLES
+from .graphs import LINKED, MAPPING, STYLES, graph_io
 from .weights import StyleGAN2Weights
 
 
@@ -76,7 +76,11 @@ class ModConv(nn.Module):
         return demod_ref(style, self.weight_sq)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        out = self.shared_conv(x * style[:, :, None, None])
+        return self.from_modulated(x * style[:, :, None, None], style)
+
+    def from_modulated(self, x_mod: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """The conv of the input ``x_mod = x * style`` already modulated."""
+        out = self.shared_conv(x_mod)
         if self.demodulate:
             out = out * self.demod(style)[:, :, None, None]
         if self.upsample:
@@ -94,8 +98,33 @@ class StyledConvNode(nn.Module):
         self.register_buffer("bias", module.activate.bias.detach().view(1, -1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x, style) + self.noise_weight * noise
+        return self.activate(self.conv(x, style), noise)
+
+    def activate(self, out: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Noise, bias and the scaled leaky ReLU on the (demodulated) conv output."""
+        out = out + self.noise_weight * noise
         return F.leaky_relu(out + self.bias, 0.2) * layers.SQRT2
+
+
+class LinkedConvNode(nn.Module):
+    """A styled conv's linked graph (``graphs.py``): ``x_mod, style, noise[, next_style] -> [x][, next_x_mod]``.
+
+    ``outputs`` are the graph's (``graph_io``); ``next_x_mod`` is ``x * next_style``, the next conv's
+    modulated input, exactly as that conv's own graph would modulate ``x``.
+    """
+
+    def __init__(self, node: StyledConvNode, outputs: tuple[str, ...]):
+        super().__init__()
+        self.node = node
+        self.outputs = outputs
+
+    def forward(self, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+                next_style: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        x = self.node.activate(self.node.conv.from_modulated(x_mod, style), noise)
+        out = {"x": x}
+        if next_style is not None:
+            out["next_x_mod"] = x * next_style[:, :, None, None]
+        return out[self.outputs[0]] if len(self.outputs) == 1 else tuple(out[n] for n in self.outputs)
 
 
 class ToRGBNode(nn.Module):
@@ -156,6 +185,8 @@ def graph_module(weights: StyleGAN2Weights, graph_id: str) -> nn.Module:
         return MappingGraph(weights)
     if graph_id == STYLES:
         return StylesGraph(weights)
+    if graph_id.endswith(LINKED):
+        return LinkedConvNode(graph_module(weights, graph_id[:-len(LINKED)]), graph_io(weights.config, graph_id)[1])
     node = next(n for n in build_chain(weights.config) if n.id == graph_id)
     m = weights.node_module(node.id)
     if node.kind == CONST:

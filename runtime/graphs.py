@@ -3,6 +3,12 @@
 One place says what every graph takes and gives, so that the backends, the exporter
 and the export manifest agree. Graph ids are the chain's node ids plus ``mapping``
 (``z [B, 512] -> w [B, 512]``) and ``styles`` (``wplus [B, n_latent, 512] -> styles [B, total]``).
+
+AOTI exports add a *linked* graph per styled conv (``convs.3.linked``, ``linked_ids``): the conv on
+its already modulated input ``x_mod``, whose epilogue also writes the next styled conv's modulated
+input ``next_x_mod`` (from ``next_style``), as the fast path's ``run_chain`` does. A run of linked
+graphs makes no modulation pass between layers. A linked graph gives ``x`` only where the chain reads
+it next (a ToRGB follows, or no styled conv does) and ``next_x_mod`` only where a styled conv follows.
 """
 
 from __future__ import annotations
@@ -10,16 +16,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from .chain import CONST, TO_RGB, LayerNode, build_chain, style_channels
+from .chain import CONST, CONV, CONV_UP, TO_RGB, LayerNode, build_chain, style_channels
 from .config import GeneratorConfig
 
 MAPPING, STYLES = "mapping", "styles"
+LINKED = ".linked"  # suffix of a styled conv's linked graph
 
 Shape = tuple[int, ...]
 
 # Symbolic axis names. The noise has its own batch axis: [1, 1, H, W] broadcasts over B.
 _AXES = {
     "x": {0: "batch", 2: "height", 3: "width"},
+    "x_mod": {0: "batch", 2: "height", 3: "width"},
+    "next_style": {0: "batch"},
     "skip": {0: "batch", 2: "skip_height", 3: "skip_width"},
     "style": {0: "batch"},
     "noise": {0: "noise_batch", 2: "out_height", 3: "out_width"},
@@ -36,14 +45,38 @@ def graph_ids(config: GeneratorConfig) -> list[str]:
     return [n.id for n in build_chain(config)] + [MAPPING, STYLES]
 
 
+def linked_ids(config: GeneratorConfig) -> list[str]:
+    """The linked graph of every styled conv, in chain order (module doc)."""
+    return [n.id + LINKED for n in build_chain(config) if n.kind in (CONV, CONV_UP)]
+
+
+@lru_cache(maxsize=None)
+def following_conv(config: GeneratorConfig, node_id: str) -> LayerNode | None:
+    """The next styled conv after ``node_id`` in the chain (past a ToRGB), None after the last."""
+    chain = build_chain(config)
+    k = next(i for i, n in enumerate(chain) if n.id == node_id)
+    return next((n for n in chain[k + 1:] if n.kind in (CONV, CONV_UP)), None)
+
+
 def graph_io(config: GeneratorConfig, graph_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(input names, output names)`` of a graph, inputs in the order the graph takes them."""
     if graph_id == MAPPING:
         return ("z",), ("w",)
     if graph_id == STYLES:
         return ("wplus",), ("styles",)
+    if graph_id.endswith(LINKED):
+        return _linked_io(config, _node(config, graph_id[:-len(LINKED)]))
     node = _node(config, graph_id)
     return node.inputs, node.outputs
+
+
+def _linked_io(config: GeneratorConfig, node: LayerNode) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    following = following_conv(config, node.id)
+    chain = build_chain(config)
+    after = chain[chain.index(node) + 1]
+    gives_x = following is None or after.kind == TO_RGB
+    return (("x_mod", "style", "noise") + (("next_style",) if following else ()),
+            (("x",) if gives_x else ()) + (("next_x_mod",) if following else ()))
 
 
 def onnx_outputs(config: GeneratorConfig, graph_id: str) -> tuple[str, ...]:
@@ -58,7 +91,7 @@ def dynamic_axes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, 
     inputs, outputs = graph_io(config, graph_id)
     axes = {name: dict(_AXES[name]) for name in inputs}
     for name, onnx_name in zip(outputs, onnx_outputs(config, graph_id)):
-        axes[onnx_name] = dict(_OUT_AXES) if name in ("x", "rgb") else dict(_AXES[name])
+        axes[onnx_name] = dict(_OUT_AXES) if name in ("x", "rgb", "next_x_mod") else dict(_AXES[name])
     if inputs == ("style",):  # the constant: only its batch varies
         axes["x"] = {0: "batch"}
     return axes
@@ -74,12 +107,16 @@ def input_shapes(config: GeneratorConfig, graph_id: str, batch: int = 1, height:
         return {"z": (batch, config.style_dim)}
     if graph_id == STYLES:
         return {"wplus": (batch, config.n_latent, config.style_dim)}
-    node = _node(config, graph_id)
+    node = _node(config, graph_id.removesuffix(LINKED))
     h = height or node.resolution // node.up
     w = width or node.resolution // node.up
     shapes = {"style": (batch, node.in_channels), "x": (batch, node.in_channels, h, w),
               "noise": (1, 1, *node.output_size(h, w)), "skip": (batch, 3, h // 2, w // 2)}
-    return {name: shapes[name] for name in node.inputs}
+    shapes["x_mod"] = shapes["x"]
+    following = following_conv(config, node.id) if node.kind in (CONV, CONV_UP) else None
+    if following is not None:
+        shapes["next_style"] = (batch, following.in_channels)
+    return {name: shapes[name] for name in graph_io(config, graph_id)[0]}
 
 
 def example_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, Shape]:

@@ -20,12 +20,12 @@ from ..errors import SoatError
 from .chain import build_chain, style_channels
 from .checkpoint import file_sha256
 from .config import GeneratorConfig
-from .graphs import graph_ids, graph_io, onnx_outputs
+from .graphs import graph_ids, graph_io, linked_ids, onnx_outputs
 
 FORMAT = "soat-export"
-# 3: each graph lists its channels_last inputs; 2: graph formats (onnx, aoti), the device and the mean styles;
-# 1 (onnx only). Every older version is still read.
-FORMAT_VERSION = 3
+# 4: AOTI folders hold the linked graphs; 3: each graph lists its channels_last inputs; 2: graph formats (onnx,
+# aoti), the device and the mean styles; 1 (onnx only). Every older version is still read.
+FORMAT_VERSION = 4
 MANIFEST = "manifest.json"
 NOISE_FILE = "noise.npz"
 MEAN_STYLES_FILE = "mean_styles.npz"
@@ -37,8 +37,8 @@ FIELDS_V1 = ("format", "format_version", "exporter", "config", "dtype", "opset",
              "style_channels", "graphs", "noise")
 FIELDS = FIELDS_V1 + ("device", "mean_styles")
 GRAPH_FIELDS_V1 = ("file", "sha256", "inputs", "outputs")
-GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",),
-                3: GRAPH_FIELDS_V1 + ("format", "channels_last")}  # by format version
+GRAPH_FIELDS_V3 = GRAPH_FIELDS_V1 + ("format", "channels_last")
+GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",), 3: GRAPH_FIELDS_V3, 4: GRAPH_FIELDS_V3}
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
@@ -70,10 +70,22 @@ class Manifest:
     def graph_sha256(self, graph_id: str) -> str:
         return self.graphs[graph_id]["sha256"]
 
+    @property
+    def linked(self) -> bool:
+        """The folder holds the linked graphs (``graphs.linked_ids``; AOTI exports from format 4 on)."""
+        return all(gid in self.graphs for gid in linked_ids(self.config))
+
     def channels_last(self, graph_id: str) -> tuple[str, ...]:
         """The graph's inputs it reads in channels_last memory format (a compiled package reads its inputs with
         the strides it was compiled for); the others are contiguous."""
         return tuple(self.graphs[graph_id].get("channels_last", ()))
+
+
+def export_graph_ids(config: GeneratorConfig, graph_format: str, version: int = FORMAT_VERSION) -> list[str]:
+    """The graphs a folder holds: the chain's, mapping and styles; AOTI folders of format 4 on also the linked
+    graphs."""
+    ids = graph_ids(config)
+    return ids + linked_ids(config) if graph_format == AOTI_FORMAT and version >= 4 else ids
 
 
 def chain_record(config: GeneratorConfig) -> list[dict]:
@@ -90,7 +102,7 @@ def build_manifest(config: GeneratorConfig, dtype: str, opset: int, source: dict
     where given) have the given sha256; ``channels_last``: graph id -> its inputs read in channels_last."""
     channels_last = channels_last or {}
     graphs = {}
-    for gid in graph_ids(config):
+    for gid in export_graph_ids(config, graph_format):
         graphs[gid] = {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
                        "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
                        "format": graph_format, "channels_last": list(channels_last.get(gid, ()))}
@@ -155,9 +167,10 @@ def read_manifest(folder: str) -> Manifest:
     dtypes = DTYPES if graph_format == ONNX_FORMAT else AOTI_DTYPES
     if m["dtype"] not in dtypes:
         raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {dtypes}")
-    if set(m["graphs"]) != set(graph_ids(config)):
-        missing = sorted(set(graph_ids(config)) - set(m["graphs"]))
-        extra = sorted(set(m["graphs"]) - set(graph_ids(config)))
+    expected = set(export_graph_ids(config, graph_format, m["format_version"]))
+    if set(m["graphs"]) != expected:
+        missing = sorted(expected - set(m["graphs"]))
+        extra = sorted(set(m["graphs"]) - expected)
         raise SoatError(f"{where}: graph list does not match the layout (missing {missing}, unknown {extra}); "
                         "re-export the folder")
     for gid, g in m["graphs"].items():

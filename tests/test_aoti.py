@@ -22,14 +22,15 @@ import torch
 import soat
 import soat.export
 from soat.export.aoti_export import dynamic_shapes, export_aoti
-from soat.runtime.graphs import graph_ids
+from soat.runtime.graphs import graph_ids, linked_ids
 from soat.runtime.manifest import MANIFEST, read_manifest
 from conftest import make_styles, pick, rel_err
 
 TOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = ("random:1", 32, 1)  # the g32 fixture's model
-_KEYED = ("export/aoti_export.py", "runtime/graph_modules.py", "runtime/manifest.py", "runtime/layers.py")
+_KEYED = ("export/aoti_export.py", "runtime/graph_modules.py", "runtime/graphs.py", "runtime/manifest.py",
+          "runtime/layers.py")
 
 
 def aoti_export_dir() -> str:
@@ -97,6 +98,42 @@ def test_loading_makes_libtorch_global(g_aoti):
     assert hasattr(ctypes.CDLL(None), "aoti_torch_empty_strided")
 
 
+def test_every_run_of_layers_equals_torch(g32, g_aoti):
+    """Linked graphs take over wherever a run chains styled convs; a run may start and end at any layer (the
+    tasks cut the chain between blocks, before a ToRGB, after a conv): every one equals the torch backend."""
+    s = make_styles(g32, batch=2, seed=4)
+    noise_at = g32.noise_fn("fixed")
+    chain = g32.chain
+    for first in range(1, len(chain)):
+        x, rgb = g32.run_chain(s, noise_at, chain[1:first], g32.constant(s))
+        for last in range(first + 1, len(chain) + 1):
+            want = g32.run_chain(s, noise_at, chain[first:last], x, rgb)
+            got = g_aoti.run_chain(s, noise_at, chain[first:last], x, rgb)
+            for a, b in zip(got, want):
+                assert (a is None) == (b is None) and (a is None or rel_err(a, b) <= TOL), (first, last)
+
+
+def test_generate_runs_linked_graphs(g_aoti, monkeypatch):
+    """One ATen multiply modulates conv1's input; from there every styled conv runs its linked graph."""
+    ran, s = [], make_styles(g_aoti, seed=2)
+    run = g_aoti.backend.run
+    monkeypatch.setattr(g_aoti.backend, "run", lambda gid, inputs: ran.append(gid) or run(gid, inputs))
+    g_aoti.generate(s)
+    want = [n.id + ".linked" if n.kind in ("conv", "conv_up") else n.id for n in g_aoti.chain]
+    assert ran == want
+
+
+def test_folders_without_linked_graphs_run_node_by_node(aoti_dir, g32, tmp_path):
+    """A format 3 folder (before linked graphs) loads and runs every node's graph."""
+    with open(os.path.join(aoti_dir, MANIFEST)) as f:
+        graphs = json.load(f)["graphs"]
+    v3 = {gid: g for gid, g in graphs.items() if not gid.endswith(".linked")}
+    G = soat.load(_copy_with(aoti_dir, tmp_path / "v3", graphs=v3, format_version=3), backend="aoti")
+    assert not G.backend.manifest.linked
+    s = make_styles(g32, seed=6)
+    assert rel_err(G.generate(s), g32.generate(s)) <= TOL
+
+
 def test_mean_styles_are_stored_not_sampled(g32, aoti_dir, monkeypatch):
     G = soat.load(aoti_dir, backend="aoti")
     monkeypatch.setattr(G, "estimate_mean_styles", lambda z: pytest.fail("sampled at load"))
@@ -120,13 +157,13 @@ def test_stored_mean_styles_follow_the_checkpoint_w_avg(tmp_path):
 def test_manifest_records_format_torch_and_device(aoti_dir, g32):
     m = read_manifest(aoti_dir)
     assert m.graph_format == "aoti" and m.device == "cpu" and m.exporter["torch"] == torch.__version__
-    assert sorted(m.graphs) == sorted(graph_ids(g32.config))
+    assert sorted(m.graphs) == sorted(graph_ids(g32.config) + linked_ids(g32.config)) and m.linked
     assert all(g["file"].endswith(".pt2") and g["format"] == "aoti" for g in m.graphs.values())
     assert m.mean_styles["shape"] == [1, sum(g32.style_channels)]
 
 
 def test_every_graph_has_dynamic_batch_and_size(g32):
-    for gid in graph_ids(g32.config):
+    for gid in graph_ids(g32.config) + linked_ids(g32.config):
         assert 0 in next(iter(dynamic_shapes(g32.config, gid).values())), gid
 
 
@@ -207,16 +244,18 @@ def test_cli_export_format_aoti_passes_device_and_dtype(tmp_path, monkeypatch, c
 # The fused form (what CUDA exports compile): the fast path's kernels as torch.library.triton_ops
 
 def _fused_cases(config):
-    """One plain conv, one upsampling conv, the first ToRGB and one with a skip."""
+    """One plain conv, one upsampling conv, the first ToRGB and one with a skip; then the linked graphs of the
+    first conv (both outputs), of an upsampling conv (the next input only) and of the last conv (``x`` only)."""
     from soat.runtime.chain import CONV_UP, TO_RGB, build_chain
     chain = build_chain(config)
     pick_first = lambda test: next(n.id for n in chain if test(n))  # noqa: E731
-    return [pick_first(lambda n: n.kind not in (CONV_UP, TO_RGB) and n.noise_index is not None),
-            pick_first(lambda n: n.kind == CONV_UP), pick_first(lambda n: n.kind == TO_RGB),
-            pick_first(lambda n: n.kind == TO_RGB and "skip" in n.inputs)]
+    conv, up = (pick_first(lambda n: n.kind not in (CONV_UP, TO_RGB) and n.noise_index is not None),
+                pick_first(lambda n: n.kind == CONV_UP))
+    return [conv, up, pick_first(lambda n: n.kind == TO_RGB), pick_first(lambda n: n.kind == TO_RGB and "skip" in n.inputs),
+            f"{conv}.linked", f"{up}.linked", linked_ids(config)[-1]]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(7))
 def test_fused_graph_modules_equal_the_plain_ones(g32, case):
     """Under TRITON_INTERPRET on the CPU (on CUDA tensors on a GPU): batch 3 and a 6 x 10 map, fp32 rel err
     <= 1e-5; a conv's output stays channels_last (the next graph reads it without a copy)."""
@@ -237,8 +276,9 @@ def test_fused_graph_modules_equal_the_plain_ones(g32, case):
             for n, a in zip(names, args)]
     with torch.no_grad():
         want, got = plain(*args), fused(*args)
-    assert rel_err(got, want) <= TOL, gid
-    assert got.shape[1] == 3 or got.is_contiguous(memory_format=torch.channels_last), gid
+    for got, want in zip(*((t,) if torch.is_tensor(t) else t for t in (got, want)), strict=True):
+        assert rel_err(got, want) <= TOL, gid
+        assert got.shape[1] == 3 or got.is_contiguous(memory_format=torch.channels_last), gid
 
 
 def test_fused_graph_modules_export_with_dynamic_shapes(g32):
@@ -262,22 +302,25 @@ for gid in {_fused_cases(g32.config)!r}:
     specs = dynamic_shapes(weights.config, gid)
     program = torch.export.export(module, args, dynamic_shapes=tuple(specs.get(n) for n in names))
     ops = sorted({{str(n.target) for n in program.graph.nodes if str(n.target).startswith("soat.")}})
-    x = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == "x").meta["val"]
+    x = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name in ("x", "x_mod")).meta["val"]
     print(gid, ops, all(isinstance(d, torch.SymInt) for d in (x.shape[0], x.shape[2], x.shape[3])))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    conv, up, rgb, rgb_skip = _fused_cases(g32.config)
+    conv, up, rgb, rgb_skip, conv_linked, up_linked, last_linked = _fused_cases(g32.config)
     for gid in (conv, up):
         assert lines[gid] == "['soat.conv_epilogue.default', 'soat.demod.default', 'soat.modulate.default'] True"
     for gid in (rgb, rgb_skip):
         assert lines[gid] == "['soat.to_rgb.default'] True"
+    assert lines[conv_linked] == "['soat.conv_epilogue_both.default', 'soat.demod.default'] True"
+    assert lines[up_linked] == "['soat.conv_epilogue_next.default', 'soat.demod.default'] True"
+    assert lines[last_linked] == "['soat.conv_epilogue.default', 'soat.demod.default'] True"
 
 
 def test_manifest_lists_channels_last_inputs(aoti_dir, tmp_path):
-    """Format 3 lists each graph's channels_last inputs (none for a CPU export); a name that is not an input
+    """Formats 3 and 4 list each graph's channels_last inputs (none for a CPU export); a name that is not an input
     is refused; format 2 folders (no such field) still load."""
     m = read_manifest(aoti_dir)
     assert all(m.channels_last(gid) == () for gid in m.graphs)
@@ -286,7 +329,8 @@ def test_manifest_lists_channels_last_inputs(aoti_dir, tmp_path):
     bad = {gid: {**g, "channels_last": ["nope"]} for gid, g in graphs.items()}
     with pytest.raises(soat.SoatError, match="channels_last inputs \\['nope'\\].*re-export"):
         read_manifest(_copy_with(aoti_dir, tmp_path / "bad", graphs=bad))
-    v2 = {gid: {k: v for k, v in g.items() if k != "channels_last"} for gid, g in graphs.items()}
+    v2 = {gid: {k: v for k, v in g.items() if k != "channels_last"} for gid, g in graphs.items()
+          if not gid.endswith(".linked")}
     assert read_manifest(_copy_with(aoti_dir, tmp_path / "v2", graphs=v2, format_version=2)).channels_last("conv1") == ()
 
 

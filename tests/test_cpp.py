@@ -87,6 +87,39 @@ def test_soat_cpp_png_equals_python(soat_cpp, export_dir, G, tmp_path, case):
     assert diff.max() <= 1 and (diff > 0).mean() <= 0.001, (int(diff.max()), float((diff > 0).mean()))
 
 
+def _folder_copy(export_dir, folder, keep_linked: bool):
+    """A copy of the export: with its linked graphs and every styled conv's own package unreadable (so that a
+    generate which loaded one fails), or as a format 3 folder without linked graphs."""
+    import json
+    shutil.copytree(export_dir, folder)
+    with open(folder / "manifest.json") as f:
+        m = json.load(f)
+    linked = [gid for gid in m["graphs"] if gid.endswith(".linked")]
+    for gid in linked:
+        if keep_linked:
+            (folder / m["graphs"][gid.removesuffix(".linked")]["file"]).write_bytes(b"not a package")
+        else:
+            os.remove(folder / m["graphs"].pop(gid)["file"])
+    if not keep_linked:
+        m["format_version"] = 3
+        with open(folder / "manifest.json", "w") as f:
+            json.dump(m, f)
+    return folder
+
+
+def test_generate_runs_the_linked_graphs_and_folders_without_them_node_by_node(soat_cpp, export_dir, tmp_path):
+    """soat-cpp generate runs the linked graphs (the styled convs' own packages are never loaded), and a folder
+    without linked graphs runs every node's package; both give the same image."""
+    images = []
+    for name, keep in (("linked", True), ("v3", False)):
+        folder = _folder_copy(export_dir, tmp_path / name, keep)
+        _run([soat_cpp, "generate", folder, "--seed", "3", "-o", tmp_path / f"{name}.png"])
+        images.append(_pixels(tmp_path / f"{name}.png"))
+    _run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / "export.png"])
+    assert np.array_equal(images[0], _pixels(tmp_path / "export.png"))
+    assert np.array_equal(images[1], images[0])
+
+
 SERVICE_CMAKE = """cmake_minimum_required(VERSION 3.18)
 project(service LANGUAGES CXX)
 set(CMAKE_CXX_STANDARD 17)

@@ -8,15 +8,16 @@ package installed (``soat export --format aoti --device cuda`` compiles the fuse
 checks them against the references).
 
 The ops take what the exported graphs give them, with no dispatch between kernel and reference
-(the references are the plain graph modules themselves) and no fast-path-only options: the
-epilogue writes ``x`` only (the next conv's modulated input crosses a graph boundary). Launch
+(the references are the plain graph modules themselves). The epilogue comes in the three forms
+the graphs need: ``x`` (a node's graph, the last conv's linked graph), the next conv's modulated
+input only (an upsampling conv's linked graph), and both (a 3x3 conv's, whose ``x`` a ToRGB reads). Launch
 geometry may not depend on a symbolic size (``_tiles.tile_shape``), so that one package serves every
 batch, height and width.
 
 Importing this module imports Triton and registers the ops (once per process).
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch.library import triton_op, wrap_triton
@@ -44,6 +45,23 @@ def conv_epilogue(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noi
     x, _ = conv_epilogue_kernel.conv_epilogue_modulated(y, demod, noise, noise_weight, bias, up, None, True,
                                                         wrap=wrap_triton)
     return x
+
+
+@triton_op("soat::conv_epilogue_next", mutates_args=())
+def conv_epilogue_next(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
+                       bias: torch.Tensor, up: bool, next_style: torch.Tensor) -> torch.Tensor:
+    """``conv_epilogue`` writing only the next conv's modulated input ``x * next_style``."""
+    _, x_mod = conv_epilogue_kernel.conv_epilogue_modulated(y, demod, noise, noise_weight, bias, up, next_style,
+                                                            False, wrap=wrap_triton)
+    return x_mod
+
+
+@triton_op("soat::conv_epilogue_both", mutates_args=())
+def conv_epilogue_both(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
+                       bias: torch.Tensor, up: bool, next_style: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv_epilogue`` writing ``x`` and the next conv's modulated input ``x * next_style``."""
+    return conv_epilogue_kernel.conv_epilogue_modulated(y, demod, noise, noise_weight, bias, up, next_style, True,
+                                                        wrap=wrap_triton)
 
 
 @triton_op("soat::to_rgb", mutates_args=())

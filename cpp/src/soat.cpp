@@ -39,6 +39,11 @@ struct Node {
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
+// soat.runtime.graphs: a styled conv's linked graph is "<id>.linked"
+const std::string kLinked = ".linked";
+
+bool is_styled_conv(const Node& n) { return n.kind == "conv" || n.kind == "conv_up"; }
+
 at::Tensor from_npy(const detail::NpyArray& a) {
   return at::from_blob(const_cast<float*>(a.data.data()), a.shape, at::kFloat).clone();
 }
@@ -116,6 +121,8 @@ struct Generator::Impl {
   std::map<std::string, std::string> files;
   // graph id -> for each input (in the graph's order): read in channels_last (else contiguous)
   std::map<std::string, std::vector<bool>> channels_last;
+  std::map<std::string, std::vector<std::string>> outputs;  // graph id -> its output names, in order
+  bool linked = false;  // the folder has every styled conv's linked graph (format 4)
   bool cuda_graphs = false;
 #ifdef SOAT_CUDA
   std::map<std::string, std::unique_ptr<Capture>> captures;  // "task|shapes" -> its graph
@@ -219,6 +226,49 @@ struct Generator::Impl {
   }
 #endif
 
+  // One graph on inputs in its order (moved to the device and dtype, dense in the layout the manifest lists: a
+  // package reads its inputs with the strides it was compiled for, and gives wrong numbers for any others);
+  // returns its outputs in the manifest's order. Loads the package on first use.
+  std::vector<at::Tensor> run(const std::string& id, std::vector<at::Tensor> inputs) {
+    auto it = loaders.find(id);
+    if (it == loaders.end()) {
+      auto file = files.find(id);
+      if (file == files.end()) throw Error("graph '" + id + "' is not in export '" + folder + "'");
+      try {
+        c10::DeviceIndex index = device.is_cuda() && device.has_index() ? device.index() : -1;
+        // single-threaded: no CUDA event per run, so that runs can be captured into a CUDA graph (one Generator
+        // per thread, as for its caches)
+        it = loaders.emplace(id, std::make_unique<torch::inductor::AOTIModelPackageLoader>(file->second, "model",
+                                                                                           true, 1, index)).first;
+      } catch (const c10::Error& e) {
+        throw Error("cannot load package '" + file->second + "': " + first_line(e.what_without_backtrace()));
+      }
+    }
+    const auto& cl = channels_last.at(id);
+    for (size_t i = 0; i < inputs.size(); ++i)
+      inputs[i] = inputs[i].to(device, dtype).contiguous(i < cl.size() && cl[i] ? at::MemoryFormat::ChannelsLast
+                                                                                  : at::MemoryFormat::Contiguous);
+    return it->second->run(inputs);
+  }
+
+  // the index of the next styled conv after chain[i] (past a ToRGB); chain.size() after the last
+  size_t following(size_t i) const {
+    size_t f = i + 1;
+    while (f < chain.size() && !is_styled_conv(chain[f])) ++f;
+    return f;
+  }
+
+  // Whether chain[i], in a run that ends before chain[last], runs its linked graph: as the Python backend decides
+  // (AotiBackend._links): where its input is already modulated or the run goes on to the next styled conv, unless
+  // the run reads an x that the graph does not give (an upsampling conv that ends the run).
+  bool links(size_t i, size_t last, bool modulated) const {
+    if (!linked || !is_styled_conv(chain[i])) return false;
+    const auto& outs = outputs.at(chain[i].id + kLinked);
+    bool reads_x = i + 1 == last || chain[i + 1].kind == "to_rgb";
+    if (reads_x && std::find(outs.begin(), outs.end(), "x") == outs.end()) return false;
+    return modulated || following(i) < last;
+  }
+
   // the noise for a node given its input's batch and size; random: drawn from gen (normal_, layer order)
   std::optional<at::Tensor> noise_for(const Node& n, int64_t b, int64_t h, int64_t w, at::Generator* gen) {
     if (n.noise_index < 0) return std::nullopt;
@@ -254,7 +304,7 @@ Generator::Generator(const std::string& folder, const std::string& device, bool 
     if (j.at("format") != "soat-export") throw Error(manifest_path.string() + " is not a SOAT export manifest");
     int version = j.at("format_version");
     if (version < 2) throw Error("'" + folder + "' holds ONNX graphs; libsoat runs `soat export ... --format aoti`");
-    if (version > 3) throw Error("'" + folder + "' has a newer manifest format than this libsoat reads");
+    if (version > 4) throw Error("'" + folder + "' has a newer manifest format than this libsoat reads");
     for (auto& [id, g] : j.at("graphs").items()) {
       if (g.at("format") != "aoti")
         throw Error("'" + folder + "' holds " + g.at("format").get<std::string>() +
@@ -264,6 +314,7 @@ Generator::Generator(const std::string& folder, const std::string& device, bool 
         throw Error("graph '" + id + "': '" + file + "' is missing from export folder '" + folder + "'; re-export it");
       m.files[id] = (fs::path(folder) / file).string();
       auto inputs = g.at("inputs").get<std::vector<std::string>>();
+      m.outputs[id] = g.at("outputs").get<std::vector<std::string>>();
       auto cl = g.value("channels_last", std::vector<std::string>{});  // format 3; none before
       for (const auto& name : inputs)
         m.channels_last[id].push_back(std::find(cl.begin(), cl.end(), name) != cl.end());
@@ -301,6 +352,9 @@ Generator::Generator(const std::string& folder, const std::string& device, bool 
       n.up = r.at("up");
       m.chain.push_back(n);
     }
+    m.linked = std::all_of(m.chain.begin(), m.chain.end(), [&](const Node& n) {
+      return !is_styled_conv(n) || m.files.count(n.id + kLinked);
+    });
     m.channels = j.at("style_channels").get<std::vector<int64_t>>();
     auto noise = detail::read_npz((fs::path(folder) / j.at("noise").at("file").get<std::string>()).string());
     for (size_t i = 0; i < noise.size(); ++i)
@@ -328,28 +382,7 @@ at::ScalarType Generator::dtype() const { return impl_->dtype; }
 const Styles& Generator::mean_styles() const { return impl_->mean; }
 
 at::Tensor Generator::run_graph(const std::string& id, std::vector<at::Tensor> inputs) {
-  auto& m = *impl_;
-  auto it = m.loaders.find(id);
-  if (it == m.loaders.end()) {
-    auto file = m.files.find(id);
-    if (file == m.files.end()) throw Error("graph '" + id + "' is not in export '" + m.folder + "'");
-    try {
-      c10::DeviceIndex index = m.device.is_cuda() && m.device.has_index() ? m.device.index() : -1;
-      // single-threaded: no CUDA event per run, so that runs can be captured into a CUDA graph (one Generator
-      // per thread, as for its caches)
-      it = m.loaders.emplace(id, std::make_unique<torch::inductor::AOTIModelPackageLoader>(file->second, "model",
-                                                                                         true, 1, index)).first;
-    } catch (const c10::Error& e) {
-      throw Error("cannot load package '" + file->second + "': " + first_line(e.what_without_backtrace()));
-    }
-  }
-  // dense in the memory format the manifest lists: a package reads its inputs with the strides it was compiled
-  // for (and gives wrong numbers for any others)
-  const auto& cl = m.channels_last.at(id);
-  for (size_t i = 0; i < inputs.size(); ++i)
-    inputs[i] = inputs[i].to(m.device, m.dtype).contiguous(i < cl.size() && cl[i] ? at::MemoryFormat::ChannelsLast
-                                                                                    : at::MemoryFormat::Contiguous);
-  return it->second->run(inputs).at(0);
+  return impl_->run(id, std::move(inputs)).at(0);
 }
 
 at::Tensor Generator::seed_z(const std::vector<uint64_t>& seeds) const {
@@ -409,16 +442,36 @@ static std::vector<at::Tensor> node_inputs(const Node& n, const at::Tensor& x, c
   return in;
 }
 
-// The chain from `first` to `last` (exclusive) with one style list; returns (x, rgb).
+// The chain from `first` to `last` (exclusive) with one style list; returns (x, rgb). Styled convs go through
+// their linked graphs where Impl::links says so: the first one's input modulated by one ATen multiply, each
+// handing the next its modulated input (no modulation pass between layers), as in the Python backend.
 using NoiseFn = std::function<std::optional<at::Tensor>(const Node&, const at::Tensor&)>;
-static std::pair<at::Tensor, at::Tensor> run_nodes(Generator& G, const std::vector<Node>& chain, size_t first,
-                                                   size_t last, const Styles& s, at::Tensor x, at::Tensor rgb,
+static std::pair<at::Tensor, at::Tensor> run_nodes(Generator& G, Generator::Impl& m, size_t first, size_t last,
+                                                   const Styles& s, at::Tensor x, at::Tensor rgb,
                                                    const NoiseFn& noise) {
+  at::Tensor x_mod;  // the next styled conv's modulated input, once a linked graph gave it
   for (size_t i = first; i < last; ++i) {
-    const Node& n = chain[i];
+    const Node& n = m.chain[i];
+    if (m.links(i, last, x_mod.defined())) {
+      const at::Tensor& style = s[n.style_index];
+      if (!x_mod.defined()) x_mod = x * style.unsqueeze(2).unsqueeze(3);
+      auto nz = noise(n, x_mod);
+      std::vector<at::Tensor> in{x_mod, style, nz->expand({x_mod.size(0), 1, nz->size(2), nz->size(3)})};
+      size_t f = m.following(i);
+      if (f < m.chain.size()) in.push_back(s[m.chain[f].style_index]);  // unread where the run ends first
+      auto out = m.run(n.id + kLinked, in);
+      const auto& names = m.outputs.at(n.id + kLinked);
+      x = x_mod = at::Tensor();
+      for (size_t k = 0; k < names.size(); ++k) (names[k] == "x" ? x : x_mod) = out[k];
+      continue;
+    }
     at::Tensor out = G.run_graph(n.id, node_inputs(n, x, s, rgb, noise(n, x)));
-    if (n.kind == "to_rgb") rgb = out;
-    else x = out;
+    if (n.kind == "to_rgb") {
+      rgb = out;
+    } else {
+      x = out;
+      x_mod = at::Tensor();
+    }
   }
   return {x, rgb};
 }
@@ -430,7 +483,7 @@ at::Tensor Generator::generate(const Styles& s) {
       return impl_->noise_for(n, x.size(0), x.size(2), x.size(3), nullptr);
     };
     at::Tensor c = run_graph("input", {st[0]});
-    return run_nodes(*this, impl_->chain, 1, impl_->chain.size(), st, c, at::Tensor(), noise).second.clamp(-1, 1);
+    return run_nodes(*this, *impl_, 1, impl_->chain.size(), st, c, at::Tensor(), noise).second.clamp(-1, 1);
   });
 }
 
@@ -529,10 +582,10 @@ at::Tensor Generator::expand(const Styles& s, const std::string& mode, std::opti
   if (cut == m.chain.size()) throw Error("expand needs a model of 16 px or more");
   ++cut;
   at::Tensor c = run_graph("input", {s[0]});
-  auto [x, rgb] = run_nodes(*this, m.chain, 1, cut, s, c, at::Tensor(), noise);
+  auto [x, rgb] = run_nodes(*this, m, 1, cut, s, c, at::Tensor(), noise);
   x = widen_one(x, mode);
   rgb = widen_one(rgb, mode);
-  return run_nodes(*this, m.chain, cut, m.chain.size(), s, x, rgb, noise).second.clamp(-1, 1);
+  return run_nodes(*this, m, cut, m.chain.size(), s, x, rgb, noise).second.clamp(-1, 1);
 }
 
 at::Tensor endless_latent(uint64_t seed, int64_t index, int64_t dim) {

@@ -13,6 +13,10 @@ memory format the manifest lists for them (channels_last for the feature maps of
 contiguous): a package reads its inputs with the strides it was compiled for, and gives wrong
 numbers, without an error, for any other.
 
+In a folder with linked graphs (format 4) a run of layers goes through them wherever that saves the
+modulation pass between styled convs (``run_chain``): the run's first styled conv gets its input
+modulated by one ATen multiply, and every linked graph hands the next one its modulated input.
+
 The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
 one CUDA graph), so the backend serializes its calls and package loads with a lock: a package's
 model instance is not safe to run from two threads at once.
@@ -25,12 +29,14 @@ import functools
 import os
 import sys
 import threading
+from typing import Sequence
 
 import torch
 
 from ...errors import SoatError
 from ..backend import NodeByNode
-from ..graphs import graph_io
+from ..chain import CONV, CONV_UP, TO_RGB, Step, advance
+from ..graphs import LINKED, following_conv, graph_io
 from ..manifest import Manifest
 
 # torch dtype -> the manifest's dtype name (soat.load's export dtypes for this backend)
@@ -101,6 +107,39 @@ class AotiBackend(NodeByNode):
         self._models: dict = {}
         self._lock = threading.Lock()
 
+    def run_chain(self, steps: Sequence[Step], x: torch.Tensor,
+                  rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Consecutive nodes ``(node, style, noise)``; styled convs through their linked graphs where the folder
+        has them and the run chains them (``_links``), the other nodes' graphs as they are."""
+        if not self.manifest.linked:
+            return super().run_chain(steps, x, rgb)
+        x_mod = None  # the next styled conv's modulated input, once a linked graph gave it
+        for k, (node, style, noise) in enumerate(steps):
+            if node.kind in (CONV, CONV_UP) and self._links(steps, k, x_mod is not None):
+                following = following_conv(self.config, node.id)
+                if x_mod is None:
+                    x_mod = x * style[:, :, None, None]
+                inputs = {"x_mod": x_mod, "style": style, "noise": noise}
+                if following is not None:  # its own style where the run ends first: that output goes unread
+                    inputs["next_style"] = next((s for n, s, _ in steps[k + 1:] if n == following), style)
+                out = self.run(node.id + LINKED, inputs)
+                x, x_mod = out.get("x"), out.get("next_x_mod")
+            else:
+                x, rgb = advance(node, self.run_node(node, x, style, noise, rgb), x, rgb)
+                x_mod = None if node.kind != TO_RGB else x_mod
+        return x, rgb
+
+    def _links(self, steps: Sequence[Step], k: int, modulated: bool) -> bool:
+        """Whether the styled conv ``steps[k]`` runs its linked graph: where its input is already modulated or
+        the run goes on to the next styled conv, unless the run reads an ``x`` that graph does not give (an
+        upsampling conv that ends the run; its input ``x`` is then at hand)."""
+        node = steps[k][0]
+        reads_x = k == len(steps) - 1 or steps[k + 1][0].kind == TO_RGB
+        if reads_x and "x" not in graph_io(self.config, node.id + LINKED)[1]:
+            return False
+        following = following_conv(self.config, node.id)
+        return modulated or any(n == following for n, _, _ in steps[k + 1:])
+
     def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names, outputs = graph_io(self.config, graph_id)
         args = [inputs[n].detach().to(self.device, self.dtype) for n in names]
@@ -111,8 +150,8 @@ class AotiBackend(NodeByNode):
         args = [a.contiguous(memory_format=torch.channels_last if n in channels_last else torch.contiguous_format)
                 for n, a in zip(names, args)]
         with self._lock:  # the package and, on first use, its load
-            (out,) = self._model(graph_id).run(args)
-        return {outputs[0]: out}
+            out = self._model(graph_id).run(args)
+        return dict(zip(outputs, out))
 
     def _model(self, graph_id: str):
         model = self._models.get(graph_id)

@@ -5,7 +5,8 @@
 //   soat::save_png(G.generate(s), "out.png");         // [B, 3, R, R] in [-1, 1]
 //
 // Tasks: generate, blend (horizontal/vertical), merge_extension, expand and the endless panorama's
-// columns(seed, start, width); the feature ops between graphs are ATen calls. Every failure throws
+// columns(seed, start, width); the feature ops between graphs are ATen calls, and consecutive styled convs
+// run through the export's linked graphs (no modulation pass between them). Every failure throws
 // soat::Error with a one-line message. Packages load only in the libtorch version (and on the device
 // type) that built them; the constructor checks both against the manifest. On CUDA, generate, blend and
 // merge_extension (and so columns) replay one CUDA graph per task and input shapes, captured on the first
