@@ -48,7 +48,7 @@ from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
 from ..runtime.generator import MEAN_STYLE_SAMPLES, MEAN_STYLE_SEED
 from ..runtime.graph_modules import ConstNode, graph_module
-from ..runtime.graphs import LINKED, MAPPING, STYLES, example_shapes, graph_ids, graph_io, linked_ids
+from ..runtime.graphs import MAPPING, STYLES, example_shapes, graph_ids, graph_io, linked_ids, linked_node_id
 from ..runtime.manifest import (AOTI_DTYPES, AOTI_FORMAT, MEAN_STYLES_FILE, NOISE_FILE, build_manifest,
                                 write_manifest)
 from ..runtime.weights import StyleGAN2Weights
@@ -161,8 +161,8 @@ def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int
         return {"z": {0: batch}}
     if graph_id == STYLES:
         return {"wplus": {0: batch}}
-    if graph_id.endswith(LINKED):
-        spec = dynamic_shapes(config, graph_id[:-len(LINKED)])
+    if (node_id := linked_node_id(graph_id)) is not None:
+        spec = dynamic_shapes(config, node_id)
         spec["x_mod"] = spec.pop("x")
         return {**spec, "next_style": spec["style"]}  # the same Dim objects
     node = next(n for n in build_chain(config) if n.id == graph_id)

@@ -63,6 +63,11 @@ class LayerNode:
     def output(self) -> str:
         return self.outputs[0]
 
+    @property
+    def styled_conv(self) -> bool:
+        """A styled conv (3x3 or upsampling): the nodes with a modulated input."""
+        return self.kind in (CONV, CONV_UP)
+
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the output for an input of ``height x width``."""
         return height * self.up, width * self.up

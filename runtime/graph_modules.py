@@ -29,7 +29,7 @@ from ..triton_kernels.demod import demod_ref
 from ..triton_kernels.fir import depthwise_blur_weight
 from . import layers
 from .chain import CONST, CONV_UP, TO_RGB, build_chain
-from .graphs import LINKED, MAPPING, STYLES, graph_io
+from .graphs import MAPPING, STYLES, graph_io, linked_node_id
 from .weights import StyleGAN2Weights
 
 
@@ -185,8 +185,8 @@ def graph_module(weights: StyleGAN2Weights, graph_id: str) -> nn.Module:
         return MappingGraph(weights)
     if graph_id == STYLES:
         return StylesGraph(weights)
-    if graph_id.endswith(LINKED):
-        return LinkedConvNode(graph_module(weights, graph_id[:-len(LINKED)]), graph_io(weights.config, graph_id)[1])
+    if (node_id := linked_node_id(graph_id)) is not None:
+        return LinkedConvNode(graph_module(weights, node_id), graph_io(weights.config, graph_id)[1])
     node = next(n for n in build_chain(weights.config) if n.id == graph_id)
     m = weights.node_module(node.id)
     if node.kind == CONST:

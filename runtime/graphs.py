@@ -16,19 +16,17 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
-from .chain import CONST, CONV, CONV_UP, TO_RGB, LayerNode, build_chain, style_channels
+from .chain import CONST, TO_RGB, LayerNode, build_chain, style_channels
 from .config import GeneratorConfig
 
 MAPPING, STYLES = "mapping", "styles"
-LINKED = ".linked"  # suffix of a styled conv's linked graph
+_LINKED = ".linked"  # suffix of a styled conv's linked graph
 
 Shape = tuple[int, ...]
 
 # Symbolic axis names. The noise has its own batch axis: [1, 1, H, W] broadcasts over B.
 _AXES = {
     "x": {0: "batch", 2: "height", 3: "width"},
-    "x_mod": {0: "batch", 2: "height", 3: "width"},
-    "next_style": {0: "batch"},
     "skip": {0: "batch", 2: "skip_height", 3: "skip_width"},
     "style": {0: "batch"},
     "noise": {0: "noise_batch", 2: "out_height", 3: "out_width"},
@@ -47,7 +45,17 @@ def graph_ids(config: GeneratorConfig) -> list[str]:
 
 def linked_ids(config: GeneratorConfig) -> list[str]:
     """The linked graph of every styled conv, in chain order (module doc)."""
-    return [n.id + LINKED for n in build_chain(config) if n.kind in (CONV, CONV_UP)]
+    return [linked_id(n.id) for n in build_chain(config) if n.styled_conv]
+
+
+def linked_id(node_id: str) -> str:
+    """The id of a styled conv's linked graph."""
+    return node_id + _LINKED
+
+
+def linked_node_id(graph_id: str) -> str | None:
+    """The styled conv whose linked graph ``graph_id`` is; None for any other graph."""
+    return graph_id[:-len(_LINKED)] if graph_id.endswith(_LINKED) else None
 
 
 @lru_cache(maxsize=None)
@@ -55,7 +63,7 @@ def following_conv(config: GeneratorConfig, node_id: str) -> LayerNode | None:
     """The next styled conv after ``node_id`` in the chain (past a ToRGB), None after the last."""
     chain = build_chain(config)
     k = next(i for i, n in enumerate(chain) if n.id == node_id)
-    return next((n for n in chain[k + 1:] if n.kind in (CONV, CONV_UP)), None)
+    return next((n for n in chain[k + 1:] if n.styled_conv), None)
 
 
 def graph_io(config: GeneratorConfig, graph_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -64,8 +72,8 @@ def graph_io(config: GeneratorConfig, graph_id: str) -> tuple[tuple[str, ...], t
         return ("z",), ("w",)
     if graph_id == STYLES:
         return ("wplus",), ("styles",)
-    if graph_id.endswith(LINKED):
-        return _linked_io(config, _node(config, graph_id[:-len(LINKED)]))
+    if (node_id := linked_node_id(graph_id)) is not None:
+        return _linked_io(config, _node(config, node_id))
     node = _node(config, graph_id)
     return node.inputs, node.outputs
 
@@ -91,7 +99,7 @@ def dynamic_axes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, 
     inputs, outputs = graph_io(config, graph_id)
     axes = {name: dict(_AXES[name]) for name in inputs}
     for name, onnx_name in zip(outputs, onnx_outputs(config, graph_id)):
-        axes[onnx_name] = dict(_OUT_AXES) if name in ("x", "rgb", "next_x_mod") else dict(_AXES[name])
+        axes[onnx_name] = dict(_OUT_AXES) if name in ("x", "rgb") else dict(_AXES[name])
     if inputs == ("style",):  # the constant: only its batch varies
         axes["x"] = {0: "batch"}
     return axes
@@ -107,13 +115,13 @@ def input_shapes(config: GeneratorConfig, graph_id: str, batch: int = 1, height:
         return {"z": (batch, config.style_dim)}
     if graph_id == STYLES:
         return {"wplus": (batch, config.n_latent, config.style_dim)}
-    node = _node(config, graph_id.removesuffix(LINKED))
+    node = _node(config, linked_node_id(graph_id) or graph_id)
     h = height or node.resolution // node.up
     w = width or node.resolution // node.up
     shapes = {"style": (batch, node.in_channels), "x": (batch, node.in_channels, h, w),
               "noise": (1, 1, *node.output_size(h, w)), "skip": (batch, 3, h // 2, w // 2)}
     shapes["x_mod"] = shapes["x"]
-    following = following_conv(config, node.id) if node.kind in (CONV, CONV_UP) else None
+    following = following_conv(config, node.id)
     if following is not None:
         shapes["next_style"] = (batch, following.in_channels)
     return {name: shapes[name] for name in graph_io(config, graph_id)[0]}

@@ -429,6 +429,11 @@ void check_styles(const Styles& s, const std::vector<int64_t>& channels, const c
 
 }  // namespace
 
+// A noise map (one channel, batch 1 or b) expanded to batch b: the packages take the noise at the batch of x
+static at::Tensor batch_noise(const at::Tensor& noise, int64_t b) {
+  return noise.expand({b, 1, noise.size(2), noise.size(3)});
+}
+
 // A node's inputs in its graph's order; the noise (one channel) expanded to the batch of x.
 static std::vector<at::Tensor> node_inputs(const Node& n, const at::Tensor& x, const Styles& s, const at::Tensor& rgb,
                                            const std::optional<at::Tensor>& noise) {
@@ -437,7 +442,7 @@ static std::vector<at::Tensor> node_inputs(const Node& n, const at::Tensor& x, c
     if (name == "x") in.push_back(x);
     else if (name == "style") in.push_back(s[n.style_index]);
     else if (name == "skip") in.push_back(rgb);
-    else in.push_back(noise->expand({x.size(0), 1, noise->size(2), noise->size(3)}));
+    else in.push_back(batch_noise(*noise, x.size(0)));
   }
   return in;
 }
@@ -455,12 +460,12 @@ static std::pair<at::Tensor, at::Tensor> run_nodes(Generator& G, Generator::Impl
     if (m.links(i, last, x_mod.defined())) {
       const at::Tensor& style = s[n.style_index];
       if (!x_mod.defined()) x_mod = x * style.unsqueeze(2).unsqueeze(3);
-      auto nz = noise(n, x_mod);
-      std::vector<at::Tensor> in{x_mod, style, nz->expand({x_mod.size(0), 1, nz->size(2), nz->size(3)})};
+      std::vector<at::Tensor> in{x_mod, style, batch_noise(*noise(n, x_mod), x_mod.size(0))};
       size_t f = m.following(i);
       if (f < m.chain.size()) in.push_back(s[m.chain[f].style_index]);  // unread where the run ends first
-      auto out = m.run(n.id + kLinked, in);
-      const auto& names = m.outputs.at(n.id + kLinked);
+      const std::string id = n.id + kLinked;
+      auto out = m.run(id, in);
+      const auto& names = m.outputs.at(id);
       x = x_mod = at::Tensor();
       for (size_t k = 0; k < names.size(); ++k) (names[k] == "x" ? x : x_mod) = out[k];
       continue;
@@ -558,7 +563,7 @@ at::Tensor Generator::merge_extension(const Styles& s1, const Styles& s2) {
     const Node& conv1 = m.chain[1];
     at::Tensor c = run_graph("input", {first[0]});
     const int64_t b = c.size(0);
-    auto n0 = twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr))->expand({2 * b, 1, 4, 4});
+    auto n0 = batch_noise(*twice(m.noise_for(conv1, b, c.size(2), c.size(3), nullptr)), 2 * b);
     at::Tensor both = run_graph(conv1.id, {at::cat({c, c}), s[0], n0});
     at::Tensor x = at::cat({both.slice(0, 0, b), both.slice(0, b)}, 3);
     return lerp_chain(*this, m, 2, s, x, 3, true).clamp(-1, 1);

@@ -35,8 +35,8 @@ import torch
 
 from ...errors import SoatError
 from ..backend import NodeByNode
-from ..chain import CONV, CONV_UP, TO_RGB, Step, advance
-from ..graphs import LINKED, following_conv, graph_io
+from ..chain import TO_RGB, Step, advance
+from ..graphs import following_conv, graph_io, linked_id
 from ..manifest import Manifest
 
 # torch dtype -> the manifest's dtype name (soat.load's export dtypes for this backend)
@@ -115,18 +115,19 @@ class AotiBackend(NodeByNode):
             return super().run_chain(steps, x, rgb)
         x_mod = None  # the next styled conv's modulated input, once a linked graph gave it
         for k, (node, style, noise) in enumerate(steps):
-            if node.kind in (CONV, CONV_UP) and self._links(steps, k, x_mod is not None):
+            if node.styled_conv and self._links(steps, k, x_mod is not None):
                 following = following_conv(self.config, node.id)
                 if x_mod is None:
                     x_mod = x * style[:, :, None, None]
                 inputs = {"x_mod": x_mod, "style": style, "noise": noise}
                 if following is not None:  # its own style where the run ends first: that output goes unread
                     inputs["next_style"] = next((s for n, s, _ in steps[k + 1:] if n == following), style)
-                out = self.run(node.id + LINKED, inputs)
+                out = self.run(linked_id(node.id), inputs)
                 x, x_mod = out.get("x"), out.get("next_x_mod")
             else:
                 x, rgb = advance(node, self.run_node(node, x, style, noise, rgb), x, rgb)
-                x_mod = None if node.kind != TO_RGB else x_mod
+                if node.kind != TO_RGB:  # a ToRGB leaves the features, and so their modulated form, as they are
+                    x_mod = None
         return x, rgb
 
     def _links(self, steps: Sequence[Step], k: int, modulated: bool) -> bool:
@@ -135,7 +136,7 @@ class AotiBackend(NodeByNode):
         upsampling conv that ends the run; its input ``x`` is then at hand)."""
         node = steps[k][0]
         reads_x = k == len(steps) - 1 or steps[k + 1][0].kind == TO_RGB
-        if reads_x and "x" not in graph_io(self.config, node.id + LINKED)[1]:
+        if reads_x and "x" not in graph_io(self.config, linked_id(node.id))[1]:
             return False
         following = following_conv(self.config, node.id)
         return modulated or any(n == following for n, _, _ in steps[k + 1:])

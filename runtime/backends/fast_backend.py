@@ -85,7 +85,7 @@ class FastTorchBackend:
                 x = self.run(node.id, {"style": style})["x"]
                 continue
             later = steps[k + 1:]
-            following = next((s for s in later if s[0].kind not in (TO_RGB, CONST)), None)
+            following = next((s for s in later if s[0].styled_conv), None)
             write_x = following is None or later[0][0].kind == TO_RGB
             if x_mod is None:
                 x_mod = modulate(x, style)
