@@ -39,11 +39,14 @@ class Generator:
             (``task_graphs.py``); ``False`` runs every call eagerly.
         w_avg: the checkpoint's mean latent ``[style_dim]`` (NVIDIA's ``mapping.w_avg``,
             rosinality's ``latent_avg``), if it has one: the mean style is then affine(w_avg).
+        mean_styles: sigma_bar stored with an export, flat ``[1, total]``.
+        missing_mean: where neither is given and sampling would not be the checkpoint's centre (an export
+            that predates stored mean styles), why: ``mean_styles()`` raises it instead of sampling.
     """
 
     def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
                  source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None,
-                 mean_styles: torch.Tensor | None = None):
+                 mean_styles: torch.Tensor | None = None, missing_mean: str | None = None):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -54,6 +57,7 @@ class Generator:
         self.fingerprint = fingerprint
         self.style_channels = style_channels(config)
         self._w_avg = w_avg
+        self._missing_mean = missing_mean
         # sigma_bar (the centre of truncation) and where it comes from, for `soat info`: an export's stored
         # flat [1, total] copy, else the checkpoint's w_avg or sampling (both on first use)
         self._mean_styles: list[torch.Tensor] | None = None
@@ -110,6 +114,8 @@ class Generator:
         """
         if self._mean_styles is None and self._w_avg is not None:
             self._mean_styles = self.styles_from_w(self._w_avg.reshape(1, -1))
+        if self._mean_styles is None and self._missing_mean:
+            raise SoatError(self._missing_mean)
         if self._mean_styles is None:
             gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
             z = torch.randn(MEAN_STYLE_SAMPLES, self.config.style_dim, generator=gen)
