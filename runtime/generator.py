@@ -193,23 +193,23 @@ class Generator:
     # ---- tasks (each a short schedule in soat.runtime.tasks) ----------------------------------
     def blend(self, styles1: StyleArg, styles2: StyleArg, mode: str = "horizontal",
               noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Feature-interpolation blend of two images (SPEC Blend); ``[B, 3, R, R]``."""
+        """Feature-interpolation blend of two images (docs/contract.md#blend); ``[B, 3, R, R]``."""
         from .tasks.blend import blend
         return self.graphs.call(self, blend, (styles1, styles2, mode, noise))
 
     def merge_extension(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Two-image panorama span (SPEC Merge extension); ``[B, 3, R, 2R]``."""
+        """Two-image panorama span (docs/contract.md#merge-extension); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge_extension
         return self.graphs.call(self, merge_extension, (styles1, styles2, noise))
 
     def merge(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Merge extension with a plain linspace alpha (SPEC Merge); ``[B, 3, R, 2R]``."""
+        """Merge extension with a plain linspace alpha (docs/contract.md#merge); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge
         return self.graphs.call(self, merge, (styles1, styles2, noise))
 
     def panorama(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                  progress: bool = False) -> torch.Tensor:
-        """Panorama of N >= 2 images (SPEC Panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
+        """Panorama of N >= 2 images (docs/contract.md#panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
         from .tasks.panorama import panorama
         return panorama(self, style_lists, noise, progress)  # spans of N-long work: launches are not its cost
 
@@ -231,7 +231,8 @@ class Generator:
         return panorama_columns(self, seed, start, width, truncation, noise)
 
     def expand(self, styles: StyleArg, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
-        """Generation from one image, widened after the 8x8 block (SPEC Expand / ``singan``).
+        """Generation from one image, widened after the 8x8 block (the reference's ``singan``;
+        docs/contract.md#expand).
 
         ``noise`` defaults to ``"random"`` as in the reference (seed with ``torch.manual_seed``).
         """
@@ -252,21 +253,21 @@ class Generator:
 
     def patch_swap(self, styles1: StyleArg, styles2: StyleArg, boxes: Any, swap: bool = True,
                    noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Copy (and swap) 16x16 feature regions of image 2 into image 1 (SPEC Patch swap)."""
+        """Copy (and swap) 16x16 feature regions of image 2 into image 1 (docs/contract.md#patch-swap)."""
         from .tasks.local import patch_swap
         return self.graphs.call(self, patch_swap, (styles1, styles2, boxes, swap, noise))
 
     def shift(self, styles: StyleArg, source_box: Any, targets: Any, layers: Sequence[int] | None = None,
               strength: float = 1.0, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Replicate a patch: at the given resolutions, blend features with a copy shifted from
-        ``source_box`` onto each target (SPEC Shift)."""
+        ``source_box`` onto each target (docs/contract.md#shift)."""
         from .tasks.shift import shift
         return self.graphs.call(self, shift, (styles, source_box, targets, layers, strength, noise))
 
     # ---- GAN inversion (soat.runtime.inversion) ------------------------------------------------
     def invert(self, images: Any, steps: int = 1000, lpips: Any = "auto", prior_weight: float = 1e-3,
                lr: float = 0.05, progress: bool = False) -> torch.Tensor:
-        """Fit sigma codes to images (SPEC GAN inversion); returns flat sigma ``[B, total]``.
+        """Fit sigma codes to images (docs/contract.md#inversion); returns flat sigma ``[B, total]``.
 
         ``images``: paths, PIL images or a ``[B, 3, H, W]`` tensor in [-1, 1]; ``lpips``: ``"auto"``,
         ``False``, a VGG16 weights path or a callable; ``prior_weight=0`` drops the Gaussian prior.
