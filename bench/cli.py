@@ -11,7 +11,7 @@ from ..errors import SoatError
 from ..options import (DTYPE_CHOICES, add_checkpoint, add_device, add_force, check_checkpoint,
                           check_output_folder, int_range)
 from ..runtime.config import SUPPORTED_SIZES
-from ..runtime.capabilities import BACKEND_CHOICES as BACKENDS, EXPORT_BACKENDS
+from ..runtime.capabilities import BACKEND_CHOICES, EXPORT_BACKENDS
 from .suite import TASKS
 
 # per device: what a run measures when not told (the CPU: fp32 only, few runs, a small model)
@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, metavar="LIST",
                    help=f"comma list of {', '.join(TASKS)} (default on the CPU {cpu['tasks']}; on CUDA {cuda['tasks']})")
     p.add_argument("--backends", default="auto", metavar="LIST",
-                   help=f"comma list of {', '.join(BACKENDS)}; auto = fast for fp16/bf16, torch for fp32 (default auto)")
+                   help=f"comma list of {', '.join(BACKEND_CHOICES)}; auto = fast for fp16/bf16, torch for fp32 (default auto)")
     p.add_argument("--dtypes", default=None, metavar="LIST",
                    help=f"comma list of {', '.join(DTYPE_CHOICES)} (default {cpu['dtypes']} on the CPU, "
                         f"{cuda['dtypes']} on CUDA)")
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     cuda = torch.device(args.device).type == "cuda"
     d = DEFAULTS["cuda" if cuda else "cpu"]
     tasks = _choose(args.tasks or d["tasks"], TASKS, "--tasks")
-    backends = _choose(args.backends, BACKENDS, "--backends")
+    backends = _choose(args.backends, BACKEND_CHOICES, "--backends")
     dtypes = _choose(args.dtypes or d["dtypes"], DTYPE_CHOICES, "--dtypes")
     try:
         batches = [int(b) for b in _list(args.batches or d["batches"])]

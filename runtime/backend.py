@@ -22,12 +22,11 @@ class Backend(Protocol):
     """An executor of the layer chain's graphs.
 
     Attributes:
-        name: the name ``soat.load(backend=...)`` takes (``torch``, ``fast``, ``onnxruntime``, ``tensorrt``).
+        name: the name ``soat.load(backend=...)`` takes: a row of ``capabilities.BACKENDS``, which also
+            says whether it is ``differentiable`` (outputs carry autograd history to inputs that require
+            grad: inversion needs it) and ``capturable`` (its CUDA work can be captured into a CUDA graph
+            on torch's current stream: the Generator then replays task calls).
         device, dtype: where and in which precision the graphs run (inputs are given in them).
-        differentiable: outputs carry autograd history to inputs that require grad
-            (inversion needs it; exported engines do not give it).
-        capturable: its work on CUDA can be captured into a CUDA graph on torch's current
-            stream (the Generator then replays task calls; ``task_graphs.py``).
     """
 
     name: str

@@ -12,7 +12,8 @@ import socket
 import sys
 
 from ..options import add_dtype, add_layout
-from ..runtime.capabilities import BACKEND_CHOICES as BACKENDS
+from ..options import BACKEND_HELP
+from ..runtime.capabilities import AUTO, BACKEND_CHOICES
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,8 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="random",
                    help="checkpoint, export folder or random[:SEED] (default: the embedded random model)")
     add_layout(p)
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="torch, fast, auto (fast for fp16/bf16, else torch), onnxruntime or tensorrt")
+    p.add_argument("--backend", default=AUTO, choices=BACKEND_CHOICES, help=BACKEND_HELP)
     # not checked against this machine's GPUs: with --ray the replicas may run on other nodes' GPUs
     # (soat.load checks the device where the model loads)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

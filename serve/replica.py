@@ -38,7 +38,7 @@ class ReplicaOptions:
     """What every replica loads and serves (``soat.load`` arguments and ``create_app`` settings)."""
 
     checkpoint: str = "random"  # checkpoint, export folder or random[:SEED]
-    backend: str = "auto"  # soat.load's backend: auto, torch, fast, onnxruntime, tensorrt
+    backend: str = "auto"  # soat.load's backend: auto or a row of soat.runtime.capabilities.BACKENDS
     device: str = "cpu"
     dtype: str = "fp32"
     size: int | None = None  # random model only (default 256)

@@ -17,14 +17,18 @@ import torch
 
 from .errors import SoatError
 from .runtime.config import SUPPORTED_SIZES
-from .runtime.capabilities import BACKEND_CHOICES as BACKENDS
+from .runtime.capabilities import AUTO, BACKEND_CHOICES, BACKENDS, PRECISION_NAMES
 from .runtime.registry import REGISTRY, entry_for, is_remote
 
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState (the panorama sampler, NVIDIA's scripts) takes seeds below 2**32
-DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+DTYPE_CHOICES = PRECISION_NAMES
 CHECKPOINT_HELP = ("model: a registry name (" + ", ".join(REGISTRY) + "; downloaded once), an https:// URL, "
                    "a rosinality/SOAT .pt, an NVIDIA .pkl, a soat .safetensors, an export folder, "
                    "or random[:SEED] for the embedded random-weights model")
+# one clause per backend, from the table: "torch (the reference arithmetic in plain torch), ..."
+BACKEND_HELP = (f"{AUTO} (fast for fp16/bf16, else torch), "
+                + ", ".join(f"{b.name} ({b.summary})" for b in BACKENDS)
+                + "; an export backend given a checkpoint exports it into the cache first")
 _RANDOM = re.compile(r"^random(?::(\d+))?$")
 _SEED_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -166,9 +170,7 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="auto (fast for fp16/bf16, else torch), torch (the reference), fast (fused kernels); "
-                        "the others run an export folder (a checkpoint is exported into the cache first)")
+    p.add_argument("--backend", default=AUTO, choices=BACKEND_CHOICES, help=BACKEND_HELP)
 
 
 def add_force(p: argparse.ArgumentParser) -> None:

@@ -178,6 +178,10 @@ def _copy_with(aoti_dir, tmp_path, **fields) -> str:
             m["exporter"]["torch"] = v
         else:
             m[k] = v
+    if m["format_version"] < 5:  # an older format's manifest has no run plan and no shapes
+        m.pop("runs", None)
+        for g in m["graphs"].values():
+            g.pop("shapes", None)
     with open(path, "w") as f:
         json.dump(m, f)
     return folder

@@ -17,7 +17,7 @@ import soat
 from soat import commands
 from soat.cli import build_parser, main, parse_seeds
 from soat.errors import SoatError
-from soat.runtime.capabilities import BACKEND_CHOICES as BACKENDS
+from soat.runtime.capabilities import BACKEND_CHOICES
 
 SMALL = ["--size", "32", "--channel-multiplier", "1"]
 TINY = ["--size", "8", "--channel-multiplier", "1"]
@@ -294,7 +294,7 @@ def test_enumerated_options_have_choices_and_one_seed_syntax():
         if "--dtype" in actions:
             assert set(actions["--dtype"].choices) == {"fp32", "fp16", "bf16"}, name
         if "--backend" in actions:
-            assert tuple(actions["--backend"].choices) == BACKENDS, name
+            assert tuple(actions["--backend"].choices) == BACKEND_CHOICES, name
         if "--channel-multiplier" in actions:
             assert list(actions["--channel-multiplier"].choices) == [1, 2], name
         if "--size" in actions:

@@ -5,6 +5,8 @@ resolved to a module of the ``soat`` namespace. Checked:
 
 - no import cycle at all between modules;
 - ``soat.triton_kernels`` imports nothing of the runtime, the exporter, the server or the bench;
+- ``soat.runtime`` imports nothing above it: not the exporter (``soat.load``, which joins the two, lives in
+  ``soat.loader``), the server, the bench or the command line;
 - ``soat.serve`` and ``soat.bench`` use the tasks through public names only: no name with a
   leading underscore from any soat module, and from a task module only the names its
   ``__all__`` publishes.
@@ -131,4 +133,14 @@ def test_serve_and_bench_use_public_names_only():
                 public = getattr(importlib.import_module(target), "__all__", ())
                 if name not in public:
                     bad.append((m, target, name))
+    assert bad == []
+
+
+RUNTIME_FORBIDDEN = ("soat.export", "soat.serve", "soat.bench", "soat.loader", "soat.cli", "soat.commands",
+                     "soat.options")
+
+
+def test_runtime_imports_nothing_above_it():
+    bad = [(m, t) for m, edges in import_graph().items() if m.startswith("soat.runtime")
+           for t, _ in edges if t.startswith(RUNTIME_FORBIDDEN) or t == "soat"]
     assert bad == []

@@ -195,7 +195,7 @@ def test_rtx_targets_and_the_gpus_it_refuses(monkeypatch):
             RTX.check_device(torch.device("cuda"))
         msg = str(e.value)
         assert "\n" not in msg and f"does not run on {gpu} (compute capability {cc[0]}.{cc[1]})" in msg
-        assert "backend='torch', 'fast' or 'onnxruntime'" in msg
+        assert "backend='torch', 'fast', 'onnxruntime' or 'aoti'" in msg
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     RTX.check_device(torch.device("cuda"))
     assert RTX.covers("sm80,sm86", torch.device("cuda")) and not RTX.covers("sm89", torch.device("cuda"))

@@ -25,10 +25,13 @@ from typing import Sequence
 import torch
 
 from ...errors import SoatError
+from ..capabilities import BACKENDS
 
 FLAVOURS = ("trt", "rtx")
 MODULES = {"trt": "tensorrt", "rtx": "tensorrt_rtx_bindings"}
-RUNNING_BACKENDS = "backend='torch', 'fast' or 'onnxruntime'"
+# what runs where TensorRT for RTX does not: every other backend with CUDA (capabilities.BACKENDS)
+_OTHERS = [repr(b.name) for b in BACKENDS if "cuda" in b.devices and b.name != "tensorrt"]
+RUNNING_BACKENDS = f"backend={', '.join(_OTHERS[:-1])} or {_OTHERS[-1]}"
 
 
 class Flavour(ABC):
