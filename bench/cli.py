@@ -11,7 +11,7 @@ from ..errors import SoatError
 from ..options import (DTYPE_CHOICES, add_checkpoint, add_device, add_force, check_checkpoint,
                           check_output_folder, int_range)
 from ..runtime.config import SUPPORTED_SIZES
-from ..runtime.load import BACKENDS, EXPORT_BACKENDS
+from ..runtime.capabilities import BACKEND_CHOICES as BACKENDS, EXPORT_BACKENDS
 from .suite import TASKS
 
 # per device: what a run measures when not told (the CPU: fp32 only, few runs, a small model)
@@ -99,7 +99,7 @@ def _exports(items: list[str], backends: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from .suite import Config, run_suite
-    from ..runtime.load import resolve_backend
+    from ..loader import resolve_backend
 
     cuda = torch.device(args.device).type == "cuda"
     d = DEFAULTS["cuda" if cuda else "cpu"]

@@ -5,7 +5,9 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti_probe, aoti, aoti_nodes. TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
+# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti, and the lab probes aoti_probe
+# and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
+# TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
 # AOTI_PEERS= (empty) leaves the torch.compile peer out of the aoti step's table (it takes ~1.5 min).
@@ -158,12 +160,12 @@ ray_scale() {
 
 aoti_probe() {
   log "AOTInductor CUDA packages: compile and load probe (python and C++)"
-  timeout 300 python3 -m soat.bench.aoti_probe --out "$OUT/aoti-probe" 2>&1 | tee -a "$OUT/log.txt"
+  timeout 300 python3 "$ROOT/lab/aoti_probe.py" --out "$OUT/aoti-probe" 2>&1 | tee -a "$OUT/log.txt"
 }
 
 aoti_nodes() {
   log "AOTInductor node probe: dynamic vs static H/W, the blur as taps, channels_last (batch 128, 256 px)"
-  timeout "${AOTI_NODES_S:-330}" python3 -m soat.bench.aoti_node_probe 2>&1 \
+  timeout "${AOTI_NODES_S:-330}" python3 "$ROOT/lab/aoti_node_probe.py" 2>&1 \
     | grep -v "UserWarning\|FutureWarning\|cls.__new__\|warnings.warn\|_warn_once" \
     | tee -a "$OUT/log.txt"
 }

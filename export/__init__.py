@@ -1,12 +1,23 @@
-"""Export: per-layer ONNX graphs with feature I/O, and the manifest.
+"""Export: a generator's graphs as files another runtime loads, with the manifest that describes them.
 
-    soat.export.export("ckpt.pt", "ckpt-onnx")              # or `soat export ckpt.pt -o ckpt-onnx`
+    soat.export.export("ckpt.pt", "ckpt-onnx")              # or `soat export --checkpoint ckpt.pt -o ckpt-onnx`
     G = soat.load("ckpt-onnx", backend="onnxruntime")       # every task runs unchanged
 
-Modules: ``onnx_export`` (the exporter: it traces ``soat.runtime.graph_modules`` against
-the graph contract of ``soat.runtime.graphs`` and writes ``soat.runtime.manifest``),
-``cache`` (checkpoints exported once into the cache for ``soat.load(..., backend="onnxruntime")``)
-and ``cli``. The backends that run exports live in ``soat.runtime.backends``.
+Modules:
+
+- ``onnx_export``: ``export``, one ONNX graph per graph of ``soat.runtime.graphs`` (the modules of
+  ``soat.runtime.graph_modules``, traced), with the fixed noise and ``manifest.json``
+  (``soat.runtime.manifest``);
+- ``aoti_export``: ``soat export --format aoti``, one AOTInductor package per graph and per styled
+  conv's linked graph (the plain modules on the CPU, the fused form of
+  ``soat.runtime.fused_graph_modules`` on CUDA), with the fixed noise, the mean styles and the
+  manifest;
+- ``cache``: checkpoints exported once into the cache, for ``soat.load(..., backend="onnxruntime")``;
+- ``engines``: ``soat engines``, TensorRT engines built ahead of time into an export folder;
+- ``cli``: ``soat export``.
+
+The backends that run exports (onnxruntime, tensorrt, aoti) live in ``soat.runtime.backends``;
+libsoat (``cpp/``) runs AOTInductor exports from C++.
 """
 
 from .onnx_export import export

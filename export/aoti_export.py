@@ -38,23 +38,19 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..errors import SoatError
-from ..runtime.chain import CONST, CONV_UP, build_chain
 from ..runtime.checkpoint import file_sha256
 from ..runtime.config import GeneratorConfig
-from ..runtime.generator import MEAN_STYLE_SAMPLES, MEAN_STYLE_SEED
 from ..runtime.graph_modules import ConstNode, graph_module
-from ..runtime.graphs import MAPPING, STYLES, example_shapes, graph_ids, graph_io, linked_ids, linked_node_id
-from ..runtime.manifest import (AOTI_DTYPES, AOTI_FORMAT, MEAN_STYLES_FILE, NOISE_FILE, build_manifest,
-                                write_manifest)
+from ..runtime.capabilities import AOTI_FORMAT, export_precisions, precision
+from ..runtime.graphs import example_shapes, graph_io, signature
+from ..runtime.manifest import export_graph_ids
 from ..runtime.weights import StyleGAN2Weights
-from .onnx_export import _resolve, _write_noise, atomic_folder, exporter_version
+from .folder import Source, atomic_folder, finish_folder, resolve_source
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEVICES = ("cpu", "cuda")
 # On the CPU the C++ wrapper (calls into the kernels and ATen) is compiled at -O0: half the compile time of a
 # graph (~17 s instead of ~33 s on 2 cores), the kernels themselves keep inductor's -O3.
@@ -80,14 +76,14 @@ def export_aoti(source, out_dir: str | os.PathLike, dtype: str = "fp32", device:
         The path of ``manifest.json``.
     """
     check_aoti_args(dtype, device, workers)
-    weights, noise, name, fingerprint = _resolve(source, size, channel_multiplier)
-    return export_aoti_weights(weights, noise, name, fingerprint, os.fspath(out_dir), dtype, device, progress,
-                               workers)
+    return export_aoti_source(resolve_source(source, size, channel_multiplier), os.fspath(out_dir), dtype, device,
+                              progress, workers)
 
 
 def check_aoti_args(dtype: str, device: str, workers: int | None = None) -> None:
-    if dtype not in AOTI_DTYPES:
-        raise SoatError(f"dtype={dtype!r} cannot be exported as aoti; use one of {', '.join(AOTI_DTYPES)}")
+    if dtype not in export_precisions(AOTI_FORMAT):
+        raise SoatError(f"dtype={dtype!r} cannot be exported as aoti; use one of "
+                        f"{', '.join(export_precisions(AOTI_FORMAT))}")
     if device not in DEVICES:
         raise SoatError(f"device={device!r} is not an aoti export device; use 'cpu' or 'cuda'")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -96,19 +92,19 @@ def check_aoti_args(dtype: str, device: str, workers: int | None = None) -> None
         raise SoatError("--device cuda compiles CUDA kernels and needs a CUDA GPU at export; none is available")
 
 
-def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.Tensor], source_name: str,
-                        fingerprint: str, out_dir: str, dtype: str = "fp32", device: str = "cpu",
-                        progress: bool = True, workers: int | None = None) -> str:
-    """``export_aoti`` for weights already in hand."""
+def export_aoti_source(source: Source, out_dir: str, dtype: str = "fp32", device: str = "cpu",
+                       progress: bool = True, workers: int | None = None) -> str:
+    """``export_aoti`` for a resolved source."""
     check_aoti_args(dtype, device, workers)
-    config = weights.config
-    ids = graph_ids(config) + linked_ids(config)
+    weights, config = source.weights, source.weights.config
+    ids = export_graph_ids(config, AOTI_FORMAT)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     with atomic_folder(out_dir) as tmp:
         # modules cross to the workers on the CPU (plain pickles); each worker moves its own to the device
-        modules = {gid: export_module(weights, gid, device).to("cpu", TORCH_DTYPES[dtype]).eval() for gid in ids}
-        jobs = {gid: (module, config, gid, os.path.join(tmp, f"{gid}.pt2"), TORCH_DTYPES[dtype], device)
+        torch_dtype = precision(dtype).torch_dtype
+        modules = {gid: export_module(weights, gid, device).to("cpu", torch_dtype).eval() for gid in ids}
+        jobs = {gid: (module, config, gid, os.path.join(tmp, f"{gid}.pt2"), torch_dtype, device)
                 for gid, module in modules.items()}
         bar = tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress)
         if workers > 1:  # spawned processes: no forked CUDA or OpenMP state
@@ -123,15 +119,9 @@ def export_aoti_weights(weights: StyleGAN2Weights, fixed_noise: Sequence[torch.T
                 bar.update()
         bar.close()
         graph_sha = {gid: file_sha256(job[3]) for gid, job in jobs.items()}
-        noise_sha, noise_shapes = _write_noise(fixed_noise, os.path.join(tmp, NOISE_FILE))
-        mean = {"file": MEAN_STYLES_FILE, **_write_mean_styles(weights, os.path.join(tmp, MEAN_STYLES_FILE))}
-        exporter = {"soat": exporter_version(), "torch": torch.__version__}
-        manifest = build_manifest(config, dtype, None, {"name": source_name, "fingerprint": fingerprint},
-                                  graph_sha, noise_sha, noise_shapes, exporter, graph_format=AOTI_FORMAT,
-                                  device=device, mean_styles=mean,
-                                  channels_last={gid: channels_last_inputs(m) for gid, m in modules.items()})
-        write_manifest(tmp, manifest)
-    return os.path.join(out_dir, "manifest.json")
+        finish_folder(tmp, source, AOTI_FORMAT, dtype, None, device, graph_sha,
+                      {gid: channels_last_inputs(m) for gid, m in modules.items()})
+    return os.path.join(os.path.abspath(out_dir), "manifest.json")
 
 
 def export_module(weights: StyleGAN2Weights, graph_id: str, device: str) -> torch.nn.Module:
@@ -154,28 +144,18 @@ def _quiet_worker() -> None:
 
 
 def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, object]]:
-    """``torch.export`` dynamic-shape specs of a graph's inputs (the module doc says which axes and why)."""
-    Dim = torch.export.Dim
-    batch = Dim("batch", min=1)
-    if graph_id == MAPPING:
-        return {"z": {0: batch}}
-    if graph_id == STYLES:
-        return {"wplus": {0: batch}}
-    if (node_id := linked_node_id(graph_id)) is not None:
-        spec = dynamic_shapes(config, node_id)
-        spec["x_mod"] = spec.pop("x")
-        return {**spec, "next_style": spec["style"]}  # the same Dim objects
-    node = next(n for n in build_chain(config) if n.id == graph_id)
-    if node.kind == CONST:
-        return {"style": {0: batch}}
-    if "skip" in node.inputs:
-        sh, sw = Dim("skip_height", min=1), Dim("skip_width", min=1)
-        return {"x": {0: batch, 2: 2 * sh, 3: 2 * sw}, "skip": {0: batch, 2: sh, 3: sw}, "style": {0: batch}}
-    h, w = Dim("height", min=1), Dim("width", min=1)
-    spec = {"x": {0: batch, 2: h, 3: w}, "style": {0: batch}}
-    if "noise" in node.inputs:
-        spec["noise"] = {0: batch, 2: 2 * h, 3: 2 * w} if node.kind == CONV_UP else {0: batch, 2: h, 3: w}
-    return spec
+    """``torch.export`` dynamic-shape specs of a graph's inputs, from its signature (``graphs.signature``: which
+    axes vary and how they relate): one ``Dim`` per symbol, ``2*height`` as ``2 * Dim("height")``."""
+    dims: dict[str, object] = {}
+
+    def dim(expr: str):
+        factor, _, name = expr.rpartition("*")
+        symbol = dims.setdefault(name, torch.export.Dim(name, min=1))
+        return int(factor) * symbol if factor else symbol
+
+    shapes = signature(config, graph_id, AOTI_FORMAT)
+    return {name: {i: dim(d) for i, d in enumerate(shapes[name]) if isinstance(d, str)}
+            for name in graph_io(config, graph_id)[0]}
 
 
 def example_inputs(config: GeneratorConfig, graph_id: str, dtype: torch.dtype, device: str,
@@ -224,27 +204,3 @@ class _Constant(torch.nn.Module):
 
     def forward(self, style: torch.Tensor) -> torch.Tensor:
         return self.constant_input.expand(style.shape[0], *self.shape)
-
-
-def _write_mean_styles(weights: StyleGAN2Weights, path: str) -> dict:
-    """sigma_bar exactly as ``Generator.mean_styles`` computes it on the torch backend (fp32, CPU), flat
-    ``[1, total]``: affine(the checkpoint's ``w_avg``) where it has one, else affine(mean w over 50,000 z);
-    from the graph modules' own copies (the source's weights are not moved)."""
-    config = weights.config
-    affines = graph_module(weights, STYLES).to("cpu", torch.float32).eval()
-    w_avg = getattr(weights, "w_avg", None)
-    with torch.no_grad():
-        if w_avg is not None:
-            mean_w = w_avg.detach().reshape(1, -1).to("cpu", torch.float32)
-        else:
-            mapping = graph_module(weights, MAPPING).to("cpu", torch.float32).eval()
-            gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
-            z = torch.randn(MEAN_STYLE_SAMPLES, config.style_dim, generator=gen)
-            total = torch.zeros(1, config.style_dim, dtype=torch.float64)
-            for chunk in torch.split(z, 4096):
-                total += mapping(chunk).double().sum(0, keepdim=True)
-            mean_w = (total / z.shape[0]).float()
-        flat = affines(mean_w.unsqueeze(1).repeat(1, config.n_latent, 1)).numpy()
-    with open(path, "wb") as f:
-        np.savez(f, mean_styles=flat)
-    return {"sha256": file_sha256(path), "shape": list(flat.shape)}

@@ -25,7 +25,8 @@ from ..errors import SoatError
 from ..runtime.checkpoint import file_sha256
 from ..runtime.manifest import read_manifest
 from ..runtime.sources import cache_dir, load_weights
-from .onnx_export import DEFAULT_OPSET, cache_key, export_weights
+from .folder import Source
+from .onnx_export import DEFAULT_OPSET, cache_key, export_source
 
 try:
     import fcntl
@@ -58,8 +59,8 @@ def cached_export(source: str, dtype: str, size: int | None = None, channel_mult
         tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root)
         try:
             with _locked(tmp, blocking=True):  # marks the folder as live for clean_debris
-                export_weights(weights, weights.fixed_noise(), source, fingerprint, tmp, dtype, opset,
-                               progress=sys.stderr.isatty())
+                export_source(Source(weights, weights.fixed_noise(), source, fingerprint), tmp, dtype, opset,
+                              progress=sys.stderr.isatty())
                 shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover; valid folders are never replaced
                 os.replace(tmp, folder)
         finally:

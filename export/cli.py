@@ -7,7 +7,8 @@ import argparse
 
 from ..errors import SoatError
 from ..options import add_checkpoint, add_force, add_layout, check_checkpoint, check_output_folder
-from ..runtime.manifest import AOTI_DTYPES, MANIFEST
+from ..runtime.capabilities import AOTI_FORMAT, ONNX_FORMAT, PRECISION_NAMES, export_precisions
+from ..runtime.manifest import MANIFEST
 from .aoti_export import export_aoti
 from .onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export
 
@@ -23,12 +24,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="DIR",
                    help="export folder (written under a temporary name, then renamed; an existing export is "
                         "replaced only with --force)")
-    p.add_argument("--format", choices=["onnx", "aoti"], default="onnx",
+    p.add_argument("--format", choices=[ONNX_FORMAT, AOTI_FORMAT], default=ONNX_FORMAT,
                    help="onnx (default) or aoti (torch.export + AOTInductor, one .pt2 per graph)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="aoti: the device the packages are compiled for (default cpu)")
-    p.add_argument("--dtype", choices=AOTI_DTYPES, default="fp32",
-                   help="precision of weights and graph I/O (onnx: fp32 or fp16)")
+    p.add_argument("--dtype", choices=PRECISION_NAMES, default="fp32",
+                   help=f"precision of weights and graph I/O (onnx: {' or '.join(export_precisions(ONNX_FORMAT))})")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="aoti: graphs compiled at once, each in its own process (default: up to 4)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.force, [MANIFEST])
     if args.workers is not None and args.format != "aoti":
         raise SoatError("--workers is for --format aoti (an ONNX export traces its graphs in one process)")
-    if args.format == "aoti":
+    if args.format == AOTI_FORMAT:
         path = export_aoti(args.checkpoint, args.out, dtype=args.dtype, device=args.device,
                            progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier,
                            workers=args.workers)

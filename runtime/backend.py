@@ -9,11 +9,12 @@ boundaries (the fast torch backend) implements ``run_chain`` itself, the others 
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from .chain import LayerNode, Step, node_inputs, run_steps
+from .chain import TO_RGB, LayerNode, Step, advance, node_inputs, run_steps
+from .graphs import PlanStep
 
 
 @runtime_checkable
@@ -56,3 +57,32 @@ class NodeByNode:
                  skip: torch.Tensor | None = None) -> torch.Tensor:
         """One chain node on given tensors; returns its ``x`` or ``rgb`` output."""
         return self.run(node.id, node_inputs(x, style, noise, skip))[node.output]
+
+
+# (plan step, modulated input, style, noise, next conv's style or None) -> (x or None, next x_mod or None)
+RunLinked = Callable[[PlanStep, torch.Tensor, torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"],
+                     tuple["torch.Tensor | None", "torch.Tensor | None"]]
+
+
+def execute_plan(plan: Sequence[PlanStep], steps: Sequence[Step], x: torch.Tensor, rgb: torch.Tensor | None,
+                 run_node: Callable[..., torch.Tensor], run_linked: RunLinked,
+                 modulate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``steps`` as ``plan`` says (``graphs.run_plan``; from the manifest for exports).
+
+    A node's own graph runs on ``x`` (``run_node``); a linked step runs on the modulated input the previous
+    step kept, or on ``modulate(x, style)`` where none is held, and is given the next styled conv's style
+    where it keeps ``next_x_mod``. Returns the last features and RGB.
+    """
+    x_mod = None  # the next styled conv's modulated input, once a linked step kept it
+    for k, ((node, style, noise), step) in enumerate(zip(steps, plan, strict=True)):
+        if step.graph == node.id:
+            x, rgb = advance(node, run_node(node, x, style, noise, rgb), x, rgb)
+            if node.kind != TO_RGB:  # a ToRGB leaves the features, and so their modulated form, as they are
+                x_mod = None
+            continue
+        if x_mod is None:
+            x_mod = modulate(x, style)
+        next_style = (next(s for n, s, _ in steps[k + 1:] if n.styled_conv) if "next_x_mod" in step.writes
+                      else None)
+        x, x_mod = run_linked(step, x_mod, style, noise, next_style)
+    return x, rgb

@@ -54,7 +54,7 @@ class GeneratorConfig:
         return 2 * self.log_size - 2
 
     def channels(self, resolution: int) -> int:
-        """Feature channels at a resolution (SPEC §1)."""
+        """Feature channels at a resolution (docs/contract.md#layout)."""
         cm = self.channel_multiplier
         table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm,
                  256: 64 * cm, 512: 32 * cm, 1024: 16 * cm, 2048: 8 * cm}

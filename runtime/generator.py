@@ -39,11 +39,14 @@ class Generator:
             (``task_graphs.py``); ``False`` runs every call eagerly.
         w_avg: the checkpoint's mean latent ``[style_dim]`` (NVIDIA's ``mapping.w_avg``,
             rosinality's ``latent_avg``), if it has one: the mean style is then affine(w_avg).
+        mean_styles: sigma_bar stored with an export, flat ``[1, total]``.
+        missing_mean: where neither is given and sampling would not be the checkpoint's centre (an export
+            that predates stored mean styles), why: ``mean_styles()`` raises it instead of sampling.
     """
 
     def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
                  source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None,
-                 mean_styles: torch.Tensor | None = None):
+                 mean_styles: torch.Tensor | None = None, missing_mean: str | None = None):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -54,6 +57,7 @@ class Generator:
         self.fingerprint = fingerprint
         self.style_channels = style_channels(config)
         self._w_avg = w_avg
+        self._missing_mean = missing_mean
         # sigma_bar (the centre of truncation) and where it comes from, for `soat info`: an export's stored
         # flat [1, total] copy, else the checkpoint's w_avg or sampling (both on first use)
         self._mean_styles: list[torch.Tensor] | None = None
@@ -110,6 +114,8 @@ class Generator:
         """
         if self._mean_styles is None and self._w_avg is not None:
             self._mean_styles = self.styles_from_w(self._w_avg.reshape(1, -1))
+        if self._mean_styles is None and self._missing_mean:
+            raise SoatError(self._missing_mean)
         if self._mean_styles is None:
             gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
             z = torch.randn(MEAN_STYLE_SAMPLES, self.config.style_dim, generator=gen)
@@ -187,23 +193,23 @@ class Generator:
     # ---- tasks (each a short schedule in soat.runtime.tasks) ----------------------------------
     def blend(self, styles1: StyleArg, styles2: StyleArg, mode: str = "horizontal",
               noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Feature-interpolation blend of two images (SPEC Blend); ``[B, 3, R, R]``."""
+        """Feature-interpolation blend of two images (docs/contract.md#blend); ``[B, 3, R, R]``."""
         from .tasks.blend import blend
         return self.graphs.call(self, blend, (styles1, styles2, mode, noise))
 
     def merge_extension(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Two-image panorama span (SPEC Merge extension); ``[B, 3, R, 2R]``."""
+        """Two-image panorama span (docs/contract.md#merge-extension); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge_extension
         return self.graphs.call(self, merge_extension, (styles1, styles2, noise))
 
     def merge(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Merge extension with a plain linspace alpha (SPEC Merge); ``[B, 3, R, 2R]``."""
+        """Merge extension with a plain linspace alpha (docs/contract.md#merge); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge
         return self.graphs.call(self, merge, (styles1, styles2, noise))
 
     def panorama(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                  progress: bool = False) -> torch.Tensor:
-        """Panorama of N >= 2 images (SPEC Panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
+        """Panorama of N >= 2 images (docs/contract.md#panorama); ``[B, 3, R, 2R + (N - 2) R]``."""
         from .tasks.panorama import panorama
         return panorama(self, style_lists, noise, progress)  # spans of N-long work: launches are not its cost
 
@@ -225,7 +231,8 @@ class Generator:
         return panorama_columns(self, seed, start, width, truncation, noise)
 
     def expand(self, styles: StyleArg, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
-        """Generation from one image, widened after the 8x8 block (SPEC Expand / ``singan``).
+        """Generation from one image, widened after the 8x8 block (the reference's ``singan``;
+        docs/contract.md#expand).
 
         ``noise`` defaults to ``"random"`` as in the reference (seed with ``torch.manual_seed``).
         """
@@ -246,21 +253,21 @@ class Generator:
 
     def patch_swap(self, styles1: StyleArg, styles2: StyleArg, boxes: Any, swap: bool = True,
                    noise: NoiseArg = "fixed") -> torch.Tensor:
-        """Copy (and swap) 16x16 feature regions of image 2 into image 1 (SPEC Patch swap)."""
+        """Copy (and swap) 16x16 feature regions of image 2 into image 1 (docs/contract.md#patch-swap)."""
         from .tasks.local import patch_swap
         return self.graphs.call(self, patch_swap, (styles1, styles2, boxes, swap, noise))
 
     def shift(self, styles: StyleArg, source_box: Any, targets: Any, layers: Sequence[int] | None = None,
               strength: float = 1.0, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Replicate a patch: at the given resolutions, blend features with a copy shifted from
-        ``source_box`` onto each target (SPEC Shift)."""
+        ``source_box`` onto each target (docs/contract.md#shift)."""
         from .tasks.shift import shift
         return self.graphs.call(self, shift, (styles, source_box, targets, layers, strength, noise))
 
     # ---- GAN inversion (soat.runtime.inversion) ------------------------------------------------
     def invert(self, images: Any, steps: int = 1000, lpips: Any = "auto", prior_weight: float = 1e-3,
                lr: float = 0.05, progress: bool = False) -> torch.Tensor:
-        """Fit sigma codes to images (SPEC GAN inversion); returns flat sigma ``[B, total]``.
+        """Fit sigma codes to images (docs/contract.md#inversion); returns flat sigma ``[B, total]``.
 
         ``images``: paths, PIL images or a ``[B, 3, H, W]`` tensor in [-1, 1]; ``lpips``: ``"auto"``,
         ``False``, a VGG16 weights path or a callable; ``prior_weight=0`` drops the Gaussian prior.

@@ -58,7 +58,7 @@ class ModConv(nn.Module):
         self.demodulate = demodulate
         self.padding = 0 if upsample else w.shape[-1] // 2
         self.out_channels = w.shape[0]
-        # conv_transpose2d takes [I, O, k, k]; no flip (PyTorch semantics, SPEC §1)
+        # conv_transpose2d takes [I, O, k, k]; no flip (PyTorch semantics, docs/contract.md#layers)
         self.register_buffer("weight", w.transpose(0, 1).contiguous() if upsample else w.contiguous())
         if demodulate:
             self.register_buffer("weight_sq", w.pow(2).sum([2, 3]).t().contiguous())  # [I, O]

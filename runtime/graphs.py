@@ -13,9 +13,11 @@ it next (a ToRGB follows, or no styled conv does) and ``next_x_mod`` only where 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
+from .capabilities import ONNX_FORMAT
 from .chain import CONST, TO_RGB, LayerNode, build_chain, style_channels
 from .config import GeneratorConfig
 
@@ -23,19 +25,8 @@ MAPPING, STYLES = "mapping", "styles"
 _LINKED = ".linked"  # suffix of a styled conv's linked graph
 
 Shape = tuple[int, ...]
-
-# Symbolic axis names. The noise has its own batch axis: [1, 1, H, W] broadcasts over B.
-_AXES = {
-    "x": {0: "batch", 2: "height", 3: "width"},
-    "skip": {0: "batch", 2: "skip_height", 3: "skip_width"},
-    "style": {0: "batch"},
-    "noise": {0: "noise_batch", 2: "out_height", 3: "out_width"},
-    "z": {0: "batch"},
-    "wplus": {0: "batch"},
-    "w": {0: "batch"},
-    "styles": {0: "batch"},
-}
-_OUT_AXES = {0: "batch", 2: "out_height", 3: "out_width"}
+# A dimension of a graph file's signature: a size, or a symbol ("batch", "height") or a multiple of one ("2*height")
+SymDim = int | str
 
 
 def graph_ids(config: GeneratorConfig) -> list[str]:
@@ -66,6 +57,47 @@ def following_conv(config: GeneratorConfig, node_id: str) -> LayerNode | None:
     return next((n for n in chain[k + 1:] if n.styled_conv), None)
 
 
+@dataclass(frozen=True)
+class PlanStep:
+    """One node of a run of layers: the graph that runs it and the outputs the run keeps from it."""
+
+    graph: str
+    writes: tuple[str, ...]
+
+
+@lru_cache(maxsize=None)
+def run_plan(config: GeneratorConfig, first: int, last: int, linked: bool = True) -> tuple[PlanStep, ...]:
+    """How the run of nodes ``chain[first:last]`` executes: one step per node, in order.
+
+    This is the one statement of the linked-run rule; the exporter writes it into the manifest
+    (``runs``), the aoti backend and libsoat read it from there, the fast backend follows it as is.
+    A styled conv runs its linked graph where that saves a modulation pass (its input is already
+    modulated, or the run goes on to the next styled conv) unless the run reads an ``x`` the linked
+    graph does not give (an upsampling conv that ends the run). It writes ``x`` where the run reads it
+    next (a ToRGB follows, or the run ends) and ``next_x_mod`` where the run holds the next styled conv.
+    ``linked=False``: every node runs its own graph (folders without linked graphs).
+    """
+    chain = build_chain(config)
+    if not 0 < first < last <= len(chain):
+        raise ValueError(f"no run {first}:{last} in a chain of {len(chain)} nodes")
+    steps, modulated = [], False
+    for k in range(first, last):
+        node = chain[k]
+        reads_x = k == last - 1 or chain[k + 1].kind == TO_RGB
+        following = following_conv(config, node.id)
+        holds_next = following is not None and chain_index(config, following.id) < last
+        use_linked = (linked and node.styled_conv and (modulated or holds_next)
+                      and not (reads_x and "x" not in graph_io(config, linked_id(node.id))[1]))
+        if use_linked:
+            writes = (("x",) if reads_x else ()) + (("next_x_mod",) if holds_next else ())
+            steps.append(PlanStep(linked_id(node.id), writes))
+            modulated = holds_next
+        else:
+            steps.append(PlanStep(node.id, node.outputs))
+            modulated = modulated and node.kind == TO_RGB  # a ToRGB leaves the modulated features as they are
+    return tuple(steps)
+
+
 def graph_io(config: GeneratorConfig, graph_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(input names, output names)`` of a graph, inputs in the order the graph takes them."""
     if graph_id == MAPPING:
@@ -94,15 +126,43 @@ def onnx_outputs(config: GeneratorConfig, graph_id: str) -> tuple[str, ...]:
     return tuple(f"{name}_out" if name in inputs else name for name in outputs)
 
 
-def dynamic_axes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, str]]:
-    """Symbolic axes of every input and output (ONNX names): batch, and height/width of every map."""
-    inputs, outputs = graph_io(config, graph_id)
-    axes = {name: dict(_AXES[name]) for name in inputs}
-    for name, onnx_name in zip(outputs, onnx_outputs(config, graph_id)):
-        axes[onnx_name] = dict(_OUT_AXES) if name in ("x", "rgb") else dict(_AXES[name])
-    if inputs == ("style",):  # the constant: only its batch varies
-        axes["x"] = {0: "batch"}
-    return axes
+def signature(config: GeneratorConfig, graph_id: str, graph_format: str) -> dict[str, tuple[SymDim, ...]]:
+    """Every input and output of a graph file, by its name in the file, with symbolic dimensions.
+
+    Both exporters build their dynamic axes from this and the manifest records it. Batch is ``batch``
+    everywhere; ONNX graphs give every map its own symbols (``noise_batch``, ``out_height``: ONNX
+    Runtime and TensorRT need no relations), AOTI graphs state the relations ``torch.export`` checks:
+    the noise takes the batch of ``x`` and an upsampling conv's output size (``2*height``), and a block
+    ToRGB's ``x`` is twice its ``skip`` (``2*skip_height``).
+    """
+    if graph_id == MAPPING:
+        return {"z": ("batch", config.style_dim), "w": ("batch", config.style_dim)}
+    if graph_id == STYLES:
+        return {"wplus": ("batch", config.n_latent, config.style_dim),
+                "styles": ("batch", sum(style_channels(config)))}
+    node = _node(config, linked_node_id(graph_id) or graph_id)
+    onnx = graph_format == ONNX_FORMAT
+    c_in, c_out = node.in_channels, (3 if node.kind == TO_RGB else node.out_channels)
+    if node.kind == CONST:
+        return {"style": ("batch", c_in), "x": ("batch", c_out, 4, 4)}
+    if "skip" in node.inputs:
+        h, w = ("height", "width") if onnx else ("2*skip_height", "2*skip_width")
+        out = ("out_height", "out_width") if onnx else (h, w)
+        return {"x": ("batch", c_in, h, w), "skip": ("batch", 3, "skip_height", "skip_width"),
+                "style": ("batch", c_in), onnx_outputs(config, graph_id)[0] if onnx else "rgb": ("batch", 3, *out)}
+    up = "" if node.up == 1 else f"{node.up}*"
+    out = ("out_height", "out_width") if onnx else (f"{up}height", f"{up}width")
+    shapes = {"x": ("batch", c_in, "height", "width"), "style": ("batch", c_in)}
+    if "noise" in node.inputs:
+        shapes["noise"] = ("noise_batch", 1, *out) if onnx else ("batch", 1, *out)
+    if graph_id != node.id:  # the linked graph (AOTI only): x_mod for x, the next conv's style and input
+        shapes = {"x_mod" if k == "x" else k: v for k, v in shapes.items()}
+        following = following_conv(config, node.id)
+        if following is not None:
+            shapes["next_style"] = ("batch", following.in_channels)
+        outputs = graph_io(config, graph_id)[1]
+        return {**shapes, **{name: ("batch", c_out, *out) for name in outputs}}
+    return {**shapes, onnx_outputs(config, graph_id)[0] if onnx else node.output: ("batch", c_out, *out)}
 
 
 def input_shapes(config: GeneratorConfig, graph_id: str, batch: int = 1, height: int | None = None,
@@ -144,6 +204,16 @@ def output_shape(config: GeneratorConfig, graph_id: str, shapes: dict[str, Seque
         return (batch, node.out_channels, 4, 4)
     h, w = node.output_size(*shapes["x"][2:])
     return (batch, 3 if node.kind == TO_RGB else node.out_channels, h, w)
+
+
+def chain_index(config: GeneratorConfig, node_id: str) -> int:
+    """The position of a node in the chain (runs are addressed as ``chain[first:last]``)."""
+    return _positions(config)[node_id]
+
+
+@lru_cache(maxsize=None)
+def _positions(config: GeneratorConfig) -> dict[str, int]:
+    return {n.id: k for k, n in enumerate(build_chain(config))}
 
 
 @lru_cache(maxsize=None)

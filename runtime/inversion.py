@@ -1,4 +1,4 @@
-"""GAN inversion into sigma space with a Gaussian prior (SPEC §2, GAN inversion).
+"""GAN inversion into sigma space with a Gaussian prior (docs/contract.md#inversion).
 
 A flat sigma ``[B, total]`` is fitted to B targets at once with Adam (lr 0.05 under
 ``lr_schedule``), fixed noise, and per image the loss
@@ -7,9 +7,9 @@ var are the mean and variance of sigma over 10,000 random z (``sigma_prior``, ca
 the generator). It starts from the mean style: mu, which is affine(mean w) over those z
 (the affine maps are linear), i.e. sigma_bar estimated on the prior's samples, so the
 start is the prior's centre and no second pass over 50,000 z is needed. Differences from
-the reference, documented in SPEC: the schedule is applied (the reference computes it but
-runs at a constant 0.05), the prior is taken per image (the reference averages B x B cross
-terms), and without LPIPS weights on disk the loss is MSE + prior.
+the reference, documented in docs/contract.md#differences: the schedule is applied (the
+reference computes it but runs at a constant 0.05), the prior is taken per image (the
+reference averages B x B cross terms), and without LPIPS weights on disk the loss is MSE + prior.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""StyleGAN2 layer arithmetic in plain fp32 torch (SPEC §1), the reference form.
+"""StyleGAN2 layer arithmetic in plain fp32 torch (docs/contract.md#layers), the reference form.
 
 Every function here is the plain form users' reference code computes: grouped
 modulated convolutions, transposed conv + FIR blur for upsampling, noise,

@@ -1,44 +1,58 @@
-"""``manifest.json`` of an export folder: what it holds, and the checks before anything is loaded.
+"""``manifest.json`` of an export folder: the export contract's schema, and the checks before anything is loaded.
+
+The manifest says everything a consumer of the folder needs (docs/contract.md#export-folders): the
+layout and chain, the precision, every graph's file, sha256, inputs, outputs and symbolic shapes, the
+fixed noise, the mean styles, and the run plan (``runs``: for every run of consecutive nodes, which
+graph runs each node and which outputs the run keeps; ``graphs.run_plan`` states the rule once, the
+exporters write it through ``soat.export.folder``, and the Python backends and libsoat read it).
 
 A folder is accepted only when its manifest is of a known format version, has
 exactly the known fields, describes the chain that its config implies, and every
 file it lists exists with the listed sha256. Anything else is a ``SoatError``
-naming the file and the fix (re-export), never a half-loaded model.
+naming the file and the fix (re-export), never a half-loaded model. Whatever is loaded
+later is read through ``verified_bytes``: the bytes are hashed as read and used only when
+they match, so a folder changed after it was checked cannot mix models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import SoatError
-from .chain import build_chain, style_channels
+from .chain import TO_RGB, build_chain, style_channels
 from .checkpoint import file_sha256
 from .config import GeneratorConfig
-from .graphs import graph_ids, graph_io, linked_ids, onnx_outputs
+from .capabilities import AOTI_FORMAT, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
+from .graphs import (PlanStep, graph_ids, graph_io, linked_id, linked_ids, onnx_outputs,
+                     run_plan, signature)
 
 FORMAT = "soat-export"
-# 4: AOTI folders hold the linked graphs; 3: each graph lists its channels_last inputs; 2: graph formats (onnx,
-# aoti), the device and the mean styles; 1 (onnx only). Every older version is still read.
-FORMAT_VERSION = 4
+# 5: the run plan (runs), each graph's symbolic shapes, mean styles in every folder; 4: AOTI folders hold the
+# linked graphs; 3: each graph lists its channels_last inputs; 2: graph formats (onnx, aoti), the device and the
+# mean styles; 1 (onnx only). Every older version is still read.
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 NOISE_FILE = "noise.npz"
 MEAN_STYLES_FILE = "mean_styles.npz"
-ONNX_FORMAT, AOTI_FORMAT = "onnx", "aoti"
 GRAPH_SUFFIX = {ONNX_FORMAT: ".onnx", AOTI_FORMAT: ".pt2"}
-DTYPES = ("fp32", "fp16")  # ONNX exports
-AOTI_DTYPES = ("fp32", "fp16", "bf16")
 FIELDS_V1 = ("format", "format_version", "exporter", "config", "dtype", "opset", "source", "chain",
              "style_channels", "graphs", "noise")
-FIELDS = FIELDS_V1 + ("device", "mean_styles")
+FIELDS_V2 = FIELDS_V1 + ("device", "mean_styles")
+FIELDS = {1: FIELDS_V1, 2: FIELDS_V2, 3: FIELDS_V2, 4: FIELDS_V2, 5: FIELDS_V2 + ("runs",)}
 GRAPH_FIELDS_V1 = ("file", "sha256", "inputs", "outputs")
 GRAPH_FIELDS_V3 = GRAPH_FIELDS_V1 + ("format", "channels_last")
-GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",), 3: GRAPH_FIELDS_V3, 4: GRAPH_FIELDS_V3}
+GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",), 3: GRAPH_FIELDS_V3, 4: GRAPH_FIELDS_V3,
+                5: GRAPH_FIELDS_V3 + ("shapes",)}
+STEP_FIELDS = ("graph", "writes")
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
@@ -58,6 +72,8 @@ class Manifest:
     exporter: dict
     device: str = ANY_DEVICE
     mean_styles: dict | None = None
+    format_version: int = FORMAT_VERSION
+    runs: dict[tuple[int, int], tuple[PlanStep, ...]] | None = None
 
     @property
     def graph_format(self) -> str:
@@ -69,6 +85,19 @@ class Manifest:
 
     def graph_sha256(self, graph_id: str) -> str:
         return self.graphs[graph_id]["sha256"]
+
+    def graph_bytes(self, graph_id: str) -> bytes:
+        """The graph file's bytes, checked against its sha256 as they are read (``verified_bytes``)."""
+        if graph_id not in self.graphs:
+            raise SoatError(f"graph {graph_id!r} is not in export {self.folder!r}")
+        return verified_bytes(self.folder, self.graphs[graph_id], f"graph {graph_id!r}")
+
+    def run_plan(self, first: int, last: int) -> tuple[PlanStep, ...]:
+        """How ``chain[first:last]`` runs on this folder: the stored plan (format 5); for older folders the
+        contract's rule over the graphs they hold."""
+        if self.runs is not None:
+            return self.runs[first, last]
+        return run_plan(self.config, first, last, self.linked)
 
     @property
     def linked(self) -> bool:
@@ -94,40 +123,17 @@ def chain_record(config: GeneratorConfig) -> list[dict]:
             for n in build_chain(config)]
 
 
-def build_manifest(config: GeneratorConfig, dtype: str, opset: int, source: dict, graph_sha: dict[str, str],
-                   noise_sha: str, noise_shapes: list[list[int]], exporter: dict, graph_format: str = ONNX_FORMAT,
-                   device: str = ANY_DEVICE, mean_styles: dict | None = None,
-                   channels_last: dict[str, tuple[str, ...]] | None = None) -> dict:
-    """The manifest of an export whose files (``<graph id>.onnx`` or ``.pt2``, ``noise.npz``, the mean styles
-    where given) have the given sha256; ``channels_last``: graph id -> its inputs read in channels_last."""
-    channels_last = channels_last or {}
-    graphs = {}
-    for gid in export_graph_ids(config, graph_format):
-        graphs[gid] = {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
-                       "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
-                       "format": graph_format, "channels_last": list(channels_last.get(gid, ()))}
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter,
-        "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset, "source": source,
-        "chain": chain_record(config), "style_channels": style_channels(config), "graphs": graphs,
-        "noise": {"file": NOISE_FILE, "sha256": noise_sha, "shapes": noise_shapes},
-        "device": device, "mean_styles": mean_styles,
-    }
+def encode_runs(config: GeneratorConfig, plan: Callable[[int, int], tuple[PlanStep, ...]]) -> dict[str, list]:
+    """The ``runs`` field: every run ``chain[first:last]`` (``1 <= first < last <= len(chain)``; the constant runs
+    on its own) as ``"first:last" -> [{"graph", "writes"}]``."""
+    n = len(build_chain(config))
+    return {f"{first}:{last}": [{"graph": step.graph, "writes": list(step.writes)} for step in plan(first, last)]
+            for first in range(1, n) for last in range(first + 1, n + 1)}
 
 
 def graph_outputs(config: GeneratorConfig, graph_id: str, graph_format: str) -> tuple[str, ...]:
     """Output names inside a graph file: ONNX renames an output that is also an input (``x_out``); AOTI does not."""
     return onnx_outputs(config, graph_id) if graph_format == ONNX_FORMAT else graph_io(config, graph_id)[1]
-
-
-def write_manifest(folder: str, manifest: dict) -> str:
-    """Write ``manifest.json`` last and atomically, so a folder with one is complete."""
-    path = os.path.join(folder, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, path)
-    return path
 
 
 def read_manifest(folder: str) -> Manifest:
@@ -146,7 +152,7 @@ def read_manifest(folder: str) -> Manifest:
         raise SoatError(f"{where} is not a SOAT export manifest (format must be {FORMAT!r})")
     _check_version(m.get("format_version"), where)
     v1 = m["format_version"] == 1
-    _check_fields(m, FIELDS_V1 if v1 else FIELDS, where)
+    _check_fields(m, FIELDS[m["format_version"]], where)
     source = m["source"]
     if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("name", "fingerprint")):
         raise SoatError(f"{where}: source {json.dumps(source)[:80]} must be an object with string 'name' and 'fingerprint'; "
@@ -164,7 +170,7 @@ def read_manifest(folder: str) -> Manifest:
         raise SoatError(f"{where}: graph formats {sorted(map(str, formats))} must be one of {sorted(GRAPH_SUFFIX)}, "
                         "the same for every graph; re-export the folder")
     (graph_format,) = formats
-    dtypes = DTYPES if graph_format == ONNX_FORMAT else AOTI_DTYPES
+    dtypes = export_precisions(graph_format)
     if m["dtype"] not in dtypes:
         raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {dtypes}")
     expected = set(export_graph_ids(config, graph_format, m["format_version"]))
@@ -183,24 +189,75 @@ def read_manifest(folder: str) -> Manifest:
         if not isinstance(channels_last, list) or not set(map(str, channels_last)) <= set(names[0]):
             raise SoatError(f"{where}: graph {gid!r} lists channels_last inputs {channels_last!r}, which must be a "
                             f"list of its inputs {names[0]}; re-export the folder")
+        if "shapes" in g and g["shapes"] != _listed(signature(config, gid, graph_format)):
+            raise SoatError(f"{where}: graph {gid!r} lists shapes that do not match its layout; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
+    runs = _read_runs(m["runs"], config, m["graphs"], where) if "runs" in m else None
     _check_fields(m["noise"], NOISE_FIELDS, f"{where} noise")
     _check_file(folder, m["noise"], "noise buffers")
     if not v1 and m["mean_styles"] is not None:
         _check_fields(m["mean_styles"], MEAN_STYLES_FIELDS, f"{where} mean_styles")
         _check_file(folder, m["mean_styles"], "mean styles")
     return Manifest(folder, config, m["dtype"], m["opset"], m["source"], m["graphs"], m["noise"], m["exporter"],
-                    m.get("device", ANY_DEVICE), m.get("mean_styles"))
+                    m.get("device", ANY_DEVICE), m.get("mean_styles"), m["format_version"], runs)
+
+
+def _listed(shapes: dict[str, tuple]) -> dict[str, list]:
+    return {name: list(dims) for name, dims in shapes.items()}
+
+
+def _read_runs(runs: object, config: GeneratorConfig, graphs: dict, where: str) -> dict[tuple[int, int], tuple[PlanStep, ...]]:
+    """The stored run plan, checked to be one the folder can execute (every run present, each step the node's
+    graph or its linked graph, and every value a step reads given by an earlier one); any such plan is accepted,
+    the rule that chose it is the exporter's."""
+    chain = build_chain(config)
+    keys = {f"{a}:{b}": (a, b) for a in range(1, len(chain)) for b in range(a + 1, len(chain) + 1)}
+    if not isinstance(runs, dict) or set(runs) != set(keys):
+        raise SoatError(f"{where}: runs must list every run of the {len(chain)}-node chain; re-export the folder")
+    plans = {}
+    for key, (first, last) in keys.items():
+        steps = runs[key]
+        if not isinstance(steps, list) or len(steps) != last - first:
+            raise SoatError(f"{where}: run {key} must list {last - first} steps; re-export the folder")
+        for step in steps:
+            _check_fields(step, STEP_FIELDS, f"{where} run {key} step")
+        plan = tuple(PlanStep(str(step["graph"]), tuple(map(str, step["writes"])) if isinstance(step["writes"], list)
+                              else ()) for step in steps)
+        problem = _plan_problem(config, chain[first:last], plan, graphs)
+        if problem:
+            raise SoatError(f"{where}: run {key} {problem}; re-export the folder")
+        plans[first, last] = plan
+    return plans
+
+
+def _plan_problem(config: GeneratorConfig, nodes, plan: tuple[PlanStep, ...], graphs: dict) -> str | None:
+    """Why ``plan`` cannot run ``nodes`` (None: it can): each step runs its node's graph or the node's linked graph
+    (one the folder holds), keeps only outputs that graph gives, and reads only what an earlier step kept."""
+    has_x, has_mod = True, False
+    for node, step in zip(nodes, plan):
+        linked = node.styled_conv and step.graph == linked_id(node.id)
+        if step.graph not in graphs or not (linked or step.graph == node.id):
+            return f"runs graph {step.graph!r} for node {node.id!r}"
+        gives = graph_io(config, step.graph)[1]
+        if not set(step.writes) <= set(gives) or (not linked and step.writes != gives):
+            return f"keeps {list(step.writes)} from graph {step.graph!r}, which gives {list(gives)}"
+        if not (has_x or (linked and has_mod)):
+            return f"runs {step.graph!r} without its input"
+        if linked:
+            has_x, has_mod = "x" in step.writes, "next_x_mod" in step.writes
+        elif node.kind != TO_RGB:
+            has_mod = False
+    return None if has_x else "ends without the features x"
 
 
 def check_format(manifest: Manifest, backend: str) -> None:
-    """``backend='aoti'`` runs AOTI packages only, the ONNX backends ONNX graphs only."""
-    want = AOTI_FORMAT if backend == AOTI_FORMAT else ONNX_FORMAT
+    """A backend runs exports of its own graph format only (``capabilities.BACKENDS``)."""
+    want = backend_spec(backend).graph_format
     if manifest.graph_format != want:
-        hint = ("load it with backend='aoti'" if manifest.graph_format == AOTI_FORMAT
-                else "export it with `soat export ... --format aoti`")
+        takes = [b.name for b in BACKENDS if b.graph_format == manifest.graph_format]
         raise SoatError(f"export {manifest.folder!r} holds {manifest.graph_format} graphs, which backend={backend!r} "
-                        f"does not run; {hint}")
+                        f"does not run; load it with backend={takes[0]!r}"
+                        + (f", or export it with `soat export ... --format {want}`" if want else ""))
 
 
 def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
@@ -208,7 +265,7 @@ def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
     if manifest.mean_styles is None:
         return None
     path = os.path.join(manifest.folder, manifest.mean_styles["file"])
-    with np.load(path, allow_pickle=False) as data:
+    with _npz(manifest.folder, manifest.mean_styles, "mean styles") as data:
         flat = torch.from_numpy(data["mean_styles"].copy())
     if list(flat.shape) != manifest.mean_styles["shape"] or flat.shape != (1, sum(style_channels(manifest.config))):
         raise SoatError(f"{path!r}: mean styles of shape {list(flat.shape)} do not fit the manifest; re-export")
@@ -218,7 +275,7 @@ def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
 def load_noise(manifest: Manifest) -> list[torch.Tensor]:
     """The fixed noise buffers ``[1, 1, r, r]`` (fp32), read without pickle."""
     path = os.path.join(manifest.folder, manifest.noise["file"])
-    with np.load(path, allow_pickle=False) as data:
+    with _npz(manifest.folder, manifest.noise, "noise buffers") as data:
         noise = [torch.from_numpy(data[f"noise_{i}"].copy()) for i in range(manifest.config.num_noises)]
     if [list(n.shape) for n in noise] != manifest.noise["shapes"]:
         raise SoatError(f"{path!r}: noise shapes {[list(n.shape) for n in noise]} differ from the manifest's")
@@ -237,6 +294,28 @@ def check_matches(manifest: Manifest, dtype: str, size: int | None, channel_mult
     if channel_multiplier is not None and channel_multiplier != c.channel_multiplier:
         raise SoatError(f"export {manifest.folder!r} has channel_multiplier {c.channel_multiplier} but "
                         f"{channel_multiplier} was given; leave it out")
+
+
+def verified_bytes(folder: str, record: dict, what: str) -> bytes:
+    """The bytes of the file a manifest record lists, hashed as they are read and returned only when they match
+    its sha256: a consumer keeps and uses exactly what was checked, so a folder re-exported or edited after
+    ``read_manifest`` gives an error here, never a mix of two models."""
+    path = os.path.join(folder, record["file"])
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SoatError(f"{what}: cannot read {path!r} ({e.strerror or e}); the export folder changed after it was "
+                        f"loaded. Load {folder!r} again") from None
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise SoatError(f"{what}: {path!r} no longer matches the sha256 it had when the export was loaded (the "
+                        f"folder was re-exported or changed since); load {folder!r} again")
+    return data
+
+
+def _npz(folder: str, record: dict, what: str):
+    """An ``.npz`` the manifest lists, parsed from its verified bytes without pickle."""
+    return np.load(io.BytesIO(verified_bytes(folder, record, what)), allow_pickle=False)
 
 
 def _check_version(version: object, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Per-layer noise for a task: fixed buffers, fresh random draws, or explicit tensors (SPEC §1)."""
+"""Per-layer noise for a task: fixed buffers, fresh random draws, or explicit tensors (docs/contract.md#noise)."""
 
 from __future__ import annotations
 

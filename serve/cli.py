@@ -12,7 +12,7 @@ import socket
 import sys
 
 from ..options import add_dtype, add_layout
-from ..runtime.load import BACKENDS
+from ..runtime.capabilities import BACKEND_CHOICES as BACKENDS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

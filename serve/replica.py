@@ -25,7 +25,7 @@ from typing import Mapping
 from starlette.responses import JSONResponse
 
 from ..errors import SoatError
-from ..runtime.load import load
+from ..loader import load
 from .app import create_app
 
 REPLICA_HEADER = b"x-soat-replica"

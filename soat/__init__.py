@@ -17,7 +17,7 @@ from soat.runtime.config import GeneratorConfig
 from soat.runtime.cudagraph import graphed
 from soat.runtime.generator import Generator
 from soat.runtime.images import save_png, to_pil, to_uint8
-from soat.runtime.load import load
+from soat.loader import load
 from soat.runtime.sources import convert
 from soat.runtime.styles import flatten_styles
 from soat.runtime.tasks.translate import translate

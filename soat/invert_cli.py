@@ -12,7 +12,7 @@ from .options import (CHECKPOINT_HELP, add_checkpoint, add_device, add_force, ad
                       check_output_file, finite_float, int_range)
 from .runtime.codes import save_codes
 from .runtime.images import atomic_output, save_png
-from .runtime.load import load
+from .loader import load
 from .runtime.sources import convert
 
 

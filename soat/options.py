@@ -17,7 +17,7 @@ import torch
 
 from .errors import SoatError
 from .runtime.config import SUPPORTED_SIZES
-from .runtime.load import BACKENDS
+from .runtime.capabilities import BACKEND_CHOICES as BACKENDS
 from .runtime.registry import REGISTRY, entry_for, is_remote
 
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState (the panorama sampler, NVIDIA's scripts) takes seeds below 2**32

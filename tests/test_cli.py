@@ -17,7 +17,7 @@ import soat
 from soat import commands
 from soat.cli import build_parser, main, parse_seeds
 from soat.errors import SoatError
-from soat.runtime.load import BACKENDS
+from soat.runtime.capabilities import BACKEND_CHOICES as BACKENDS
 
 SMALL = ["--size", "32", "--channel-multiplier", "1"]
 TINY = ["--size", "8", "--channel-multiplier", "1"]

@@ -1,4 +1,4 @@
-"""GAN inversion (issue 9, SPEC §2 GAN inversion): schedule, prior, targets, fitting, codes and the CLI.
+"""GAN inversion (issue 9, docs/contract.md#inversion): schedule, prior, targets, fitting, codes and the CLI.
 
 The two fits run on the 32 px random model, 150 steps each (about 4 steps/s on 2 idle
 cores): without the prior it reaches about 33.7 dB, with it about 24 dB and a Mahalanobis
@@ -34,7 +34,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ---- the learning-rate schedule --------------------------------------------------------------------
 
 def test_lr_schedule_is_spec():
-    """SPEC: lr 0.05, linear ramp-up over the first 5% of steps, cosine ramp-down over the last 25%."""
+    """lr 0.05, linear ramp-up over the first 5% of steps, cosine ramp-down over the last 25%
+    (docs/contract.md#inversion)."""
     steps = 1000
     lrs = [lr_schedule(i, steps) for i in range(steps)]
     assert lrs[0] == 0.0
@@ -180,7 +181,7 @@ def test_inversion_without_prior_reaches_30db(g32, fits):
 
 
 def test_prior_pulls_codes_towards_the_mean(g32, fits):
-    """The default prior trades fidelity for codes much nearer mu (SPEC: do not tune it away)."""
+    """The default prior trades fidelity for codes much nearer mu (docs/contract.md#inversion: do not tune it away)."""
     target, codes = fits
     prior = sigma_prior(g32)
     near, free = prior.mahalanobis(codes[1e-3]), prior.mahalanobis(codes[0.0])

@@ -18,7 +18,7 @@ from soat.runtime.weights import StyleGAN2Weights
 from conftest import make_styles
 
 K1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
-BLUR = torch.outer(K1, K1) / 64 * 4  # SPEC: the 4x4 kernel stored as both blur buffers
+BLUR = torch.outer(K1, K1) / 64 * 4  # docs/contract.md#layout: the 4x4 kernel stored as both blur buffers
 
 
 def rosinality_g_ema(sd: dict[str, torch.Tensor], config: GeneratorConfig) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 
 import soat
 import soat.export
-from soat.runtime import load as load_module
+from soat import loader as load_module
 from soat.runtime.backends.ort_backend import OrtBackend
 from soat.runtime.backends.ort_cuda_graphs import ALIGN_BYTES, CaptureSlots, OrtCudaGraphs, Staging
 from soat.runtime.graphs import graph_io

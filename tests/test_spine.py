@@ -1,8 +1,8 @@
-"""The spine (issue 3): sigma space, generation, noise, and the layer math against SPEC §1.
+"""The spine (issue 3): sigma space, generation, noise, and the layer math against docs/contract.md#generator.
 
 The layer math is checked against an independent float64 numpy implementation written
-here from SPEC §1's text (transposed-conv scatter, upfirdn2d by zero insertion, padding
-and a full-overlap filter), not from runtime/layers.py.
+here from the text of docs/contract.md#layers (transposed-conv scatter, upfirdn2d by zero
+insertion, padding and a full-overlap filter), not from runtime/layers.py.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from soat.runtime.chain import style_channels
 from soat.runtime.noise import widen_noise
 from conftest import make_styles, pick, rel_err
 
-# ---- an independent float64 StyleGAN2 from SPEC §1 ----------------------------------------------
+# ---- an independent float64 StyleGAN2 from docs/contract.md#layers ------------------------------
 
 K1 = np.array([1.0, 3.0, 3.0, 1.0])
-BLUR = np.outer(K1, K1) / 64.0 * 4.0  # SPEC: the normalised kernel times 4 (sum 4)
+BLUR = np.outer(K1, K1) / 64.0 * 4.0  # docs/contract.md#layers: the normalised kernel times 4 (sum 4)
 
 
 def np_upfirdn2d(x: np.ndarray, up: int, p0: int, p1: int) -> np.ndarray:
-    """SPEC: each sample at up*j followed by up-1 zeros, zero-pad (p0, p1), filter with BLUR, full overlaps."""
+    """Each sample at up*j followed by up-1 zeros, zero-pad (p0, p1), filter with BLUR, full overlaps
+    (docs/contract.md#layers)."""
     b, c, h, w = x.shape
     z = np.zeros((b, c, h * up, w * up))
     z[:, :, ::up, ::up] = x
@@ -62,7 +63,8 @@ def np_conv_same(x: np.ndarray, wp: np.ndarray) -> np.ndarray:
 
 
 def np_conv_transpose(x: np.ndarray, wp: np.ndarray) -> np.ndarray:
-    """SPEC: input pixel (y, x) adds W'[o, i, a, b] * x to output pixel (2y + a, 2x + b); 2H+1 x 2W+1."""
+    """Input pixel (y, x) adds W'[o, i, a, b] * x to output pixel (2y + a, 2x + b); 2H+1 x 2W+1
+    (docs/contract.md#layers)."""
     b, i, h, w = x.shape
     k = wp.shape[-1]
     out = np.zeros((b, wp.shape[1], 2 * h + k - 2, 2 * w + k - 2))
@@ -88,7 +90,8 @@ def np_to_rgb(sd: dict, name: str, x: np.ndarray, style: np.ndarray, skip: np.nd
 
 
 def spec_style_names(size: int) -> list[tuple[str, int]]:
-    """SPEC sigma order with each entry's W+ index: conv1, to_rgb1, then (conv_up, conv, to_rgb) per block."""
+    """The sigma order with each entry's W+ index: conv1, to_rgb1, then (conv_up, conv, to_rgb) per block
+    (docs/contract.md#sigma-space)."""
     names = [("conv1", 0), ("to_rgb1", 1)]
     for b in range(int(math.log2(size)) - 2):
         names += [(f"convs.{2 * b}", 1 + 2 * b), (f"convs.{2 * b + 1}", 2 + 2 * b), (f"to_rgbs.{b}", 3 + 2 * b)]
@@ -100,7 +103,7 @@ def np_state(G: soat.Generator) -> dict[str, np.ndarray]:
 
 
 def np_generate(G: soat.Generator, styles: list[torch.Tensor], noise: list[torch.Tensor]) -> np.ndarray:
-    """The whole synthesis network in float64 from SPEC §1."""
+    """The whole synthesis network in float64 from docs/contract.md#layers."""
     sd = np_state(G)
     s = [t.double().numpy() for t in styles]
     nz = [t.double().numpy() for t in noise]
@@ -128,7 +131,8 @@ def test_mapping_matches_fp64_formula(g32):
 
 
 def test_affine_order_and_w_index_match_spec(g32):
-    """Each sigma entry is affine_k(W+[n(k)]) in SPEC order (distinct W+ entries expose the index)."""
+    """Each sigma entry is affine_k(W+[n(k)]) in the order of docs/contract.md#sigma-space (distinct W+
+    entries expose the index)."""
     wplus = torch.randn(2, g32.config.n_latent, 512, generator=torch.Generator().manual_seed(2))
     sd = np_state(g32)
     styles = g32.styles_from_w(wplus)
@@ -142,7 +146,8 @@ def test_affine_order_and_w_index_match_spec(g32):
 
 @pytest.mark.parametrize("node_id", ["conv1", "to_rgb1", "convs.0", "convs.1", "to_rgbs.0", "convs.2"])
 def test_node_matches_fp64_spec(g32, node_id):
-    """One node on real features vs the float64 SPEC form: modulated conv, upsampling conv, ToRGB + skip."""
+    """One node on real features vs the float64 form of docs/contract.md#layers: modulated conv,
+    upsampling conv, ToRGB + skip."""
     styles = make_styles(g32, 2, seed=3)
     noise = [torch.randn(2, 1, *n.shape[-2:], generator=torch.Generator().manual_seed(i))
              for i, n in enumerate(g32.fixed_noise)]
@@ -190,7 +195,7 @@ def test_sigma_lengths(size, cm, total, count):
 
 
 def test_sigma_order_256_cm2():
-    """SPEC: fifteen of 512, then 256, 256, 256, 128, 128."""
+    """docs/contract.md#sigma-space: fifteen of 512, then 256, 256, 256, 128, 128."""
     assert style_channels(soat.GeneratorConfig(256, 2)) == [512] * 15 + [256, 256, 256, 128, 128]
 
 
@@ -233,7 +238,8 @@ def test_truncation_psi_zero_gives_mean_and_is_linear(g16):
 
 
 def test_mean_styles_is_mean_sigma_over_z():
-    """SPEC: sigma_bar = per-entry mean of sigma over the z (= affine of mean w, the affines being linear)."""
+    """sigma_bar = per-entry mean of sigma over the z (= affine of mean w, the affines being linear)
+    (docs/contract.md#truncation)."""
     G = soat.load("random:1", size=32, channel_multiplier=1)  # estimate_mean_styles mutates: a private copy
     z = torch.randn(3000, 512, generator=torch.Generator().manual_seed(9))
     mean = G.estimate_mean_styles(z)
@@ -296,7 +302,8 @@ def test_explicit_noise_list(g16):
 
 
 def test_widen_noise_rule():
-    """SPEC: N(0,1) [B,1,H,W] from a CPU generator seeded with W, old noise in the first and last old_W columns."""
+    """N(0,1) [B,1,H,W] from a CPU generator seeded with W, old noise in the first and last old_W columns
+    (docs/contract.md#noise)."""
     old = torch.arange(6, dtype=torch.float32).view(1, 1, 2, 3)
     got = widen_noise(old, 2, 2, 5)
     want = torch.zeros(2, 1, 2, 5).normal_(generator=torch.Generator().manual_seed(5))

@@ -1,10 +1,11 @@
-"""The editing tasks (issue 4) against what SPEC §2 implies, computed here from the layer chain.
+"""The editing tasks (issue 4) against what docs/contract.md#tasks implies, computed here from the layer chain.
 
 Expected images are built with ``Generator.run_node`` and explicit noise (the checkpoint
-buffers, or those buffers repeated twice along W where SPEC's widened-noise rule says so),
-never by calling the task under test. Where a property is about features rather than
-pixels, a recording backend (the real torch backend behind a pass-through that keeps each
-node call's inputs and outputs) exposes the tensors flowing between nodes.
+buffers, or those buffers repeated twice along W where the widened-noise rule,
+docs/contract.md#noise, says so), never by calling the task under test. Where a property is
+about features rather than pixels, a recording backend (the real torch backend behind a
+pass-through that keeps each node call's inputs and outputs) exposes the tensors flowing
+between nodes.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ from conftest import make_styles, pick, rel_err
 
 
 def spec_ramp(n: int, pad: bool = True) -> torch.Tensor:
-    """SPEC: pad = n // 4 zeros, linspace(0, 1, n - 2 pad), pad ones; merge: plain linspace (no pad)."""
+    """pad = n // 4 zeros, linspace(0, 1, n - 2 pad), pad ones; merge: plain linspace (no pad)
+    (docs/contract.md#ramps)."""
     p = n // 4 if pad else 0
     a = np.concatenate([np.zeros(p), np.linspace(0.0, 1.0, n - 2 * p), np.ones(p)])
     return torch.from_numpy(a).float()
 
 
-# SPEC Blend with a box, spelled out for a 20-entry sigma list: the sigma indices whose alpha is
-# cut to zero, for (pose_align, num_blend). conv1 (0) always blends; to_rgb1 (1) is cut only by
-# pose alignment; a block layer i >= 2 is cut when i > num_blend, or by pose alignment when i < 4.
-SPEC_ZERO_ALPHA = {
+# The box blend's cut-offs (docs/contract.md#local-blend), spelled out for a 20-entry sigma list: the
+# sigma indices whose alpha is cut to zero, for (pose_align, num_blend). conv1 (0) always blends;
+# to_rgb1 (1) is cut only by pose alignment; a block layer i >= 2 is cut when i > num_blend, or by
+# pose alignment when i < 4.
+ZERO_ALPHA = {
     (False, 99): set(),
     (True, 99): {1, 2, 3},
     (False, 9): set(range(10, 20)),
@@ -83,7 +86,8 @@ def node_by_id(G, node_id: str):
 
 
 def fixed_noise_at(G):
-    """SPEC fixed noise for a layer output h x w: the buffer, or (width exactly doubled) the buffer twice along W."""
+    """Fixed noise for a layer output h x w: the buffer, or (width exactly doubled) the buffer twice along W
+    (docs/contract.md#noise)."""
     def noise(node, h, w):
         n = G.fixed_noise[node.noise_index]
         if n.shape[-2:] == (h, w):
@@ -95,7 +99,8 @@ def fixed_noise_at(G):
 
 def run_nodes(choose, nodes, x, rgb=None):
     """Run ``nodes`` in order; ``choose(node) -> (G, styles)`` picks generator and sigma list per node.
-    Noise is each generator's fixed noise at the layer's actual size (SPEC widened-noise rule)."""
+    Noise is each generator's fixed noise at the layer's actual size (the widened-noise rule,
+    docs/contract.md#noise)."""
     for node in nodes:
         G, s = choose(node)
         nz = None
@@ -158,7 +163,8 @@ def check_lerp(blended, out1, out2, alpha):
 @pytest.mark.parametrize("task", ["blend-horizontal", "blend-vertical", "merge_extension", "merge"])
 def test_schedule_lerps_every_layer_with_spec_alpha(g16, task):
     """Every node runs once with sigma1 and once with sigma2 on the same input (and skip); the next node
-    consumes lerp(out1, out2, alpha) with SPEC's ramp of the output's size (merge: over the doubled width).
+    consumes lerp(out1, out2, alpha) with the ramp of the output's size (merge: over the doubled width;
+    docs/contract.md#ramps).
     The noise each node sees is the fixed buffer (merge: after conv1, the buffer twice along W)."""
     G, rec = recording(g16)
     s1, s2 = two_styles(g16, 2)
@@ -218,7 +224,7 @@ def test_merge_same_styles_is_widened_chain(g16, task):
 
 
 def test_merge_fixed_noise_is_buffers_doubled(g16):
-    """SPEC widened-noise rule for an exact doubling: the fixed noise twice side by side."""
+    """The widened-noise rule (docs/contract.md#noise) for an exact doubling: the fixed noise twice side by side."""
     s1, s2 = two_styles(g16)
     doubled = [g16.fixed_noise[0]] + [torch.cat([n, n], -1) for n in g16.fixed_noise[1:]]
     assert torch.equal(g16.merge_extension(s1, s2, noise=doubled), g16.merge_extension(s1, s2))
@@ -256,7 +262,8 @@ def test_panorama_width_and_stream(g8, n):
 
 
 def test_panorama_is_spec_stitching_of_spans(g8):
-    """SPEC: [0, R + p) of S_0, [p, 2R - p) of every later span, then [2R - p, 2R) of the last; p = 2R // 4."""
+    """[0, R + p) of S_0, [p, 2R - p) of every later span, then [2R - p, 2R) of the last; p = 2R // 4
+    (docs/contract.md#panorama)."""
     lists = style_lists(g8, 4)
     R, p = 8, 2 * 8 // 4
     spans = [g8.merge_extension(a, b) for a, b in zip(lists, lists[1:])]
@@ -315,8 +322,9 @@ def test_expand_random_noise_varies_with_seed(g16):
 
 @pytest.mark.parametrize("mode", ["reflect", "horizontal", "constant"])
 def test_expand_widens_after_8x8_block(g16, mode):
-    """SPEC: the normal chain through the 8x8 block (conv_up, conv, to_rgb), then features and skip both
-    widened (pad W // 2 each side with F.pad, or every column duplicated), the rest on the wider maps."""
+    """The normal chain through the 8x8 block (conv_up, conv, to_rgb), then features and skip both widened
+    (pad W // 2 each side with F.pad, or every column duplicated), the rest on the wider maps
+    (docs/contract.md#expand)."""
     s = make_styles(g16, 1, seed=702)
     cut = [n.id for n in g16.chain].index("to_rgbs.0") + 1
     x, rgb = plain(g16, s, g16.chain[1:cut], g16.constant(s))
@@ -397,9 +405,9 @@ def test_translate_all_ones_is_generator2(g16, g16b):
 
 # ---- blend with a mask or a box ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pose, num_blend", list(SPEC_ZERO_ALPHA))
+@pytest.mark.parametrize("pose, num_blend", list(ZERO_ALPHA))
 def test_alpha_zero_table(pose, num_blend):
-    assert {i for i in range(20) if alpha_is_zero(i, pose, num_blend)} == SPEC_ZERO_ALPHA[pose, num_blend]
+    assert {i for i in range(20) if alpha_is_zero(i, pose, num_blend)} == ZERO_ALPHA[pose, num_blend]
 
 
 def test_blend_mask_zero_is_generate_s1(g16):
@@ -413,13 +421,14 @@ def test_blend_mask_ones_is_per_layer_choice(g16, pose_align, num_blend):
     """An all-ones mask takes sigma2's output wherever alpha is not cut, sigma1's where it is: the plain
     chain of the per-layer mixture of the two sigma lists."""
     s1, s2 = two_styles(g16)
-    mixed = [a if i in SPEC_ZERO_ALPHA[pose_align, num_blend] else b for i, (a, b) in enumerate(zip(s1, s2))]
+    mixed = [a if i in ZERO_ALPHA[pose_align, num_blend] else b for i, (a, b) in enumerate(zip(s1, s2))]
     got = g16.blend_mask(s1, s2, torch.ones(1, 1, 16, 16), pose_align=pose_align, num_blend=num_blend)
     assert rel_err(got, g16.generate(mixed)) < 1e-6
 
 
 def spec_box_mask(box, size: int) -> torch.Tensor:
-    """SPEC: 1 inside (clipped), separable Gaussian (k = d // 2 + (d // 2) % 2 + 1, sigma = k), reflect pad."""
+    """1 inside (clipped), separable Gaussian (k = d // 2 + (d // 2) % 2 + 1, sigma = k), reflect pad
+    (docs/contract.md#local-blend)."""
     x, y, w, h = box
     m = np.zeros((size, size))
     m[y:y + h, x:x + w] = 1

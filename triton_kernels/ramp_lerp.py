@@ -1,4 +1,5 @@
-"""Ramp lerp: ``out = (1 - a) * x1 + a * x2`` with the SPEC alpha ramp along H or W.
+"""Ramp lerp: ``out = (1 - a) * x1 + a * x2`` with the contract's alpha ramp along H or W
+(docs/contract.md#ramps).
 
 The ramp of length n (the size of the blended axis): ``pad = n // 4`` zeros, then
 ``linspace(0, 1, n - 2 * pad)``, then ``pad`` ones; ``pad=False`` gives plain
@@ -45,7 +46,7 @@ def ramp_lerp(x1: torch.Tensor, x2: torch.Tensor, axis: int, pad: bool = True, i
     Args:
         x1, x2: ``[B, C, H, W]`` maps of one shape, dtype and device (any strides).
         axis: 2 for a ramp down H (vertical blend), 3 along W (horizontal).
-        pad: the SPEC padded ramp (True) or plain linspace (False).
+        pad: the padded ramp of docs/contract.md#ramps (True) or plain linspace (False).
     Returns:
         ``[B, C, H, W]`` in ``x1``'s layout (NCHW or channels_last).
     """

@@ -13,9 +13,11 @@ memory format the manifest lists for them (channels_last for the feature maps of
 contiguous): a package reads its inputs with the strides it was compiled for, and gives wrong
 numbers, without an error, for any other.
 
-In a folder with linked graphs (format 4) a run of layers goes through them wherever that saves the
-modulation pass between styled convs (``run_chain``): the run's first styled conv gets its input
-modulated by one ATen multiply, and every linked graph hands the next one its modulated input.
+A run of layers follows the manifest's run plan (``Manifest.run_plan``): in a folder with linked graphs
+the styled convs go through them wherever that saves the modulation pass between them, the run's first
+linked graph getting its input modulated by one ATen multiply and each handing the next its modulated
+input. A package is loaded from the bytes checked against the manifest's sha256 (``_model``), so a
+folder replaced after ``soat.load`` gives an error, never a mix of two models.
 
 The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
 one CUDA graph), so the backend serializes its calls and package loads with a lock: a package's
@@ -28,19 +30,18 @@ import ctypes
 import functools
 import os
 import sys
+import tempfile
 import threading
 from typing import Sequence
 
 import torch
 
 from ...errors import SoatError
-from ..backend import NodeByNode
-from ..chain import TO_RGB, Step, advance
-from ..graphs import following_conv, graph_io, linked_id
+from ..backend import NodeByNode, execute_plan
+from ..capabilities import backend_spec
+from ..chain import Step
+from ..graphs import PlanStep, chain_index, graph_io
 from ..manifest import Manifest
-
-# torch dtype -> the manifest's dtype name (soat.load's export dtypes for this backend)
-AOTI_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @functools.cache
@@ -95,8 +96,7 @@ class AotiBackend(NodeByNode):
     """
 
     name = "aoti"
-    differentiable = False
-    capturable = True
+    differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype):
         self.device = torch.device(device)
@@ -109,37 +109,22 @@ class AotiBackend(NodeByNode):
 
     def run_chain(self, steps: Sequence[Step], x: torch.Tensor,
                   rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Consecutive nodes ``(node, style, noise)``; styled convs through their linked graphs where the folder
-        has them and the run chains them (``_links``), the other nodes' graphs as they are."""
-        if not self.manifest.linked:
-            return super().run_chain(steps, x, rgb)
-        x_mod = None  # the next styled conv's modulated input, once a linked graph gave it
-        for k, (node, style, noise) in enumerate(steps):
-            if node.styled_conv and self._links(steps, k, x_mod is not None):
-                following = following_conv(self.config, node.id)
-                if x_mod is None:
-                    x_mod = x * style[:, :, None, None]
-                inputs = {"x_mod": x_mod, "style": style, "noise": noise}
-                if following is not None:  # its own style where the run ends first: that output goes unread
-                    inputs["next_style"] = next((s for n, s, _ in steps[k + 1:] if n == following), style)
-                out = self.run(linked_id(node.id), inputs)
-                x, x_mod = out.get("x"), out.get("next_x_mod")
-            else:
-                x, rgb = advance(node, self.run_node(node, x, style, noise, rgb), x, rgb)
-                if node.kind != TO_RGB:  # a ToRGB leaves the features, and so their modulated form, as they are
-                    x_mod = None
-        return x, rgb
+        """Consecutive nodes ``(node, style, noise)`` as the manifest's run plan says: styled convs through their
+        linked graphs where it links them, the other nodes' graphs as they are."""
+        if not steps:
+            return x, rgb
+        first = chain_index(self.config, steps[0][0].id)
+        return execute_plan(self.manifest.run_plan(first, first + len(steps)), steps, x, rgb, self.run_node,
+                            self._run_linked, _modulate)
 
-    def _links(self, steps: Sequence[Step], k: int, modulated: bool) -> bool:
-        """Whether the styled conv ``steps[k]`` runs its linked graph: where its input is already modulated or
-        the run goes on to the next styled conv, unless the run reads an ``x`` that graph does not give (an
-        upsampling conv that ends the run; its input ``x`` is then at hand)."""
-        node = steps[k][0]
-        reads_x = k == len(steps) - 1 or steps[k + 1][0].kind == TO_RGB
-        if reads_x and "x" not in graph_io(self.config, linked_id(node.id))[1]:
-            return False
-        following = following_conv(self.config, node.id)
-        return modulated or any(n == following for n, _, _ in steps[k + 1:])
+    def _run_linked(self, step: PlanStep, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                    next_style: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        inputs = {"x_mod": x_mod, "style": style, "noise": noise}
+        if "next_style" in graph_io(self.config, step.graph)[0]:  # its own style where that output goes unread
+            inputs["next_style"] = style if next_style is None else next_style
+        out = self.run(step.graph, inputs)
+        return (out["x"] if "x" in step.writes else None,
+                out["next_x_mod"] if "next_x_mod" in step.writes else None)
 
     def run(self, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names, outputs = graph_io(self.config, graph_id)
@@ -155,14 +140,28 @@ class AotiBackend(NodeByNode):
         return dict(zip(outputs, out))
 
     def _model(self, graph_id: str):
+        """The graph's loaded package: its bytes verified against the manifest, written into this backend's
+        private folder and loaded from there, so the package that runs is the one that was checked whatever
+        happens to the export folder afterwards."""
         model = self._models.get(graph_id)
         if model is None:
-            if graph_id not in self.manifest.graphs:
-                raise SoatError(f"graph {graph_id!r} is not in export {self.manifest.folder!r}")
+            data = self.manifest.graph_bytes(graph_id)
             expose_cxx_runtime()
             index = self.device.index if self.device.index is not None else -1
-            # (path, model name in the package, run single-threaded, runners, device index)
-            model = torch._C._aoti.AOTIModelPackageLoader(self.manifest.graph_path(graph_id), "model", True, 1,
-                                                          index)
+            with tempfile.TemporaryDirectory(prefix="soat-aoti-") as private:
+                path = os.path.join(private, os.path.basename(self.manifest.graph_path(graph_id)))
+                with open(path, "wb") as f:
+                    f.write(data)
+                try:
+                    # (path, model name in the package, run single-threaded, runners, device index)
+                    model = torch._C._aoti.AOTIModelPackageLoader(path, "model", True, 1, index)
+                except RuntimeError as e:
+                    raise SoatError(f"graph {graph_id!r} of export {self.manifest.folder!r} is not a package this "
+                                    f"torch can load ({str(e).splitlines()[0]}); re-export the folder") from None
             self._models[graph_id] = model
         return model
+
+
+def _modulate(x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """A run's first linked graph takes its input modulated: one ATen multiply."""
+    return x * style[:, :, None, None]

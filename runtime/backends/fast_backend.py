@@ -22,9 +22,11 @@ from ...triton_kernels.conv_epilogue import conv_epilogue_modulated
 from ...triton_kernels.demod import demod
 from ...triton_kernels.modulate import modulate
 from ...triton_kernels.to_rgb import to_rgb
-from ..chain import CONST, TO_RGB, Step, build_chain
+from ..backend import execute_plan
+from ..capabilities import backend_spec
+from ..chain import CONST, TO_RGB, LayerNode, Step, build_chain, node_inputs
 from ..graph_modules import StyledConvNode, ToRGBNode, graph_module
-from ..graphs import graph_ids, graph_io
+from ..graphs import PlanStep, chain_index, graph_ids, graph_io, linked_node_id, run_plan
 from ..weights import StyleGAN2Weights
 
 
@@ -37,8 +39,7 @@ class FastTorchBackend:
     """
 
     name = "fast"
-    differentiable = True
-    capturable = True
+    differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
     def __init__(self, weights: StyleGAN2Weights, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float16):
@@ -72,26 +73,23 @@ class FastTorchBackend:
                   rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Consecutive nodes ``(node, style, noise)`` from ``x`` (and RGB); returns the last of each.
 
-        Each styled conv's epilogue writes the next conv's modulated input; it writes ``x``
-        itself only where a ToRGB reads it right after, or where the run ends.
+        The run follows the contract's plan (``graphs.run_plan``): where it links styled convs, each one's
+        epilogue writes the next conv's modulated input, and ``x`` itself only where the run reads it.
         """
-        x_mod = None
-        for k, (node, style, noise) in enumerate(steps):
-            module = self._graphs[node.id]
-            if node.kind == TO_RGB:
-                rgb = _to_rgb(module, x, style, rgb)
-                continue
-            if node.kind == CONST:
-                x = self.run(node.id, {"style": style})["x"]
-                continue
-            later = steps[k + 1:]
-            following = next((s for s in later if s[0].styled_conv), None)
-            write_x = following is None or later[0][0].kind == TO_RGB
-            if x_mod is None:
-                x_mod = modulate(x, style)
-            x, x_mod = _styled_conv(module, x_mod, style, noise, None if following is None else following[1],
-                                    write_x)
-        return x, rgb
+        if not steps:
+            return x, rgb
+        first = chain_index(self.config, steps[0][0].id)
+        return execute_plan(run_plan(self.config, first, first + len(steps)), steps, x, rgb, self._run_node,
+                            self._run_linked, modulate)
+
+    def _run_node(self, node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                  skip: torch.Tensor | None) -> torch.Tensor:
+        return self.run(node.id, node_inputs(x, style, noise, skip))[node.output]
+
+    def _run_linked(self, step: PlanStep, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                    next_style: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        module = self._graphs[linked_node_id(step.graph)]
+        return _styled_conv(module, x_mod, style, noise, next_style, "x" in step.writes)
 
 
 def _styled_conv(module: StyledConvNode, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,

@@ -14,18 +14,15 @@ the first call of a new shape captures it, and ORT synchronizes its stream after
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
 from ...errors import SoatError
 from ..backend import NodeByNode
+from ..capabilities import backend_spec, precision
 from ..graphs import graph_io, onnx_outputs, output_shape
 from ..manifest import Manifest
 from .ort_cuda_graphs import OrtCudaGraphs, weak_method
-
-_NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 def import_onnxruntime():
@@ -50,8 +47,7 @@ class OrtBackend(NodeByNode):
     """
 
     name = "onnxruntime"
-    differentiable = False
-    capturable = False
+    differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, graphs: bool = False):
         self.ort = import_onnxruntime()
@@ -103,7 +99,7 @@ class OrtBackend(NodeByNode):
         their memory is reused only by work ordered after the graph.
         """
         idx = self.device.index or 0
-        elem = _NP_DTYPES[self.dtype]
+        elem = precision(self.dtype).numpy_dtype
         tensors = {n: t.detach().to(self.device, self.dtype).contiguous() for n, t in inputs.items()}
         shape = output_shape(self.config, graph_id, {n: t.shape for n, t in tensors.items()})
         out = torch.empty(shape, device=self.device, dtype=self.dtype)
@@ -134,17 +130,7 @@ class OrtBackend(NodeByNode):
     def _verified_bytes(self, graph_id: str) -> bytes:
         """The graph file's bytes, checked against the manifest's sha256: the session is built from exactly
         the bytes that were hashed, so a folder re-exported after it was checked cannot mix in another model."""
-        path = self.manifest.graph_path(graph_id)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise SoatError(f"graph {graph_id!r}: cannot read {path!r} ({e.strerror or e}); the export folder "
-                            f"changed after it was loaded. Load {self.manifest.folder!r} again") from None
-        if hashlib.sha256(data).hexdigest() != self.manifest.graph_sha256(graph_id):
-            raise SoatError(f"graph {graph_id!r}: {path!r} no longer matches the sha256 it had when the export "
-                            "was loaded (the folder was re-exported or changed since); "
-                            f"load {self.manifest.folder!r} again")
+        data = self.manifest.graph_bytes(graph_id)
         _check_finite_initializers(data, f"graph {graph_id!r} of export {self.manifest.folder!r}")
         return data
 

@@ -34,16 +34,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ...errors import SoatError
+from ..capabilities import precision
 from ..graphs import graph_io, onnx_outputs, output_shape
 
 MAX_SIGNATURES = 16  # per graph: captures kept, least recently used dropped first
 MAX_CAPTURES = 4 * MAX_SIGNATURES  # per session: ORT frees no single capture, so the session is rebuilt then
 ALIGN_BYTES = 256  # each static tensor starts on a 256-byte boundary, as cudaMalloc'd memory does
-_NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 Signature = tuple[tuple[int, ...], ...]
 
@@ -219,7 +218,7 @@ class OrtCudaGraphs:
     def _slot(self, graph_id: str, session: Any, signature: Signature, gpu_graph_id: int) -> Slot:
         names = graph_io(self.config, graph_id)[0]
         shapes = dict(zip(names, signature))
-        idx, elem = self.device.index or 0, _NP_DTYPES[self.dtype]
+        idx, elem = self.device.index or 0, precision(self.dtype).numpy_dtype
         with torch.cuda.stream(self.stream):  # a freed buffer is then reused only by work ordered after ORT's
             *static, output = self._staging.tensors([*shapes.values(), output_shape(self.config, graph_id, shapes)])
         inputs = dict(zip(names, static))

@@ -6,6 +6,7 @@ import torch
 
 from .. import layers
 from ..backend import NodeByNode
+from ..capabilities import backend_spec
 from ..chain import CONST, CONV_UP, TO_RGB, build_chain
 from ..graphs import MAPPING, STYLES
 from ..weights import StyleGAN2Weights
@@ -20,8 +21,7 @@ class TorchBackend(NodeByNode):
     """
 
     name = "torch"
-    differentiable = True
-    capturable = True
+    differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
     def __init__(self, weights: StyleGAN2Weights, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):

@@ -16,6 +16,7 @@ import torch
 
 from ...errors import SoatError
 from ..backend import NodeByNode
+from ..capabilities import backend_spec
 from ..config import GeneratorConfig
 from ..graphs import graph_io, onnx_outputs
 from ..manifest import Manifest
@@ -37,8 +38,7 @@ class TensorRTBackend(NodeByNode):
     """
 
     name = "tensorrt"
-    differentiable = False
-    capturable = False
+    differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
     def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, engine_dir: str | None = None,
                  max_batch: int | None = None, flavour: str | None = None):

@@ -104,15 +104,15 @@ def find_engine(engine_dir: str, graph_id: str, wanted: dict, usable: Callable[[
     return None, refused
 
 
-def build_engine(flavour: Flavour, onnx_path: str, graph_id: str, profile: Profile, precision: str,
+def build_engine(flavour: Flavour, onnx_bytes: bytes, graph_id: str, profile: Profile, precision: str,
                  targets: Sequence[str]) -> bytes:
-    """Parse the ONNX graph and build a serialized engine for ``profile`` and ``targets``."""
+    """Parse the ONNX graph (its verified bytes) and build a serialized engine for ``profile`` and ``targets``."""
     trt = flavour.trt
     logger = make_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags())
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(onnx_path):
+    if not parser.parse(onnx_bytes):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise SoatError(f"{MODULES[flavour.name]}'s ONNX parser rejected graph {graph_id!r}: {errors}")
     config = builder.create_builder_config()
@@ -145,7 +145,7 @@ def ensure_engine(flavour: Flavour, manifest: Manifest, graph_id: str, engine_di
         return engine_path, expected, "cached"
     if check:
         raise SoatError(f"the engine of {graph_id!r} ({os.path.basename(engine_path)}) is refused: {reason}")
-    plan = build_engine(flavour, manifest.graph_path(graph_id), graph_id, profile, manifest.dtype, targets)
+    plan = build_engine(flavour, manifest.graph_bytes(graph_id), graph_id, profile, manifest.dtype, targets)
     write_engine(engine_path, record_path, plan, expected)
     return engine_path, expected, "built" if reason == "no cached engine" else f"rebuilt: {reason}"
 

@@ -1,2 +1,2 @@
-"""Tasks: each a short schedule over the layer chain (SPEC §2), run through ``Generator.run_node``
-and ``Generator.run_chain``."""
+"""Tasks: each a short schedule over the layer chain (docs/contract.md#tasks), run through
+``Generator.run_node`` and ``Generator.run_chain``."""

@@ -1,6 +1,6 @@
 """Blend, merge extension and merge: both styles at every layer on one shared input, lerped.
 
-The schedule (SPEC §2 Blend): at each node, run it with sigma1 and with sigma2 on the
+The schedule (docs/contract.md#blend): at each node, run it with sigma1 and with sigma2 on the
 same (already blended) input and skip, then ``lerp(out1, out2, alpha)``.
 """
 

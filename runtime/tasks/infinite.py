@@ -33,7 +33,7 @@ alone, so that any column can be computed without the ones before it:
    other, so sigma_i is bit-identical whatever range, batch, chunk or row it came in (a
    call at another batch could differ in the last bits: kernels choose their blocking by
    shape). The raw latents are drawn once per run of consecutive indices of a seed.
-5. **Spans and stitching,** exactly as SPEC's panorama: span
+5. **Spans and stitching,** exactly as the reference panorama's (docs/contract.md#panorama): span
    ``S_i = merge_extension(sigma_i, sigma_{i+1})`` (``R x 2R``), ``p = 2R // 4``;
    column c of the endless image comes from S_0's columns ``[0, R + p)`` first, then
    from each later span's ``[p, 2R - p)`` (R columns each) in order. The geometry and

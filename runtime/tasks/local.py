@@ -1,4 +1,7 @@
-"""Local edits: blend with a mask or boxes (attribute transfer) and patch swap (SPEC §2)."""
+"""Local edits: blend with a mask or boxes (attribute transfer) and patch swap.
+
+The behaviour: docs/contract.md#local-blend and docs/contract.md#patch-swap.
+"""
 
 from __future__ import annotations
 

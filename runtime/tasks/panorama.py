@@ -1,4 +1,4 @@
-"""Panorama of N images: merge-extension spans of consecutive styles, stitched (SPEC Panorama).
+"""Panorama of N images: merge-extension spans of consecutive styles, stitched (docs/contract.md#panorama).
 
 Span ``S_i = merge_extension(sigma_i, sigma_{i+1})`` is ``R x 2R``; with ``p = 2R // 4`` the
 output takes ``[0, R + p)`` of S_0, ``[p, 2R - p)`` of every later span, and the last

@@ -1,6 +1,6 @@
 """Panorama geometry and stitching, shared by the finite panorama and the endless one.
 
-Span ``S_i = merge_extension(sigma_i, sigma_{i+1})`` is ``R x 2R`` (SPEC Panorama). With the
+Span ``S_i = merge_extension(sigma_i, sigma_{i+1})`` is ``R x 2R`` (docs/contract.md#panorama). With the
 pad ``p = 2R // 4``, span 0 contributes its columns ``[0, R + p)``, every later span
 ``[p, 2R - p)``, and the last span of a finite panorama also gives its right edge, so it
 contributes up to ``2R``. The finite panorama of N images is ``2R + (N - 2) R`` wide; the

@@ -1,6 +1,6 @@
 """Where does loading a CUDA AOTInductor package fail? A standalone probe for one GPU call (issue 19).
 
-    python bench/aoti_probe.py [--out DIR] [--skip-cpp] [--gdb]
+    python lab/aoti_probe.py [--out DIR] [--skip-cpp] [--gdb]
 
 Stages, each in its own subprocess so that a segfault is reported (signal, stderr tail, a faulthandler
 traceback, and a gdb backtrace where gdb exists) instead of ending the probe:

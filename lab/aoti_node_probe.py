@@ -1,6 +1,7 @@
-"""``python -m soat.bench.aoti_node_probe``: what makes one AOTInductor CUDA package slow, node by node.
+"""``python lab/aoti_node_probe.py``: what makes one AOTInductor CUDA package slow, node by node.
 
-Round 5's profile of the exported 256 px model (bench/NOTES.md) put 6x the fast path's GPU time
+A lab probe, not part of the soat package (it imports the installed soat). Round 5's profile of the
+exported 256 px model (bench/NOTES.md, the optimization table) put 6x the fast path's GPU time
 into inductor's own pointwise kernels and ATen's generic depthwise kernel (the blur). This probe
 compiles a few nodes of the random model as fp16 CUDA packages in several variants at once:
 
@@ -34,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from .suite import percentile, rel_err, time_call
+from soat.bench.suite import percentile, rel_err, time_call
 
 GRAPHS = "convs.10,convs.11,to_rgbs.5"
 # name -> (height and width dynamic, blur as taps, inputs channels_last, weights channels_last); "fused" is the
@@ -115,7 +116,7 @@ def _median_ms(fn) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m soat.bench.aoti_node_probe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python lab/aoti_node_probe.py", description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256, help="random model size (default 256)")
     p.add_argument("--graphs", default=GRAPHS, help="comma-separated graph ids (default: %(default)s)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: all)")

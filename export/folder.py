@@ -1,0 +1,164 @@
+"""What every export folder holds besides its graphs, written by one module for both formats.
+
+Both exporters (``onnx_export``, ``aoti_export``) write their graph files into a folder and then
+call ``finish_folder``: the fixed noise (``noise.npz``), the mean styles (``mean_styles.npz``: sigma_bar,
+so truncation at load needs no sampling and centres where the checkpoint's does) and, last, the
+manifest (``soat.runtime.manifest`` reads it; docs/contract.md#export-folders says what it holds).
+``atomic_folder`` builds a folder under a temporary name and swaps it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .. import version
+from ..errors import SoatError
+from ..runtime.chain import style_channels
+from ..runtime.checkpoint import file_sha256
+from ..runtime.generator import MEAN_STYLE_SAMPLES, MEAN_STYLE_SEED, Generator
+from ..runtime.graph_modules import graph_module
+from ..runtime.graphs import MAPPING, STYLES, graph_io, run_plan, signature
+from ..runtime.capabilities import AOTI_FORMAT
+from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, MEAN_STYLES_FILE,
+                                NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs)
+from ..runtime.sources import load_weights
+from ..runtime.weights import StyleGAN2Weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """What an export is made from: the weights, their fixed noise, and the name and fingerprint recorded."""
+
+    weights: StyleGAN2Weights
+    noise: Sequence[torch.Tensor]
+    name: str
+    fingerprint: str
+
+
+def resolve_source(source: object, size: int | None, channel_multiplier: int | None) -> Source:
+    """An export source: a checkpoint path, ``random[:SEED]``, or a Generator that holds its weights."""
+    from ..runtime.backends.fast_backend import FastTorchBackend
+    from ..runtime.backends.torch_backend import TorchBackend
+    if isinstance(source, Generator):
+        if not isinstance(source.backend, (TorchBackend, FastTorchBackend)):
+            raise SoatError(f"export needs a Generator that holds its weights (torch or fast backend; this one runs "
+                            f"on {source.backend.name}); pass its checkpoint path instead")
+        return Source(source.backend.weights, source.fixed_noise, source.source, source.fingerprint)
+    if not isinstance(source, (str, os.PathLike)):
+        raise SoatError(f"source={source!r} must be a checkpoint path, 'random[:SEED]' or a torch/fast-backend "
+                        "Generator")
+    name = os.fspath(source)
+    weights, fingerprint = load_weights(name, size, channel_multiplier)
+    return Source(weights, weights.fixed_noise(), name, fingerprint)
+
+
+def exporter_record() -> dict:
+    """Who wrote the folder: the soat and torch versions (AOTI packages load only in the torch that built them)."""
+    return {"soat": version.__version__, "torch": torch.__version__}
+
+
+def finish_folder(folder: str, source: Source, graph_format: str, dtype: str, opset: int | None, device: str,
+                  graph_sha: dict[str, str], channels_last: dict[str, tuple[str, ...]] | None = None) -> str:
+    """Write the noise, the mean styles and then the manifest of a folder whose graph files are in place;
+    returns the manifest's path."""
+    config = source.weights.config
+    noise = write_noise(source.noise, os.path.join(folder, NOISE_FILE))
+    mean = write_mean_styles(source.weights, os.path.join(folder, MEAN_STYLES_FILE))
+    channels_last = channels_last or {}
+    graphs = {gid: {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
+                    "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
+                    "format": graph_format, "channels_last": list(channels_last.get(gid, ())),
+                    "shapes": {k: list(v) for k, v in signature(config, gid, graph_format).items()}}
+              for gid in export_graph_ids(config, graph_format)}
+    linked = graph_format == AOTI_FORMAT  # only AOTI folders hold the linked graphs
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter_record(),
+        "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset,
+        "source": {"name": source.name, "fingerprint": source.fingerprint},
+        "chain": chain_record(config), "style_channels": style_channels(config), "graphs": graphs,
+        "noise": noise, "device": device, "mean_styles": mean,
+        "runs": encode_runs(config, lambda first, last: run_plan(config, first, last, linked)),
+    }
+    return write_manifest(folder, manifest)
+
+
+def write_manifest(folder: str, manifest: dict) -> str:
+    """Write ``manifest.json`` last and atomically, so a folder with one is complete."""
+    path = os.path.join(folder, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def write_noise(noise: Sequence[torch.Tensor], path: str) -> dict:
+    """Fixed noise as fp32 ``noise_{i}`` arrays in an ``.npz`` (read back with ``allow_pickle=False``)."""
+    arrays = {f"noise_{i}": n.detach().to("cpu", torch.float32).numpy() for i, n in enumerate(noise)}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return {"file": os.path.basename(path), "sha256": file_sha256(path),
+            "shapes": [list(a.shape) for a in arrays.values()]}
+
+
+def write_mean_styles(weights: StyleGAN2Weights, path: str) -> dict:
+    """sigma_bar exactly as ``Generator.mean_styles`` computes it on the torch backend (fp32, CPU), flat
+    ``[1, total]``: affine(the checkpoint's ``w_avg``) where it has one, else affine(mean w over 50,000 z);
+    from the graph modules' own copies (the source's weights are not moved)."""
+    config = weights.config
+    affines = graph_module(weights, STYLES).to("cpu", torch.float32).eval()
+    w_avg = getattr(weights, "w_avg", None)
+    with torch.no_grad():
+        if w_avg is not None:
+            mean_w = w_avg.detach().reshape(1, -1).to("cpu", torch.float32)
+        else:
+            mapping = graph_module(weights, MAPPING).to("cpu", torch.float32).eval()
+            gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
+            z = torch.randn(MEAN_STYLE_SAMPLES, config.style_dim, generator=gen)
+            total = torch.zeros(1, config.style_dim, dtype=torch.float64)
+            for chunk in torch.split(z, 4096):
+                total += mapping(chunk).double().sum(0, keepdim=True)
+            mean_w = (total / z.shape[0]).float()
+        flat = affines(mean_w.unsqueeze(1).repeat(1, config.n_latent, 1)).numpy()
+    with open(path, "wb") as f:
+        np.savez(f, mean_styles=flat)
+    return {"file": os.path.basename(path), "sha256": file_sha256(path), "shape": list(flat.shape)}
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str | os.PathLike) -> Iterator[str]:
+    """Write an export folder atomically: yields a temporary sibling folder, renamed to ``out_dir`` when the
+    block succeeds (and removed when it fails). An existing export (or empty folder) at ``out_dir`` is replaced
+    as a whole; any other non-empty folder is refused rather than deleted."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not _replaceable(out_dir):
+        raise SoatError(f"{out_dir!r} exists and is not an export folder (no {MANIFEST}); choose another -o")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        old = None
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
+            os.replace(out_dir, os.path.join(old, "export"))
+        os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replaceable(folder: str) -> bool:
+    return os.path.isdir(folder) and (not os.listdir(folder) or os.path.isfile(os.path.join(folder, MANIFEST)))
