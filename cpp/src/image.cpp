@@ -25,7 +25,8 @@ void check_png_path(const std::string& path) {
 
 void save_png(const at::Tensor& image, const std::string& path) {
   check_png_path(path);
-  if (image.dim() != 4 || image.size(0) != 1 || image.size(1) != 3) throw Error("save_png takes one [1, 3, H, W] image");
+  if (image.dim() != 4 || image.size(0) != 1 || image.size(1) != 3)
+    throw Error("save_png takes one [1, 3, H, W] image");
   if (!at::isfinite(image.detach()).all().item<bool>())
     throw Error("the image for '" + path + "' has NaN or infinite values; nothing was written");
   at::Tensor px = to_uint8(image);

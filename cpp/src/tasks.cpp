@@ -42,7 +42,9 @@ Error unknown_input(const std::string& graph, const std::string& name) {
 }
 
 // A noise map (one channel, batch 1 or b) expanded to batch b: the packages take the noise at the batch of x
-at::Tensor batch_noise(const at::Tensor& noise, int64_t b) { return noise.expand({b, 1, noise.size(2), noise.size(3)}); }
+at::Tensor batch_noise(const at::Tensor& noise, int64_t b) {
+  return noise.expand({b, 1, noise.size(2), noise.size(3)});
+}
 
 // A node's inputs in its graph's order; the noise (one channel) expanded to the batch of x.
 std::vector<at::Tensor> node_inputs(const Node& n, const at::Tensor& x, const Styles& s, const at::Tensor& rgb,
