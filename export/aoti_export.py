@@ -153,9 +153,8 @@ def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int
         symbol = dims.setdefault(name, torch.export.Dim(name, min=1))
         return int(factor) * symbol if factor else symbol
 
-    shapes = signature(config, graph_id, AOTI_FORMAT)
-    return {name: {i: dim(d) for i, d in enumerate(shapes[name]) if isinstance(d, str)}
-            for name in graph_io(config, graph_id)[0]}
+    inputs, _ = signature(config, graph_id, AOTI_FORMAT)
+    return {name: {i: dim(d) for i, d in enumerate(shape) if isinstance(d, str)} for name, shape in inputs.items()}
 
 
 def example_inputs(config: GeneratorConfig, graph_id: str, dtype: torch.dtype, device: str,

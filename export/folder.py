@@ -29,7 +29,8 @@ from ..runtime.graph_modules import graph_module
 from ..runtime.graphs import MAPPING, STYLES, graph_io, run_plan, signature
 from ..runtime.capabilities import AOTI_FORMAT
 from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, MEAN_STYLES_FILE,
-                                NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs)
+                                NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs,
+                                shapes_record)
 from ..runtime.sources import load_weights
 from ..runtime.weights import StyleGAN2Weights
 
@@ -77,7 +78,7 @@ def finish_folder(folder: str, source: Source, graph_format: str, dtype: str, op
     graphs = {gid: {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
                     "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
                     "format": graph_format, "channels_last": list(channels_last.get(gid, ())),
-                    "shapes": {k: list(v) for k, v in signature(config, gid, graph_format).items()}}
+                    "shapes": shapes_record(signature(config, gid, graph_format))}
               for gid in export_graph_ids(config, graph_format)}
     linked = graph_format == AOTI_FORMAT  # only AOTI folders hold the linked graphs
     manifest = {

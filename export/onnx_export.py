@@ -99,7 +99,7 @@ def _export_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: st
     shapes = example_shapes(config, graph_id)
     gen = torch.Generator().manual_seed(0)
     args = tuple(torch.randn(shapes[name], generator=gen).to(dtype) for name in inputs)
-    dims = signature(config, graph_id, ONNX_FORMAT)
+    dims = {k: v for part in signature(config, graph_id, ONNX_FORMAT) for k, v in part.items()}  # names differ
     axes = {name: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for name, shape in dims.items()}
     with warnings.catch_warnings(), torch.no_grad():
         # the TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript (see module doc);

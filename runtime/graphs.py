@@ -126,8 +126,11 @@ def onnx_outputs(config: GeneratorConfig, graph_id: str) -> tuple[str, ...]:
     return tuple(f"{name}_out" if name in inputs else name for name in outputs)
 
 
-def signature(config: GeneratorConfig, graph_id: str, graph_format: str) -> dict[str, tuple[SymDim, ...]]:
-    """Every input and output of a graph file, by its name in the file, with symbolic dimensions.
+Signature = tuple[dict[str, tuple[SymDim, ...]], dict[str, tuple[SymDim, ...]]]
+
+
+def signature(config: GeneratorConfig, graph_id: str, graph_format: str) -> Signature:
+    """``(inputs, outputs)`` of a graph file, by their names in the file, with symbolic dimensions.
 
     Both exporters build their dynamic axes from this and the manifest records it. Batch is ``batch``
     everywhere; ONNX graphs give every map its own symbols (``noise_batch``, ``out_height``: ONNX
@@ -136,33 +139,30 @@ def signature(config: GeneratorConfig, graph_id: str, graph_format: str) -> dict
     ToRGB's ``x`` is twice its ``skip`` (``2*skip_height``).
     """
     if graph_id == MAPPING:
-        return {"z": ("batch", config.style_dim), "w": ("batch", config.style_dim)}
+        return {"z": ("batch", config.style_dim)}, {"w": ("batch", config.style_dim)}
     if graph_id == STYLES:
-        return {"wplus": ("batch", config.n_latent, config.style_dim),
-                "styles": ("batch", sum(style_channels(config)))}
+        return ({"wplus": ("batch", config.n_latent, config.style_dim)},
+                {"styles": ("batch", sum(style_channels(config)))})
     node = _node(config, linked_node_id(graph_id) or graph_id)
     onnx = graph_format == ONNX_FORMAT
+    output_names = onnx_outputs(config, graph_id) if onnx else graph_io(config, graph_id)[1]
     c_in, c_out = node.in_channels, (3 if node.kind == TO_RGB else node.out_channels)
     if node.kind == CONST:
-        return {"style": ("batch", c_in), "x": ("batch", c_out, 4, 4)}
+        return {"style": ("batch", c_in)}, {output_names[0]: ("batch", c_out, 4, 4)}
     if "skip" in node.inputs:
         h, w = ("height", "width") if onnx else ("2*skip_height", "2*skip_width")
         out = ("out_height", "out_width") if onnx else (h, w)
-        return {"x": ("batch", c_in, h, w), "skip": ("batch", 3, "skip_height", "skip_width"),
-                "style": ("batch", c_in), onnx_outputs(config, graph_id)[0] if onnx else "rgb": ("batch", 3, *out)}
+        return ({"x": ("batch", c_in, h, w), "skip": ("batch", 3, "skip_height", "skip_width"),
+                 "style": ("batch", c_in)}, {output_names[0]: ("batch", 3, *out)})
     up = "" if node.up == 1 else f"{node.up}*"
     out = ("out_height", "out_width") if onnx else (f"{up}height", f"{up}width")
-    shapes = {"x": ("batch", c_in, "height", "width"), "style": ("batch", c_in)}
+    inputs = {"x_mod" if graph_id != node.id else "x": ("batch", c_in, "height", "width"), "style": ("batch", c_in)}
     if "noise" in node.inputs:
-        shapes["noise"] = ("noise_batch", 1, *out) if onnx else ("batch", 1, *out)
-    if graph_id != node.id:  # the linked graph (AOTI only): x_mod for x, the next conv's style and input
-        shapes = {"x_mod" if k == "x" else k: v for k, v in shapes.items()}
-        following = following_conv(config, node.id)
-        if following is not None:
-            shapes["next_style"] = ("batch", following.in_channels)
-        outputs = graph_io(config, graph_id)[1]
-        return {**shapes, **{name: ("batch", c_out, *out) for name in outputs}}
-    return {**shapes, onnx_outputs(config, graph_id)[0] if onnx else node.output: ("batch", c_out, *out)}
+        inputs["noise"] = ("noise_batch", 1, *out) if onnx else ("batch", 1, *out)
+    following = following_conv(config, node.id)
+    if graph_id != node.id and following is not None:  # a linked graph (AOTI only) takes the next conv's style
+        inputs["next_style"] = ("batch", following.in_channels)
+    return inputs, {name: ("batch", c_out, *out) for name in output_names}
 
 
 def input_shapes(config: GeneratorConfig, graph_id: str, batch: int = 1, height: int | None = None,

@@ -33,7 +33,7 @@ from .checkpoint import file_sha256
 from .config import GeneratorConfig
 from .capabilities import AOTI_FORMAT, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
 from .graphs import (PlanStep, graph_ids, graph_io, linked_id, linked_ids, onnx_outputs,
-                     run_plan, signature)
+                     run_plan, signature, Signature)
 
 FORMAT = "soat-export"
 # 5: the run plan (runs), each graph's symbolic shapes, mean styles in every folder; 4: AOTI folders hold the
@@ -189,7 +189,7 @@ def read_manifest(folder: str) -> Manifest:
         if not isinstance(channels_last, list) or not set(map(str, channels_last)) <= set(names[0]):
             raise SoatError(f"{where}: graph {gid!r} lists channels_last inputs {channels_last!r}, which must be a "
                             f"list of its inputs {names[0]}; re-export the folder")
-        if "shapes" in g and g["shapes"] != _listed(signature(config, gid, graph_format)):
+        if "shapes" in g and g["shapes"] != shapes_record(signature(config, gid, graph_format)):
             raise SoatError(f"{where}: graph {gid!r} lists shapes that do not match its layout; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
     runs = _read_runs(m["runs"], config, m["graphs"], where) if "runs" in m else None
@@ -202,8 +202,10 @@ def read_manifest(folder: str) -> Manifest:
                     m.get("device", ANY_DEVICE), m.get("mean_styles"), m["format_version"], runs)
 
 
-def _listed(shapes: dict[str, tuple]) -> dict[str, list]:
-    return {name: list(dims) for name, dims in shapes.items()}
+def shapes_record(sig: Signature) -> dict[str, dict[str, list]]:
+    """A graph's ``signature`` as the manifest records it: ``{"inputs": {name: dims}, "outputs": {...}}``."""
+    inputs, outputs = sig
+    return {"inputs": {k: list(v) for k, v in inputs.items()}, "outputs": {k: list(v) for k, v in outputs.items()}}
 
 
 def _read_runs(runs: object, config: GeneratorConfig, graphs: dict, where: str) -> dict[tuple[int, int], tuple[PlanStep, ...]]:
