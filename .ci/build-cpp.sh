@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends cmake g++ make nlohmann-json3-dev libpng-dev >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends cmake g++ make nlohmann-json3-dev libpng-dev libssl-dev >/dev/null
 start=$SECONDS
 EXPORT=$(cd tests && python -c "from test_aoti import aoti_export_dir; print(aoti_export_dir())" | tail -1)
 echo "aoti test export: $EXPORT ($((SECONDS - start)) s)"

@@ -100,8 +100,11 @@ def _folder_copy(export_dir, folder, keep_linked: bool):
             (folder / m["graphs"][gid.removesuffix(".linked")]["file"]).write_bytes(b"not a package")
         else:
             os.remove(folder / m["graphs"].pop(gid)["file"])
-    if not keep_linked:
+    if not keep_linked:  # a valid format 3 manifest: no run plan, no graph shapes (format 5)
         m["format_version"] = 3
+        m.pop("runs", None)
+        for g in m["graphs"].values():
+            g.pop("shapes", None)
         with open(folder / "manifest.json", "w") as f:
             json.dump(m, f)
     return folder
@@ -165,6 +168,11 @@ def test_a_service_links_the_installed_package(soat_cpp, export_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["generate", "/no/such/export", "--seed", "1"], "no manifest.json"),
     (["generate", "{dir}", "--seed", "x"], "must be an integer"),
+    (["generate", "{dir}", "--seed", "+5"], "--seed +5 must be an integer >= 0"),
+    (["generate", "{dir}", "--seed", " 5"], "must be an integer"),
+    (["generate", "{dir}", "--seed", "5 "], "must be an integer"),
+    (["blend", "{dir}", "--seeds", "1", "0x2"], "must be an integer"),
+    (["columns", "{dir}", "--seed", "1", "--start", "+4", "--width", "9"], "--start +4 must be an integer"),
     (["blend", "{dir}", "--seeds", "1", "2", "--mode", "diagonal"], "not a blend mode"),
     (["columns", "{dir}", "--seed", "1", "--start", "-4", "--width", "9"], "start=-4 is out of range"),
     (["paint", "{dir}"], "unknown command"),
@@ -191,3 +199,127 @@ def test_soat_cpp_bench_times_each_task(soat_cpp, export_dir, task):
 def test_ctest_passes_on_the_export(soat_cpp, export_dir):
     done = subprocess.run(["ctest", "--output-on-failure"], cwd=BUILD, capture_output=True, text=True)
     assert done.returncode == 0 and "soat_export" in done.stdout, done.stdout[-3000:]
+
+
+def _linked_copy(export_dir, folder) -> dict:
+    """A cheap copy of the export: every file a symbolic link to the export's but manifest.json, which is
+    returned (``_write_manifest`` puts it back). ``_replace`` swaps a link for a file of its own."""
+    import json
+    folder.mkdir()
+    for name in os.listdir(export_dir):
+        if name != "manifest.json":
+            os.symlink(os.path.join(export_dir, name), folder / name)
+    with open(os.path.join(export_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _write_manifest(folder, manifest: dict) -> None:
+    import json
+    with open(folder / "manifest.json", "w") as f:
+        json.dump(manifest, f)
+
+
+def _replace(path, data: bytes) -> str:
+    """Write data at path instead of the link there (never through it); returns its sha256."""
+    import hashlib
+    os.remove(path)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fails_with(cmd, message: str) -> None:
+    """soat-cpp exits with status 2 and one line naming the problem, and writes no image."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("soat-cpp: error: ") and message in lines[0], done.stderr
+
+
+def test_soat_cpp_refuses_a_changed_package(soat_cpp, export_dir, tmp_path):
+    """A package whose bytes are not those of its manifest sha256 is not loaded: one line, nothing written."""
+    folder = tmp_path / "changed"
+    _write_manifest(folder, _linked_copy(export_dir, folder))
+    _replace(folder / "input.pt2", b"not the exported package")
+    _fails_with([soat_cpp, "generate", folder, "--seed", "3", "-o", tmp_path / "x.png"], "changed since export")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_soat_cpp_refuses_to_write_nan(soat_cpp, export_dir, tmp_path):
+    """An image with NaN (mean styles of NaN, truncated towards) is refused, as Python's save_png refuses it."""
+    import io
+    folder = tmp_path / "nan"
+    m = _linked_copy(export_dir, folder)
+    buf = io.BytesIO()
+    np.savez(buf, mean_styles=np.full(m["mean_styles"]["shape"], np.nan, dtype=np.float32))
+    m["mean_styles"]["sha256"] = _replace(folder / m["mean_styles"]["file"], buf.getvalue())
+    _write_manifest(folder, m)
+    _fails_with([soat_cpp, "generate", folder, "--seed", "3", "-o", tmp_path / "x.png"], "NaN or infinite")
+    assert os.listdir(tmp_path) == ["nan"]
+
+
+@pytest.mark.parametrize("out", ["x.jpg", "x", ".png", "x.png.tmp"])
+def test_soat_cpp_refuses_an_output_not_png(soat_cpp, export_dir, tmp_path, out):
+    _fails_with([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / out], "must end in .png")
+    assert os.listdir(tmp_path) == []
+
+
+def test_soat_cpp_writes_the_png_whole_and_leaves_no_temporary_files(soat_cpp, export_dir, tmp_path):
+    """The PNG appears under its name only when complete (written beside it, renamed); the packages' private
+    copies are gone when soat-cpp ends."""
+    out, tmp = tmp_path / "out" / "cpp.png", tmp_path / "tmp"
+    out.parent.mkdir()
+    tmp.mkdir()
+    for _ in range(2):  # the second over the first
+        done = subprocess.run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", str(out)], capture_output=True,
+                              text=True, env={**os.environ, "TMPDIR": str(tmp)})
+        assert done.returncode == 0, done.stderr
+    assert os.listdir(out.parent) == ["cpp.png"] and os.listdir(tmp) == []
+    assert _pixels(out).shape == (32, 32, 3)
+
+
+def _node_by_node(chain, first: int, last: int) -> list[dict]:
+    return [{"graph": n["id"], "writes": n["outputs"]} for n in chain[first:last]]
+
+
+def test_soat_cpp_runs_layers_as_the_manifest_plans(soat_cpp, export_dir, tmp_path):
+    """The run plan is read from the manifest: with generate's run 1:N set node by node, every styled conv's own
+    package runs (the linked ones are unreadable) and the image equals the linked run's to fp32 rounding."""
+    folder = tmp_path / "plain"
+    m = _linked_copy(export_dir, folder)
+    n = len(m["chain"])
+    m["runs"][f"1:{n}"] = _node_by_node(m["chain"], 1, n)
+    for gid, g in m["graphs"].items():
+        if gid.endswith(".linked"):
+            _replace(folder / g["file"], b"not a package")
+    _write_manifest(folder, m)
+    _run([soat_cpp, "generate", folder, "--seed", "3", "-o", tmp_path / "plain.png"])
+    _run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / "linked.png"])
+    diff = np.abs(_pixels(tmp_path / "plain.png").astype(np.int16) - _pixels(tmp_path / "linked.png"))
+    assert diff.max() <= 1 and (diff > 0).mean() <= 0.001
+
+
+def _drop_a_run(m):
+    del m["runs"]["1:2"]
+
+
+def _keep_nothing(m):  # conv1's linked step keeps no x, which to_rgb1 then reads
+    run = m["runs"][f"1:{len(m['chain'])}"]
+    assert run[0]["graph"] == "conv1.linked"
+    run[0]["writes"] = []
+
+
+def _foreign_graph(m):
+    m["runs"]["1:2"][0]["graph"] = "convs.0"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop_a_run, "runs of layers"),
+    (_keep_nothing, "reads features no earlier step kept"),
+    (_foreign_graph, "runs node 'conv1' by graph 'convs.0'"),
+])
+def test_soat_cpp_refuses_a_broken_run_plan(soat_cpp, export_dir, tmp_path, edit, message):
+    folder = tmp_path / "broken"
+    m = _linked_copy(export_dir, folder)
+    edit(m)
+    _write_manifest(folder, m)
+    _fails_with([soat_cpp, "generate", folder, "--seed", "3", "-o", tmp_path / "x.png"], message)

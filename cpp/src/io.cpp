@@ -1,6 +1,10 @@
 // Files of an export folder and images out: .npz arrays (NumPy's stored zip of .npy) and PNG via libpng.
+#include <fcntl.h>
 #include <png.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -51,10 +55,28 @@ NpyArray parse_npy(const std::string& where, const unsigned char* data, size_t s
 
 }  // namespace
 
-std::map<std::string, NpyArray> read_npz(const std::string& path) {
+Bytes read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw IoError("cannot open " + path);
-  std::vector<unsigned char> buf((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  Bytes buf((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw IoError("cannot read " + path);
+  return buf;
+}
+
+void write_bytes(const std::string& path, const Bytes& data) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) throw IoError("cannot create " + path + " (" + std::strerror(errno) + ")");
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0 || done != data.size()) throw IoError("cannot write " + path);
+}
+
+std::map<std::string, NpyArray> parse_npz(const std::string& where, const Bytes& buf) {
   std::map<std::string, NpyArray> out;
   size_t pos = 0;
   while (pos + 30 <= buf.size() && le(&buf[pos], 4) == 0x04034b50) {  // local file headers, in order
@@ -72,26 +94,46 @@ std::map<std::string, NpyArray> read_npz(const std::string& path) {
       }
       e += 4 + len;
     }
-    if (method != 0 || csize != usize) throw IoError(path + ": " + name + " is compressed; expected np.savez output");
+    if (method != 0 || csize != usize) throw IoError(where + ": " + name + " is compressed; expected np.savez output");
     size_t data = pos + 30 + nlen + xlen;
-    if (data + csize > buf.size()) throw IoError(path + ": truncated archive");
+    if (data + csize > buf.size()) throw IoError(where + ": truncated archive");
     std::string key = name.size() > 4 ? name.substr(0, name.size() - 4) : name;
-    out[key] = parse_npy(path + ":" + name, &buf[data], csize);
+    out[key] = parse_npy(where + ":" + name, &buf[data], csize);
     pos = data + csize;
   }
-  if (out.empty()) throw IoError(path + " holds no arrays");
+  if (out.empty()) throw IoError(where + " holds no arrays");
   return out;
 }
 
-void write_png_rgb(const std::string& path, const uint8_t* rgb, int64_t height, int64_t width) {
-  FILE* fp = std::fopen(path.c_str(), "wb");
-  if (!fp) throw IoError("cannot write " + path);
+namespace {
+
+// A new file beside path (its name in tmp), opened exclusively with a new file's usual mode (0666 less the umask)
+FILE* create_beside(const std::string& path, std::string& tmp) {
+  static std::atomic<unsigned> counter{0};
+  auto slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    tmp = dir + "." + base + "." + std::to_string(getpid()) + "-" + std::to_string(counter++) + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+      if (FILE* fp = fdopen(fd, "wb")) return fp;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      break;
+    }
+    if (errno != EEXIST) break;
+  }
+  throw IoError("cannot write " + path + ": cannot create a file in its folder (" + std::strerror(errno) + ")");
+}
+
+// libpng into an open file; false where it failed (libpng reports through longjmp, so no C++ objects live here)
+bool png_to(FILE* fp, const uint8_t* rgb, int64_t height, int64_t width) {
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
   png_infop info = png ? png_create_info_struct(png) : nullptr;
   if (!png || !info || setjmp(png_jmpbuf(png))) {
     png_destroy_write_struct(&png, &info);
-    std::fclose(fp);
-    throw IoError("libpng failed to write " + path);
+    return false;
   }
   png_init_io(png, fp);
   png_set_IHDR(png, info, static_cast<png_uint_32>(width), static_cast<png_uint_32>(height), 8, PNG_COLOR_TYPE_RGB,
@@ -100,7 +142,20 @@ void write_png_rgb(const std::string& path, const uint8_t* rgb, int64_t height, 
   for (int64_t y = 0; y < height; ++y) png_write_row(png, const_cast<uint8_t*>(rgb + y * width * 3));
   png_write_end(png, nullptr);
   png_destroy_write_struct(&png, &info);
-  if (std::fclose(fp) != 0) throw IoError("cannot write " + path);
+  return true;
+}
+
+}  // namespace
+
+void write_png_rgb(const std::string& path, const uint8_t* rgb, int64_t height, int64_t width) {
+  std::string tmp;
+  FILE* fp = create_beside(path, tmp);
+  bool ok = png_to(fp, rgb, height, width);
+  ok = std::fclose(fp) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    throw IoError("cannot write " + path);
+  }
 }
 
 }  // namespace soat::detail

@@ -1,4 +1,5 @@
-// Internal: .npz reading and PNG writing (no libtorch), and the sampler's latent values.
+// Internal: files in (whole-file reads, .npz arrays from memory) and PNG out (no libtorch), and the sampler's
+// latent values.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -16,7 +17,12 @@ struct NpyArray {
   std::vector<int64_t> shape;
   std::vector<float> data;
 };
-std::map<std::string, NpyArray> read_npz(const std::string& path);  // float32 arrays by name
+using Bytes = std::vector<unsigned char>;
+Bytes read_bytes(const std::string& path);                     // the whole file
+void write_bytes(const std::string& path, const Bytes& data);  // a new file, readable by this user only
+// float32 arrays by name from the bytes of an .npz (np.savez output); `where` names it in errors
+std::map<std::string, NpyArray> parse_npz(const std::string& where, const Bytes& buf);
+// Written under a temporary name in path's folder, then renamed: a reader sees the old file or the whole new one
 void write_png_rgb(const std::string& path, const uint8_t* rgb, int64_t height, int64_t width);
 }  // namespace detail
 }  // namespace soat

@@ -33,16 +33,16 @@ struct Args {
   std::map<std::string, std::string> opts;
 };
 
-// an integer option: the whole text, in range (unsigned: no sign)
+// an integer option: digits only (a '-' first where signed), in range; "+5", " 5" or "5 " are refused, as a
+// seed that reads differently elsewhere would name another image
 template <class T>
 T parse_int(const std::string& name, const std::string& v) {
   const bool is_unsigned = std::is_unsigned<T>::value;
+  const std::string digits = !is_unsigned && !v.empty() && v[0] == '-' ? v.substr(1) : v;
   try {
-    size_t used = 0;
-    if (v.empty() || (is_unsigned && v[0] == '-')) throw std::invalid_argument("");
-    T x = is_unsigned ? static_cast<T>(std::stoull(v, &used)) : static_cast<T>(std::stoll(v, &used));
-    if (used != v.size()) throw std::invalid_argument("");
-    return x;
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+      throw std::invalid_argument("");
+    return is_unsigned ? static_cast<T>(std::stoull(v)) : static_cast<T>(std::stoll(v));
   } catch (const std::exception&) {
     throw soat::Error(name + " " + v + (is_unsigned ? " must be an integer >= 0" : " must be an integer"));
   }
@@ -84,6 +84,7 @@ Args parse(int argc, char** argv) {
     else throw soat::Error("unknown option " + k);
   }
   if (a.out.empty() && a.command != "bench") throw soat::Error("-o out.png is required");
+  if (!a.out.empty()) soat::check_png_path(a.out);
   if (a.graphs != "on" && a.graphs != "off") throw soat::Error("--graphs " + a.graphs + " must be on or off");
   return a;
 }

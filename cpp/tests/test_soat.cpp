@@ -1,16 +1,22 @@
 // ctest unit tests of libsoat. Without an argument: the sampler against values NumPy computed, PNG
-// rounding and writing. With an export folder (argv[1]; ctest passes -DSOAT_TEST_EXPORT): loading, every task's
-// shape and range, batching, seed_z and the refusals.
+// rounding, writing and refusals. With an export folder (argv[1]; ctest passes -DSOAT_TEST_EXPORT): loading, every
+// task's shape and range, batching, seed_z, the refusals, and the folder's files read only as verified.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include "soat/soat.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 static int failures = 0;
 #define SOAT_CHECK(cond)                                                               \
@@ -22,6 +28,18 @@ static int failures = 0;
   } while (0)
 
 static double hexd(const char* s) { return std::strtod(s, nullptr); }
+
+static bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// The message of the soat::Error that f throws ("" where it throws none)
+static std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const soat::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 static void test_sampler() {
   // soat.runtime.tasks.endless_sampler, computed by NumPy
@@ -53,13 +71,46 @@ static void test_png(const std::filesystem::path& tmp) {
   auto path = (tmp / "soat_test.png").string();
   soat::save_png(img, path);
   SOAT_CHECK(std::filesystem::file_size(path) > 8);
-  bool threw = false;
-  try {
-    soat::save_png(at::zeros({2, 3, 4, 4}), path);
-  } catch (const soat::Error&) {
-    threw = true;
+  SOAT_CHECK(!error_of([&] { soat::save_png(at::zeros({2, 3, 4, 4}), path); }).empty());
+}
+
+// save_png refuses what Python's refuses (no .png name, NaN or inf), writes nothing then, and leaves no temporary
+// file beside a written one
+static void test_png_refusals(const fs::path& tmp) {
+  const fs::path dir = tmp / "soat_test_png";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  at::Tensor img = at::zeros({1, 3, 2, 2});
+  for (const char* name : {"out.jpg", "out", ".png", "out.png/"})
+    SOAT_CHECK(has(error_of([&] { soat::save_png(img, (dir / name).string()); }), "must end in .png"));
+  for (float bad : {NAN, INFINITY}) {
+    at::Tensor spoiled = img.clone();
+    spoiled[0][1][1][0] = bad;
+    SOAT_CHECK(has(error_of([&] { soat::save_png(spoiled, (dir / "bad.png").string()); }), "NaN or infinite"));
   }
-  SOAT_CHECK(threw);
+  SOAT_CHECK(fs::is_empty(dir));
+  soat::save_png(img, (dir / "out.PNG").string());
+  soat::save_png(img, (dir / "out.PNG").string());  // over an existing file
+  SOAT_CHECK(std::distance(fs::directory_iterator(dir), fs::directory_iterator()) == 1);
+  fs::remove_all(dir);
+}
+
+// A copy of an export folder at dst: manifest.json returned (write_manifest puts it back), every other file a
+// symbolic link to the export's (replace_file swaps one for a file of its own, never writing through the link)
+static json link_copy(const std::string& src, const fs::path& dst) {
+  fs::remove_all(dst);
+  fs::create_directories(dst);
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.path().filename() != "manifest.json") fs::create_symlink(fs::absolute(e.path()), dst / e.path().filename());
+  std::ifstream f(fs::path(src) / "manifest.json");
+  return json::parse(f);
+}
+
+static void write_manifest(const fs::path& dst, const json& j) { std::ofstream(dst / "manifest.json") << j.dump(1); }
+
+static void replace_file(const fs::path& path, const std::string& bytes) {
+  fs::remove(path);
+  std::ofstream(path, std::ios::binary) << bytes;
 }
 
 static void test_export(const std::string& dir) {
@@ -72,6 +123,7 @@ static void test_export(const std::string& dir) {
   at::Tensor both = G.generate(s);
   SOAT_CHECK(both.sizes() == at::IntArrayRef({2, 3, R, R}));
   SOAT_CHECK(both.abs().max().item<float>() <= 1.0f);
+  SOAT_CHECK(both.is_inference() && s[0].is_inference() && z.is_inference());  // calls run in InferenceMode
   // a batch of two gives each image as alone (to fp32 rounding)
   SOAT_CHECK((G.generate(s2) - both.slice(0, 1, 2)).abs().max().item<float>() < 1e-4);
   SOAT_CHECK(G.blend(s1, s2).sizes() == at::IntArrayRef({1, 3, R, R}));
@@ -113,12 +165,70 @@ static void test_export(const std::string& dir) {
   SOAT_CHECK(threw);
 }
 
+// A package whose bytes are not those of its manifest sha256 is never loaded: the call that needs it throws one
+// line; the noise and mean styles are checked when the Generator is made
+static void test_changed_files(const std::string& dir, const fs::path& tmp) {
+  const fs::path copy = tmp / "soat_test_changed";
+  write_manifest(copy, link_copy(dir, copy));
+  replace_file(copy / "input.pt2", "not the exported package");
+  soat::Generator G(copy.string());  // packages load on first use
+  auto s = G.styles(G.seed_z({3}), 0.7);
+  std::string e = error_of([&] { G.generate(s); });
+  SOAT_CHECK(has(e, "graph 'input'") && has(e, "changed since export") && has(e, "re-export") && !has(e, "\n"));
+  for (const char* name : {"noise.npz", "mean_styles.npz"}) {
+    write_manifest(copy, link_copy(dir, copy));
+    replace_file(copy / name, "PK not the exported arrays");
+    e = error_of([&] { soat::Generator bad(copy.string()); });
+    SOAT_CHECK(has(e, name) && has(e, "changed since export"));
+  }
+  fs::remove_all(copy);
+}
+
+// A folder replaced by another export after a Generator was made on it: that Generator gives the first model's
+// image or one soat::Error, never a mix. The other export: the 512-channel convs of 8 and 16 px trade their
+// packages (and linked packages), a valid folder of another model.
+static void test_swapped_folder(const std::string& dir, const fs::path& tmp) {
+  const fs::path a = tmp / "soat_test_swap", b = tmp / "soat_test_swap_next", old = tmp / "soat_test_swap_old";
+  fs::remove_all(old);
+  write_manifest(a, link_copy(dir, a));
+  json other = link_copy(dir, b);
+  for (std::string suffix : {"", ".linked"}) {
+    auto& graphs = other["graphs"];
+    if (!graphs.contains("convs.1" + suffix)) continue;
+    auto &g1 = graphs["convs.1" + suffix], &g3 = graphs["convs.3" + suffix];
+    std::swap(g1["sha256"], g3["sha256"]);
+    for (auto [from, to] : {std::make_pair(&g1, &g3), std::make_pair(&g3, &g1)}) {
+      fs::remove(b / (*from)["file"].get<std::string>());
+      fs::create_symlink(fs::absolute(fs::path(dir) / (*to)["file"].get<std::string>()),
+                         b / (*from)["file"].get<std::string>());
+    }
+  }
+  write_manifest(b, other);
+  soat::Generator ran(a.string()), fresh(a.string());
+  auto s = ran.styles(ran.seed_z({3}), 0.7);
+  at::Tensor first = ran.generate(s);
+  fresh.styles(fresh.seed_z({3}), 0.7);  // mapping and styles loaded, no layer yet
+  fs::rename(a, old);
+  fs::rename(b, a);
+  SOAT_CHECK(at::equal(ran.generate(s), first));  // every package it runs was loaded before the swap
+  SOAT_CHECK(has(error_of([&] { fresh.generate(s); }), "changed since export"));
+  soat::Generator after(a.string());
+  SOAT_CHECK(!at::allclose(after.generate(s), first, 0, 1e-3));  // the swapped folder is another model
+  for (const auto& p : {a, b, old}) fs::remove_all(p);
+}
+
 int main(int argc, char** argv) {
   auto tmp = std::filesystem::temp_directory_path();
   test_sampler();
   test_png(tmp);
-  if (argc > 1) test_export(argv[1]);
-  else std::cout << "no export folder given (cmake -DSOAT_TEST_EXPORT=DIR): export tests skipped\n";
+  test_png_refusals(tmp);
+  if (argc > 1) {
+    test_export(argv[1]);
+    test_changed_files(argv[1], tmp);
+    test_swapped_folder(argv[1], tmp);
+  } else {
+    std::cout << "no export folder given (cmake -DSOAT_TEST_EXPORT=DIR): export tests skipped\n";
+  }
   if (failures) std::cerr << failures << " check(s) failed\n";
   else std::cout << "ok\n";
   return failures ? 1 : 0;

@@ -5,13 +5,16 @@
 //   soat::save_png(G.generate(s), "out.png");         // [B, 3, R, R] in [-1, 1]
 //
 // Tasks: generate, blend (horizontal/vertical), merge_extension, expand and the endless panorama's
-// columns(seed, start, width); the feature ops between graphs are ATen calls, and consecutive styled convs
-// run through the export's linked graphs (no modulation pass between them). Every failure throws
-// soat::Error with a one-line message. Packages load only in the libtorch version (and on the device
-// type) that built them; the constructor checks both against the manifest. On CUDA, generate, blend and
-// merge_extension (and so columns) replay one CUDA graph per task and input shapes, captured on the first
-// call of each (at most 32 kept, the least recently used dropped). A Generator is not thread-safe: one per
-// thread.
+// columns(seed, start, width); the feature ops between graphs are ATen calls, and runs of layers go as the
+// manifest's plan says (format 5: consecutive styled convs through the export's linked graphs, no modulation
+// pass between them; older folders node by node). Every failure throws soat::Error with a one-line message.
+// Packages load only in the libtorch version (and on the device type) that built them; the constructor checks
+// both against the manifest. Every file is read once, checked against its sha256 in the manifest, and only
+// those bytes are used (packages load lazily, on first use): a folder changed after construction gives the
+// first model's images or a soat::Error, never a mix. Calls run in c10::InferenceMode, so the tensors they
+// return are inference tensors. On CUDA, generate, blend and merge_extension (and so columns) replay one CUDA
+// graph per task and input shapes, captured on the first call of each (at most 32 kept, the least recently
+// used dropped). A Generator is not thread-safe: one per thread.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -65,9 +68,8 @@ class Generator {
   // One graph of the export on named-order inputs (graph_io order); returns its one output.
   at::Tensor run_graph(const std::string& id, std::vector<at::Tensor> inputs);
 
-  struct Impl;  // opaque
-
  private:
+  struct Impl;  // cpp/src/impl.h
   std::unique_ptr<Impl> impl_;
 };
 
@@ -78,6 +80,9 @@ at::Tensor endless_latent(uint64_t seed, int64_t index, int64_t dim = 512);
 std::vector<double> raw_latent(uint64_t seed, int64_t j, int64_t dim = 512);
 
 at::Tensor to_uint8(const at::Tensor& images);  // [B, 3, H, W] in [-1, 1] -> [B, H, W, 3] uint8 (round half up)
-void save_png(const at::Tensor& image, const std::string& path);  // batch of one
+// A batch of one to path (which must end in .png), written under a temporary name in its folder and renamed; an
+// image with NaN or infinite values is refused (it would be saved as black).
+void save_png(const at::Tensor& image, const std::string& path);
+void check_png_path(const std::string& path);  // throws unless path ends in .png (what save_png writes)
 
 }  // namespace soat
