@@ -24,7 +24,7 @@ from .. import version
 from ..errors import SoatError
 from ..runtime.chain import style_channels
 from ..runtime.checkpoint import file_sha256
-from ..runtime.generator import MEAN_STYLE_SAMPLES, MEAN_STYLE_SEED, Generator
+from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
 from ..runtime.graphs import MAPPING, STYLES, graph_io, run_plan, signature
 from ..runtime.capabilities import AOTI_FORMAT
@@ -32,6 +32,7 @@ from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, 
                                 NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs,
                                 shapes_record)
 from ..runtime.sources import load_weights
+from ..runtime.styles import mean_style_z, mean_w
 from ..runtime.weights import StyleGAN2Weights
 
 
@@ -120,16 +121,11 @@ def write_mean_styles(weights: StyleGAN2Weights, path: str) -> dict:
     w_avg = getattr(weights, "w_avg", None)
     with torch.no_grad():
         if w_avg is not None:
-            mean_w = w_avg.detach().reshape(1, -1).to("cpu", torch.float32)
+            centre = w_avg.detach().reshape(1, -1).to("cpu", torch.float32)
         else:
             mapping = graph_module(weights, MAPPING).to("cpu", torch.float32).eval()
-            gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
-            z = torch.randn(MEAN_STYLE_SAMPLES, config.style_dim, generator=gen)
-            total = torch.zeros(1, config.style_dim, dtype=torch.float64)
-            for chunk in torch.split(z, 4096):
-                total += mapping(chunk).double().sum(0, keepdim=True)
-            mean_w = (total / z.shape[0]).float()
-        flat = affines(mean_w.unsqueeze(1).repeat(1, config.n_latent, 1)).numpy()
+            centre = mean_w(mapping, mean_style_z(config.style_dim)).float()
+        flat = affines(centre.unsqueeze(1).repeat(1, config.n_latent, 1)).numpy()
     with open(path, "wb") as f:
         np.savez(f, mean_styles=flat)
     return {"file": os.path.basename(path), "sha256": file_sha256(path), "shape": list(flat.shape)}

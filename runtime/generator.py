@@ -13,14 +13,12 @@ from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .graphs import MAPPING, STYLES
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
-from .styles import StyleArg, check_styles, truncate, unflatten_styles
+from .styles import StyleArg, check_styles, mean_style_z, mean_w, truncate, unflatten_styles
 from .task_graphs import TaskGraphs
 
-MEAN_STYLE_SAMPLES = 50_000
 # the tasks Generator.warmup can run, with how many style lists each takes
 WARMUP_STYLE_LISTS = {"generate": 1, "expand": 1, "shift": 1, "blend": 2, "merge": 2, "merge_extension": 2,
                       "blend_bbox": 2, "patch_swap": 2}
-MEAN_STYLE_SEED = 0x50A7
 MEAN_FROM_CHECKPOINT = "checkpoint w_avg"  # Generator.mean_source values
 MEAN_SAMPLED = "sampled"
 MEAN_FROM_EXPORT = "stored in the export"
@@ -117,19 +115,13 @@ class Generator:
         if self._mean_styles is None and self._missing_mean:
             raise SoatError(self._missing_mean)
         if self._mean_styles is None:
-            gen = torch.Generator().manual_seed(MEAN_STYLE_SEED)
-            z = torch.randn(MEAN_STYLE_SAMPLES, self.config.style_dim, generator=gen)
-            self.estimate_mean_styles(z)
+            self.estimate_mean_styles(mean_style_z(self.config.style_dim))
         return self._mean_styles
 
     def estimate_mean_styles(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Set sigma_bar to the per-entry mean of sigma over the given ``z [N, 512]`` (the reference's rule)."""
         z = self._check_latent(z, "z", 2)
-        total = torch.zeros(1, self.config.style_dim, device=self.device, dtype=torch.float64)
-        for chunk in torch.split(z, 4096):
-            total += self.w(chunk).double().sum(0, keepdim=True)
-        mean_w = (total / z.shape[0]).to(self.dtype)
-        self._mean_styles = self.styles_from_w(mean_w)
+        self._mean_styles = self.styles_from_w(mean_w(self.w, z).to(self.dtype))
         self.mean_source = MEAN_SAMPLED
         return self._mean_styles
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 
@@ -56,3 +56,23 @@ def truncate(styles: Sequence[torch.Tensor], mean: Sequence[torch.Tensor], psi: 
     if psi == 1:
         return list(styles)
     return [m + psi * (s - m) for s, m in zip(styles, mean)]
+
+
+MEAN_STYLE_SAMPLES = 50_000
+MEAN_STYLE_SEED = 0x50A7
+
+
+def mean_style_z(style_dim: int) -> torch.Tensor:
+    """The z whose mean w centres truncation where a checkpoint has no mean latent: 50,000 draws from a private
+    generator (the global RNG is untouched), ``[N, style_dim]`` fp32 on the CPU."""
+    return torch.randn(MEAN_STYLE_SAMPLES, style_dim, generator=torch.Generator().manual_seed(MEAN_STYLE_SEED))
+
+
+def mean_w(w_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """The mean of ``w_of(z)`` over ``z [N, 512]``, ``[1, 512]`` float64, summed in chunks of 4096 (so the
+    Generator and the exporter get the same centre to the last bits)."""
+    total = None
+    for chunk in torch.split(z, 4096):
+        part = w_of(chunk).double().sum(0, keepdim=True)
+        total = part if total is None else total + part
+    return total / z.shape[0]

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "errors.h"
@@ -177,11 +178,21 @@ void read_runs(const json& j, Manifest& m) {
                 " runs of layers; re-export the folder");
 }
 
+// The precisions an AOTI export takes (soat.runtime.capabilities.PRECISIONS; tests/test_capabilities.py checks
+// the names against that table): a name this libsoat does not know is refused, never read as fp32.
+c10::ScalarType parse_dtype(const std::string& name, const Manifest& m) {
+  static const std::map<std::string, c10::ScalarType> kDtypes{
+      {"fp32", c10::kFloat}, {"fp16", c10::kHalf}, {"bf16", c10::kBFloat16}};
+  auto it = kDtypes.find(name);
+  if (it == kDtypes.end())
+    throw Error(m.path + ": dtype '" + name + "' is not fp32, fp16 or bf16; re-export the folder");
+  return it->second;
+}
+
 void read_model(const json& j, Manifest& m) {
   m.torch = j.at("exporter").at("torch");
   m.device = j.at("device");
-  std::string dt = j.at("dtype");
-  m.dtype = dt == "fp16" ? c10::kHalf : dt == "bf16" ? c10::kBFloat16 : c10::kFloat;
+  m.dtype = parse_dtype(j.at("dtype").get<std::string>(), m);
   m.size = j.at("config").at("size");
   m.style_dim = j.at("config").at("style_dim");
   int64_t log_size = 0;
