@@ -33,6 +33,7 @@ from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, 
                                 shapes_record)
 from ..runtime.sources import load_weights
 from ..runtime.styles import mean_style_z, mean_w
+from ..runtime.tasks.panorama_geometry import span_columns
 from ..runtime.weights import StyleGAN2Weights
 
 
@@ -89,8 +90,15 @@ def finish_folder(folder: str, source: Source, graph_format: str, dtype: str, op
         "chain": chain_record(config), "style_channels": style_channels(config), "graphs": graphs,
         "noise": noise, "device": device, "mean_styles": mean,
         "runs": encode_runs(config, lambda first, last: run_plan(config, first, last, linked)),
+        "endless": endless_record(config.size),
     }
     return write_manifest(folder, manifest)
+
+
+def endless_record(size: int) -> dict:
+    """The endless panorama's geometry for consumers outside Python (libsoat): spans ``span_width`` wide, span 0
+    giving its columns ``first`` (``[lo, hi)``), every later span ``later`` (``tasks.panorama_geometry``)."""
+    return {"span_width": 2 * size, "first": list(span_columns(size, 0)), "later": list(span_columns(size, 1))}
 
 
 def write_manifest(folder: str, manifest: dict) -> str:

@@ -47,12 +47,13 @@ GRAPH_SUFFIX = {ONNX_FORMAT: ".onnx", AOTI_FORMAT: ".pt2"}
 FIELDS_V1 = ("format", "format_version", "exporter", "config", "dtype", "opset", "source", "chain",
              "style_channels", "graphs", "noise")
 FIELDS_V2 = FIELDS_V1 + ("device", "mean_styles")
-FIELDS = {1: FIELDS_V1, 2: FIELDS_V2, 3: FIELDS_V2, 4: FIELDS_V2, 5: FIELDS_V2 + ("runs",)}
+FIELDS = {1: FIELDS_V1, 2: FIELDS_V2, 3: FIELDS_V2, 4: FIELDS_V2, 5: FIELDS_V2 + ("runs", "endless")}
 GRAPH_FIELDS_V1 = ("file", "sha256", "inputs", "outputs")
 GRAPH_FIELDS_V3 = GRAPH_FIELDS_V1 + ("format", "channels_last")
 GRAPH_FIELDS = {1: GRAPH_FIELDS_V1, 2: GRAPH_FIELDS_V1 + ("format",), 3: GRAPH_FIELDS_V3, 4: GRAPH_FIELDS_V3,
                 5: GRAPH_FIELDS_V3 + ("shapes",)}
 STEP_FIELDS = ("graph", "writes")
+ENDLESS_FIELDS = ("span_width", "first", "later")
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
@@ -193,6 +194,8 @@ def read_manifest(folder: str) -> Manifest:
             raise SoatError(f"{where}: graph {gid!r} lists shapes that do not match its layout; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
     runs = _read_runs(m["runs"], config, m["graphs"], where) if "runs" in m else None
+    if "endless" in m:
+        _check_endless(m["endless"], config, where)
     _check_fields(m["noise"], NOISE_FIELDS, f"{where} noise")
     _check_file(folder, m["noise"], "noise buffers")
     if not v1 and m["mean_styles"] is not None:
@@ -200,6 +203,19 @@ def read_manifest(folder: str) -> Manifest:
         _check_file(folder, m["mean_styles"], "mean styles")
     return Manifest(folder, config, m["dtype"], m["opset"], m["source"], m["graphs"], m["noise"], m["exporter"],
                     m.get("device", ANY_DEVICE), m.get("mean_styles"), m["format_version"], runs)
+
+
+def _check_endless(record: object, config: GeneratorConfig, where: str) -> None:
+    """The endless panorama's geometry (written for libsoat from ``tasks.panorama_geometry``): spans ``2R`` wide,
+    span 0 giving columns ``first = [lo, hi)``, every later span ``later``, each a range inside the span."""
+    _check_fields(record, ENDLESS_FIELDS, f"{where} endless")
+    width = record["span_width"]
+    ranges = [record["first"], record["later"]]
+    if width != 2 * config.size or not all(
+            isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r) and 0 <= r[0] < r[1] <= width
+            for r in ranges):
+        raise SoatError(f"{where}: endless {json.dumps(record)[:80]} is not a panorama geometry of its "
+                        f"{config.size}px layout; re-export the folder")
 
 
 def shapes_record(sig: Signature) -> dict[str, dict[str, list]]:

@@ -45,6 +45,18 @@ def onnx_export(source, tmp_path_factory, name: str, **kwargs) -> str:
     return str(folder)
 
 
+def as_format(manifest: dict, version: int) -> dict:
+    """A current manifest (a dict) rewritten as an older format's: the fields format 5 added are dropped (run plan,
+    panorama geometry, graph shapes)."""
+    manifest["format_version"] = version
+    if version < 5:
+        manifest.pop("runs", None)
+        manifest.pop("endless", None)
+        for g in manifest["graphs"].values():
+            g.pop("shapes", None)
+    return manifest
+
+
 def make_styles(G: soat.Generator, batch: int = 1, seed: int = 0) -> list[torch.Tensor]:
     """Untruncated sigma list ``[[batch, C_k]]`` from seeded z (the global RNG is left alone)."""
     z = torch.randn(batch, G.config.style_dim, generator=torch.Generator().manual_seed(seed))

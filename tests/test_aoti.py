@@ -24,13 +24,13 @@ import soat.export
 from soat.export.aoti_export import dynamic_shapes, export_aoti
 from soat.runtime.graphs import graph_ids, linked_ids
 from soat.runtime.manifest import MANIFEST, read_manifest
-from conftest import make_styles, pick, rel_err
+from conftest import as_format, make_styles, pick, rel_err
 
 TOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = ("random:1", 32, 1)  # the g32 fixture's model
-_KEYED = ("export/aoti_export.py", "runtime/graph_modules.py", "runtime/graphs.py", "runtime/manifest.py",
-          "runtime/layers.py")
+_KEYED = ("export/aoti_export.py", "export/folder.py", "runtime/graph_modules.py", "runtime/graphs.py",
+          "runtime/manifest.py", "runtime/layers.py")
 
 
 def aoti_export_dir() -> str:
@@ -167,7 +167,9 @@ def test_every_graph_has_dynamic_batch_and_size(g32):
         assert 0 in next(iter(dynamic_shapes(g32.config, gid).values())), gid
 
 
-def _copy_with(aoti_dir, tmp_path, **fields) -> str:
+def _copy_with(aoti_dir, tmp_path, format_version: int | None = None, **fields) -> str:
+    """A copy of the export with manifest fields replaced (``torch``: the exporter's torch version), written as
+    ``format_version``'s manifest where given."""
     folder = str(tmp_path / "copy")
     shutil.copytree(aoti_dir, folder)
     path = os.path.join(folder, MANIFEST)
@@ -178,10 +180,8 @@ def _copy_with(aoti_dir, tmp_path, **fields) -> str:
             m["exporter"]["torch"] = v
         else:
             m[k] = v
-    if m["format_version"] < 5:  # an older format's manifest has no run plan and no shapes
-        m.pop("runs", None)
-        for g in m["graphs"].values():
-            g.pop("shapes", None)
+    if format_version is not None:
+        as_format(m, format_version)
     with open(path, "w") as f:
         json.dump(m, f)
     return folder

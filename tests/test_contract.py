@@ -27,7 +27,7 @@ from soat.runtime.config import GeneratorConfig
 from soat.runtime.graphs import run_plan
 from soat.runtime.manifest import MANIFEST, read_manifest
 from soat.runtime.random_model import random_weights
-from conftest import make_styles, rel_err
+from conftest import as_format, make_styles, rel_err
 from test_aoti import aoti_dir  # noqa: F401  (the shared 32px AOTI export)
 from test_loading import rosinality_g_ema, save_ckpt
 from test_nvidia import nv_generator, write_pickle
@@ -205,10 +205,7 @@ def test_old_onnx_export_without_mean_styles_refuses_truncation(g8, tmp_path):
     soat.export.export(g8, folder, progress=False)
 
     def as_format_4(m):
-        m["format_version"], m["mean_styles"] = 4, None
-        del m["runs"]
-        for g in m["graphs"].values():
-            del g["shapes"]
+        as_format(m, 4)["mean_styles"] = None
 
     G = soat.load(_edit(folder, tmp_path, as_format_4), backend="onnxruntime")
     s = make_styles(g8, seed=2)

@@ -18,6 +18,7 @@ from PIL import Image
 import soat
 from soat.commands import seed_z
 from soat.runtime.images import save_png
+from conftest import as_format
 from test_aoti import ROOT, aoti_export_dir
 
 BUILD = os.environ.get("SOAT_CPP_BUILD", os.path.join(ROOT, "build"))
@@ -101,10 +102,7 @@ def _folder_copy(export_dir, folder, keep_linked: bool):
         else:
             os.remove(folder / m["graphs"].pop(gid)["file"])
     if not keep_linked:  # a valid format 3 manifest: no run plan, no graph shapes (format 5)
-        m["format_version"] = 3
-        m.pop("runs", None)
-        for g in m["graphs"].values():
-            g.pop("shapes", None)
+        as_format(m, 3)
         with open(folder / "manifest.json", "w") as f:
             json.dump(m, f)
     return folder
@@ -121,6 +119,16 @@ def test_generate_runs_the_linked_graphs_and_folders_without_them_node_by_node(s
     _run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / "export.png"])
     assert np.array_equal(images[0], _pixels(tmp_path / "export.png"))
     assert np.array_equal(images[1], images[0])
+
+
+def test_columns_read_the_panorama_geometry_from_the_manifest(soat_cpp, export_dir, tmp_path):
+    """The endless panorama's geometry is the exporter's (format 5's "endless"); an older folder says to
+    re-export, in one line, rather than assume it."""
+    folder = _folder_copy(export_dir, tmp_path / "v3", keep_linked=False)
+    done = subprocess.run([soat_cpp, "columns", str(folder), "--seed", "1", "--start", "0", "--width", "9", "-o",
+                           str(tmp_path / "c.png")], capture_output=True, text=True)
+    assert done.returncode != 0 and "does not record the endless panorama's geometry; re-export" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()
 
 
 SERVICE_CMAKE = """cmake_minimum_required(VERSION 3.18)

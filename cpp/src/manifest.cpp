@@ -11,6 +11,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "errors.h"
 #include "soat/soat.h"
@@ -223,6 +224,26 @@ const Graph& Manifest::graph(const std::string& id) const {
   return it->second;
 }
 
+// [lo, hi) of a span: integers with 0 <= lo < hi <= width
+static std::pair<int64_t, int64_t> span_range(const json& r, int64_t width, const std::string& where) {
+  auto v = r.get<std::vector<int64_t>>();
+  if (v.size() != 2 || v[0] < 0 || v[0] >= v[1] || v[1] > width)
+    throw Error(where + " is not a column range of a span; re-export the folder");
+  return {v[0], v[1]};
+}
+
+static void read_endless(const json& j, Manifest& m) {
+  if (m.version < 5) return;
+  const json& e = j.at("endless");
+  const std::string where = m.path + ": endless";
+  Endless g;
+  g.span_width = e.at("span_width");
+  if (g.span_width != 2 * m.size) throw Error(where + " spans are not twice the image width; re-export the folder");
+  std::tie(g.first_lo, g.first_hi) = span_range(e.at("first"), g.span_width, where);
+  std::tie(g.lo, g.hi) = span_range(e.at("later"), g.span_width, where);
+  m.endless = g;
+}
+
 const Plan& Manifest::plan(size_t first, size_t last) const { return runs.at({first, last}); }
 
 Manifest read_manifest(const std::string& folder) {
@@ -236,6 +257,7 @@ Manifest read_manifest(const std::string& folder) {
     read_chain(j, m);
     read_runs(j, m);
     read_model(j, m);
+    read_endless(j, m);
   } catch (const json::exception& e) {
     throw Error(m.path + " is not a manifest this libsoat reads (" + first_line(e.what()) + "); re-export the folder");
   }

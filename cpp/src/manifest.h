@@ -46,6 +46,12 @@ struct Step {
 };
 using Plan = std::vector<Step>;
 
+// The endless panorama's geometry (format 5's "endless", from soat.runtime.tasks.panorama_geometry): spans are
+// span_width columns wide; span 0 gives its columns [first_lo, first_hi), every later span [lo, hi)
+struct Endless {
+  int64_t span_width = 0, first_lo = 0, first_hi = 0, lo = 0, hi = 0;
+};
+
 struct Manifest {
   std::string folder, path;  // the folder and its manifest.json
   int version = 0;
@@ -59,6 +65,7 @@ struct Manifest {
   std::map<std::pair<size_t, size_t>, Plan> runs;
   FileRecord noise;
   std::optional<FileRecord> mean_styles;
+  std::optional<Endless> endless;  // format 5 on
 
   const Graph& graph(const std::string& id) const;
   const Plan& plan(size_t first, size_t last) const;

@@ -262,17 +262,20 @@ at::Tensor Generator::columns(uint64_t seed, int64_t start, int64_t width, doubl
     if (it == m.latent_cache.end()) it = m.latent_cache.emplace(key, styles(endless_latent(seed, i), truncation)).first;
     return it->second;
   };
-  // panorama_geometry: span 0 gives [0, R + p), later spans [p, 2R - p); p = 2R // 4
-  const int64_t R = m.manifest.size, p = 2 * R / 4, head_hi = R + p, lo = p, hi = 2 * R - p, step = hi - lo;
+  if (!m.manifest.endless)
+    throw Error("export '" + m.manifest.folder + "' (manifest format " + std::to_string(m.manifest.version) +
+                ") does not record the endless panorama's geometry; re-export it for columns");
+  const detail::Endless& g = *m.manifest.endless;  // the columns each span gives, as the exporter wrote them
+  const int64_t R = m.manifest.size, head = g.first_hi - g.first_lo, lo = g.lo, hi = g.hi, step = hi - lo;
   at::Tensor out;
   int64_t col = start, stop = start + width, dst = 0, cached_index = -1;
   at::Tensor span;
   while (col < stop) {
     int64_t index, local, end;
-    if (col < head_hi) {
-      index = 0, local = col, end = head_hi;
+    if (col < head) {
+      index = 0, local = g.first_lo + col, end = g.first_hi;
     } else {
-      index = (col - head_hi) / step + 1, local = lo + (col - head_hi) % step, end = hi;
+      index = (col - head) / step + 1, local = lo + (col - head) % step, end = hi;
     }
     int64_t n = std::min(stop - col, end - local);
     if (index != cached_index) {
