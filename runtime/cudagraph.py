@@ -10,13 +10,13 @@ for NaN/inf inside it unless the caller's inputs are its own (``check_inputs=Fal
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import SoatError
+from .lru import LRU
 
 
 def is_capturing() -> bool:
@@ -89,12 +89,19 @@ class GraphedTask:
         self.fn = fn
         self.warmup = warmup
         self.check_inputs = check_inputs
-        self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple, _Capture] = OrderedDict()
+        self._captures: LRU[tuple, _Capture] = LRU(max_graphs)
         self._pool = None  # one memory pool for every capture: replays are sequential, so they can share it
 
+    @property
+    def max_graphs(self) -> int | None:
+        return self._captures.capacity
+
+    @max_graphs.setter
+    def max_graphs(self, value: int | None) -> None:
+        self._captures.capacity = value
+
     def __len__(self) -> int:
-        return len(self._graphs)
+        return len(self._captures)
 
     def __call__(self, *args: Any) -> torch.Tensor:
         leaves, spec = pytree.tree_flatten(args)
@@ -102,14 +109,11 @@ class GraphedTask:
         if not tensors or any(not x.is_cuda for x in tensors):
             raise SoatError("graphed tasks need CUDA tensors; load the generator with device='cuda'")
         key = (_signature(leaves), str(spec))
-        if key not in self._graphs:
-            if self.max_graphs is not None and len(self._graphs) >= self.max_graphs:
-                self._graphs.popitem(last=False)
-            self._graphs[key] = self._capture(leaves, spec, tensors)
-        else:
-            self._graphs[key].load(tensors)
-            self._graphs.move_to_end(key)
-        captured = self._graphs[key]
+        captured = self._captures.peek(key)
+        if captured is not None:
+            captured.load(tensors)
+        else:  # the least recently used capture goes first (its memory returns to the pool)
+            captured = self._captures.get(key, lambda: self._capture(leaves, spec, tensors))
         captured.graph.replay()
         if self.check_inputs and not bool(captured.finite):
             raise SoatError("an input of the graphed task contains NaN or inf")

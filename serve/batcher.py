@@ -29,7 +29,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from ..runtime.tasks.infinite import LRU, SpanKey, spans
+from ..runtime.lru import LRU
+from ..runtime.tasks.infinite import SpanKey, spans
 from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
 
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds

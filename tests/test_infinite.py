@@ -215,3 +215,21 @@ def test_streaming_replays_follow_the_generators_graph_setting(monkeypatch):
     assert not G.graphs.enabled
     assert replayed(G, "probe", lambda g, x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
     assert caches(G).graphs == {}
+
+
+def test_the_lru_drops_the_least_recently_used_and_makes_room_before_making():
+    from soat.runtime.lru import LRU
+    cache = LRU(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.peek("a") == 1  # "a" is now the most recently used
+    cache.put("c", 3)
+    assert cache.keys() == ["a", "c"] and cache.peek("b") is None
+    seen = []
+    assert cache.get("d", lambda: seen.append(cache.keys()) or 4) == 4
+    assert seen == [["c"]]  # "a" went before "d" was made
+    assert cache.get("d", lambda: 5) == 4 and len(cache) == 2
+    unbounded = LRU(None)
+    for i in range(100):
+        unbounded.put(i, i)
+    assert len(unbounded) == 100

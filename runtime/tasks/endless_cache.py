@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable
 
 from ..cudagraph import GraphedTask, graphed
-from .lru import LRU
+from ..lru import LRU
 
 SPAN_CACHE_SIZE = 8
 # sigma of two server batches' latents (a batch of B spans needs up to 2B, B up to 64 on CUDA), so the

@@ -71,8 +71,6 @@ Public API (for ``Generator.panorama_columns``, the server and the benchmarks):
     ``SpanKey(seed, index, truncation)``  names a span.
     ``check_truncation(truncation)``  the truncation as a float, or a SoatError.
     ``cached_spans(G)``, ``clear_cache(G)``  the per-generator caches.
-    ``LRU``                          the thread-safe LRU these caches use (for callers'
-                                     own span caches).
 """
 
 from __future__ import annotations
@@ -91,12 +89,11 @@ from ..styles import flatten_styles
 from .blend import merge_extension
 from .endless_cache import cached_spans, caches, clear_cache, replayed
 from .endless_sampler import SEED_LIMIT, latents_at
-from .lru import LRU
 from .panorama import check_output_bytes
 from .panorama_geometry import column_pieces, span_columns, stitch
 
 __all__ = ["panorama_columns", "spans", "span", "latent_styles", "latent_styles_batch", "STYLE_BATCH", "SpanKey",
-           "check_truncation", "cached_spans", "clear_cache", "LRU"]
+           "check_truncation", "cached_spans", "clear_cache"]
 
 # The batch of every sigma computation (step 4): large enough that a server batch's new latents
 # (about one per span) take a few calls, small enough that a lone latent's padded call stays cheap.
