@@ -29,6 +29,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..runtime.images import device_uint8
 from ..runtime.lru import LRU
 from ..runtime.tasks.infinite import SpanKey, spans
 from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
@@ -36,34 +37,11 @@ from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
 
 
-def device_uint8(parts: list[torch.Tensor], whole: bool | None = None) -> torch.Tensor:
-    """``[1, 3, R, w_i]`` images in [-1, 1] -> one ``[R, sum w_i, 3]`` uint8 on their device.
-
-    Rounds exactly as ``soat.to_uint8`` (clamp, half up), so the host gets the same bytes.
-    ``whole`` (default: off the CPU) converts the batch in one pass of a few kernels; on the CPU
-    part by part is faster (each part stays in cache)."""
-    if whole is None:
-        whole = parts[0].device.type != "cpu"
-    if whole:
-        return _rgb8(torch.cat([p[0] for p in parts], dim=2)).permute(1, 2, 0).contiguous()
-    out = torch.empty(parts[0].shape[2], sum(p.shape[3] for p in parts), 3, dtype=torch.uint8, device=parts[0].device)
-    col = 0
-    for p in parts:
-        out[:, col:col + p.shape[3]] = _rgb8(p[0]).permute(1, 2, 0)
-        col += p.shape[3]
-    return out
-
-
 def graph_batch(n: int) -> int:
     """The batch ``n`` spans are padded to on CUDA: a power of two up to 16, then a multiple of 16
     (1, 2, 4, 8, 16, 32, 48, 64, ...): few graph captures, and at most 1/3 of a large batch padding
     (powers of two alone padded 48 spans to 64)."""
     return 1 << (n - 1).bit_length() if n <= 16 else -(-n // 16) * 16
-
-
-def _rgb8(x: torch.Tensor) -> torch.Tensor:
-    x = (x.float().clamp(-1, 1) + 1) / 2
-    return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
 class _Launched:

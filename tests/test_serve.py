@@ -296,7 +296,7 @@ def test_eight_clients_flat_memory_no_lost_frames(url):
 # ---- the host path: uint8 on the device -------------------------------------------------------
 @pytest.mark.parametrize("whole", [False, True])  # the CPU's part-by-part pass and the GPU's one pass
 def test_device_uint8_rounds_exactly_as_to_uint8(whole):
-    from soat.serve.batcher import device_uint8
+    from soat.runtime.images import device_uint8
     parts = [torch.randn(1, 3, SIZE, w, generator=torch.Generator().manual_seed(w)) * 1.3 for w in (12, 8, 8)]
     parts[1][0, :, 0, :4] = torch.tensor([-1.0, 1.0, 0.5 / 255 * 2 - 1, 1.5 / 255 * 2 - 1])  # edges and halves
     expected = np.concatenate([soat.to_uint8(p)[0] for p in parts], axis=1)
