@@ -26,7 +26,7 @@ class Backend(Protocol):
         differentiable: outputs carry autograd history to inputs that require grad
             (inversion needs it; exported engines do not give it).
         capturable: its work on CUDA can be captured into a CUDA graph on torch's current
-            stream (the Generator then replays task calls; ``task_graphs.py``).
+            stream (the Generator then replays task calls; ``cuda_graph_tasks.py``).
     """
 
     name: str

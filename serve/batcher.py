@@ -14,9 +14,10 @@ converted to uint8 and laid side by side (``[R, sum of widths, 3]``) on the gene
 device, then copied to the host in one transfer. On CUDA that copy goes into pinned
 memory without blocking the worker thread, so up to ``depth`` batches are in flight: the
 worker launches the next batch while a finisher thread waits for the previous one's
-copy, and encoding (the server's encoder pool) overlaps both. On CUDA a batch is padded
-(repeating its last span) to one of a few sizes (``graph_batch``), so the streaming graphs
-are captured for a few shapes only, all of them at warm-up.
+copy, and encoding (the server's encoder pool) overlaps both. Where the generator replays
+CUDA graphs, the runtime runs a batch at one of a few sizes (``G.cuda_graphs.padded_batch``);
+the warm-up runs each of them (``G.cuda_graphs.warmup_batches``), so every capture happens
+before the first client.
 """
 
 from __future__ import annotations
@@ -35,13 +36,6 @@ from ..runtime.tasks.infinite import SpanKey, spans
 from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
 
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
-
-
-def graph_batch(n: int) -> int:
-    """The batch ``n`` spans are padded to on CUDA: a power of two up to 16, then a multiple of 16
-    (1, 2, 4, 8, 16, 32, 48, 64, ...): few graph captures, and at most 1/3 of a large batch padding
-    (powers of two alone padded 48 spans to 64)."""
-    return 1 << (n - 1).bit_length() if n <= 16 else -(-n // 16) * 16
 
 
 class _Launched:
@@ -120,11 +114,11 @@ class SpanBatcher:
         return (1 + len(self._queue) // self.max_batch) * self.batch_s + self.window_s
 
     async def warm_up(self) -> None:
-        """Before the first client: one batch of each size the server will run (on CUDA each padded size
-        ``graph_batch`` gives up to ``max_batch``, so every graph is captured now, not during a stream;
-        elsewhere one span), which also times a batch for ``first_tile_eta_s``."""
-        cuda = self.G.device.type == "cuda"
-        sizes = sorted({graph_batch(n) for n in range(1, self.max_batch + 1)}) if cuda else [1]
+        """Before the first client: one batch of each size the generator asks for (``warmup_batches``:
+        where it replays CUDA graphs every padded size up to ``max_batch``, largest first, so every
+        capture happens now, not during a stream; elsewhere one span), which also times a batch for
+        ``first_tile_eta_s``."""
+        sizes = self.G.cuda_graphs.warmup_batches(self.max_batch)
         first = 0
         for n in sizes:  # seed 0's first spans: real ones, cached for its first viewers
             await asyncio.gather(*(self.span(SpanKey(0, first + i, self.truncation)) for i in range(n)))
@@ -223,10 +217,7 @@ class SpanBatcher:
     def _launch(self, batch: list[SpanKey]) -> _Launched:
         """On the worker thread: one batched generator call, uint8 on the device, the copy to the host started."""
         started = time.monotonic()
-        keys = batch
-        if self.G.device.type == "cuda":  # CUDA graphs are captured per batch shape: a few shapes only
-            keys = batch + batch[-1:] * (graph_batch(len(batch)) - len(batch))
-        parts = spans(self.G, keys)[:len(batch)]
+        parts = spans(self.G, batch)
         widths = [hi - lo for lo, hi in (span_columns(self.G.size, k.index) for k in batch)]
         return _Launched(device_uint8(parts), widths, started)
 

@@ -206,15 +206,15 @@ def test_spans_copy_out_each_run_of_equal_columns_once(G):
     assert storages[2] == storages[3] and len(set(storages)) == 4
 
 
-def test_streaming_replays_follow_the_generators_graph_setting(monkeypatch):
+def test_streaming_replays_follow_the_generators_cuda_graph_setting(monkeypatch):
     """A generator loaded with graphs=False, or whose backend cannot be captured (ONNX Runtime, TensorRT, aoti),
     runs the streaming calls eagerly even on CUDA."""
     from soat.runtime.tasks.endless_cache import caches, replayed
     G = soat.load("random:0", size=8, channel_multiplier=1)
-    monkeypatch.setattr(G, "device", torch.device("cuda"))  # as if on a GPU; G.graphs.enabled stays False
-    assert not G.graphs.enabled
-    assert replayed(G, "probe", lambda g, x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
-    assert caches(G).graphs == {}
+    monkeypatch.setattr(G, "device", torch.device("cuda"))  # as if on a GPU; G.cuda_graphs.enabled stays False
+    assert not G.cuda_graphs.enabled
+    assert replayed(G, lambda g, x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
+    assert caches(G).cuda_graphs is None
 
 
 def test_the_lru_drops_the_least_recently_used_and_makes_room_before_making():

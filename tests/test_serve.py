@@ -415,10 +415,3 @@ def test_many_clients_in_other_processes_get_every_frame_in_order(url):
     assert r.clients_served == r.clients and r.frames >= r.clients, r
     assert (wait_idle(url)["streams"]) == 0
 
-
-def test_graph_batch_pads_to_few_shapes_and_little_waste():
-    from soat.serve.batcher import graph_batch
-    padded = [graph_batch(n) for n in range(1, 65)]
-    assert sorted(set(padded)) == [1, 2, 4, 8, 16, 32, 48, 64]
-    assert all(n <= p for n, p in zip(range(1, 65), padded))
-    assert all(p - n < 16 for n, p in zip(range(17, 65), padded[16:]))

@@ -154,29 +154,39 @@ def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor
     z_host = torch.from_numpy(padded)
     if G.device.type == "cuda":  # pinned, so the host does not wait for the copy (nor the GPU work before it)
         z_host = z_host.pin_memory()
-    flat = replayed(G, f"styles{truncation!r}", lambda g, z_: flatten_styles(g.styles(z_, truncation)),
-                    z_host.to(G.device, non_blocking=True))
+    flat = replayed(G, _flat_styles, z_host.to(G.device, non_blocking=True), truncation)
     # one copy per latent (the graph's output is overwritten by its next replay), then views per layer
     return [G.unflatten_styles(flat[row:row + 1].clone()) for row in range(len(z))]
+
+
+def _flat_styles(G, z: torch.Tensor, truncation: float) -> torch.Tensor:
+    """sigma of ``z`` as one ``[B, total]`` tensor (one replayed CUDA graph per truncation)."""
+    return flatten_styles(G.styles(z, truncation))
 
 
 def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
     """Spans for ``keys`` in one batched ``merge_extension`` call; each key's contributed columns.
 
     The sigma of every latent the spans need that is not cached is computed first, ``STYLE_BATCH``
-    latents per call (``latent_styles_batch``).
+    latents per call (``latent_styles_batch``). Where calls replay CUDA graphs, the batch runs at
+    ``G.cuda_graphs.padded_batch(len(keys))`` (the last span repeated), so that a caller batching
+    spans of any count (the server) replays a few captures only.
 
     Returns:
         One ``[1, 3, R, hi - lo]`` tensor per key (``span_columns``), in key order.
     """
+    fixed = isinstance(noise, str) and noise == "fixed"
+    count = len(keys)
+    if fixed:  # where calls replay, a batch runs at one of a few sizes, repeating its last span
+        keys = [*keys, *keys[-1:] * (G.cuda_graphs.padded_batch(count) - count)]
     seconds = [key._replace(index=key.index + 1) for key in keys]
     styles = latent_styles_batch(G, [*keys, *seconds])
     s1, s2 = _stacked(styles, keys), _stacked(styles, seconds)
-    if isinstance(noise, str) and noise == "fixed":
-        batch = replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
+    if fixed:
+        batch = replayed(G, merge_extension, s1, s2, noise)
     else:  # random noise is drawn on the host per call: no graph
         batch = merge_extension(G, s1, s2, noise)
-    return _contributed(G.size, batch, keys)
+    return _contributed(G.size, batch[:count], keys[:count])
 
 
 def _contributed(size: int, batch: torch.Tensor, keys: Sequence[SpanKey]) -> list[torch.Tensor]:
