@@ -129,7 +129,7 @@ serve() {
   log "streaming path check: 48 spans in one batch equal the same spans computed alone (uint8), twice"
   timeout 90 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt" | grep -q "spans ok" || return
 import torch, soat
-from soat.runtime.tasks.infinite import SpanKey, span, spans
+from soat.runtime.endless import SpanKey, span, spans
 from soat.runtime.images import device_uint8
 G = soat.load("random", device="cuda", dtype="fp16")
 keys = [SpanKey(seed, i, 0.7) for seed in (1, 2, 3) for i in range(16)]

@@ -244,7 +244,7 @@ def synthetic_server(size: int, encoders: int | None, max_batch: int):
     import soat
     from soat.serve import batcher
     from soat.serve.app import background_server, create_app
-    from soat.runtime.tasks.panorama_geometry import span_columns
+    from soat.runtime.endless import span_columns
     G = soat.load("random:0", size=size, channel_multiplier=1)
     ramp = torch.linspace(-1, 1, 2 * size)
     image = torch.stack([ramp.expand(size, -1), ramp.flip(0).expand(size, -1), ramp[:size, None].expand(-1, 2 * size)])

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 import soat
 from soat.bench.report import Result, device_name, format_row, format_table, run_info, write_chart, write_json
+from soat.runtime.endless import span_columns
 from soat.runtime.load import parse_dtype
-from soat.runtime.tasks.panorama_geometry import span_columns
 
 TASKS = ("generate", "blend", "merge_extension", "blend_bbox", "expand", "patch_swap", "panorama_stream")
 

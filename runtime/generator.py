@@ -228,7 +228,7 @@ class Generator:
     def panorama_columns(self, seed: int, start: int, width: int, truncation: float = 0.7,
                          noise: NoiseArg = "fixed") -> torch.Tensor:
         """Columns ``[start, start + width)`` of the endless panorama of ``seed``; ``[1, 3, R, width]``."""
-        from .tasks.infinite import panorama_columns
+        from .tasks.endless import panorama_columns
         return panorama_columns(self, seed, start, width, truncation, noise)
 
     def expand(self, styles: StyleArg, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:

@@ -43,10 +43,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from ..errors import SoatError
-from ..version import __version__
+from ..runtime.endless import SpanKey, check_truncation, column_pieces, span, stitch
 from ..runtime.images import to_uint8
-from ..runtime.tasks.infinite import SpanKey, check_truncation, span
-from ..runtime.tasks.panorama_geometry import column_pieces, stitch
+from ..version import __version__
 from .batcher import SpanBatcher
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)

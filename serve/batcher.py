@@ -30,10 +30,9 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from ..runtime.endless import Piece, SpanKey, column_pieces, span_columns, spans, stitch
 from ..runtime.images import device_uint8
 from ..runtime.lru import LRU
-from ..runtime.tasks.infinite import SpanKey, spans
-from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
 
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
 

@@ -22,7 +22,7 @@ from collections import deque
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..runtime.tasks.panorama_geometry import stitch
+from ..runtime.endless import stitch
 from .protocol import (CLOSE_INTERNAL, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT, ProtocolError,
                        StreamQuery, encode_image, pack_frame, parse_credit)
 

@@ -1,4 +1,4 @@
-"""The endless panorama: any column range of an infinite, seamless panorama, on demand.
+"""The endless panorama: any column range of a seamless panorama without end, on demand.
 
 The reference panorama (``panorama.py``, unchanged) needs its whole latent sequence up
 front: the notebook draws N latents, smooths them with a wrap-around Gaussian and
@@ -59,18 +59,9 @@ while the endless sampler above gives latents that do not depend on N.
 
 Modules: the sampler (steps 1-3) is ``endless_sampler``, the per-generator caches and
 CUDA-graph replay ``endless_cache``, the column geometry and stitching
-``panorama_geometry``; this module is the task.
-
-Public API (for ``Generator.panorama_columns``, the server and the benchmarks):
-    ``panorama_columns(G, seed, start, width, truncation, noise)``  a column range, exact.
-    ``spans(G, keys, noise)``       the contributed columns of several spans, one batched call.
-    ``span(G, key, noise)``         one span's contributed columns, computed alone; cached.
-    ``latent_styles(G, seed, index, truncation)``  sigma of endless latent ``index``.
-    ``latent_styles_batch(G, keys)``  sigma of several latents, ``STYLE_BATCH`` per call.
-    ``STYLE_BATCH``                  the batch of every sigma computation.
-    ``SpanKey(seed, index, truncation)``  names a span.
-    ``check_truncation(truncation)``  the truncation as a float, or a SoatError.
-    ``cached_spans(G)``, ``clear_cache(G)``  the per-generator caches.
+``panorama_geometry``; this module is the task. ``Generator.panorama_columns`` calls it;
+everyone outside the runtime (the server, the benchmarks) uses its public face,
+``soat.runtime.endless``, which lists the public names.
 """
 
 from __future__ import annotations
