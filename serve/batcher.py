@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,10 @@ from ..runtime.endless import Piece, SpanKey, column_pieces, span_columns, spans
 from ..runtime.images import device_uint8
 from ..runtime.lru import LRU
 
+if TYPE_CHECKING:
+    from ..runtime.generator import Generator
+
+SpanSource = Callable[["Generator", Sequence[SpanKey]], Sequence[torch.Tensor]]  # what computes a batch of spans
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
 
 
@@ -70,11 +75,14 @@ class SpanBatcher:
         window_s: how long the first request of a step waits for others to join.
         capacity: spans kept in the LRU (each ``R x (R + R // 2)`` RGB at most).
         depth: batches launched and not yet on the host (more than 1 helps only on CUDA).
+        span_source: ``(G, keys) -> [1, 3, R, w]`` images in [-1, 1], one per key: computes a batch
+            (default: the runtime's ``spans``; a load test passes a free one).
     """
 
-    def __init__(self, G, worker: Executor, truncation: float, max_batch: int = 16, window_s: float = 0.004,
-                 capacity: int = 256, depth: int = 2):
+    def __init__(self, G: Generator, worker: Executor, truncation: float, max_batch: int = 16,
+                 window_s: float = 0.004, capacity: int = 256, depth: int = 2, span_source: SpanSource = spans):
         self.G = G
+        self.span_source = span_source
         self.worker = worker
         self.truncation = truncation
         self.max_batch = max_batch
@@ -216,7 +224,7 @@ class SpanBatcher:
     def _launch(self, batch: list[SpanKey]) -> _Launched:
         """On the worker thread: one batched generator call, uint8 on the device, the copy to the host started."""
         started = time.monotonic()
-        parts = spans(self.G, batch)
+        parts = self.span_source(self.G, batch)
         widths = [hi - lo for lo, hi in (span_columns(self.G.size, k.index) for k in batch)]
         return _Launched(device_uint8(parts), widths, started)
 

@@ -306,6 +306,32 @@ def test_device_uint8_rounds_exactly_as_to_uint8(whole):
                           np.concatenate([soat.to_uint8(p)[0] for p in half], axis=1))
 
 
+# ---- the batcher's span source is injected, not patched ----------------------------------------
+def test_the_batcher_computes_spans_with_the_span_source_it_is_given(G):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soat.runtime.endless import SpanKey, span_columns
+    from soat.serve.batcher import SpanBatcher
+    calls = []
+
+    def flat_grey(g, keys):  # a free generator: every span a constant image
+        calls.append(list(keys))
+        widths = [hi - lo for lo, hi in (span_columns(g.size, k.index) for k in keys)]
+        return [torch.full((1, 3, g.size, w), 0.5) for w in widths]
+
+    async def tile():
+        batcher = SpanBatcher(G, worker, 1.0, max_batch=4, span_source=flat_grey)
+        try:
+            return await batcher.tile(3, 0, 2 * SIZE)
+        finally:
+            batcher.close()
+
+    with ThreadPoolExecutor(1) as worker:
+        pixels = run(tile())
+    assert pixels.shape == (SIZE, 2 * SIZE, 3) and (pixels == soat.to_uint8(torch.full((1, 3, 1, 1), 0.5))).all()
+    assert calls == [[SpanKey(3, 0, 1.0), SpanKey(3, 1, 1.0)]]  # one batch, and the real spans were never computed
+
+
 # ---- soat serve's command line: the port is checked before the model loads ----------------------
 def serve_cli(capsys, *flags: str) -> tuple[int, list[str]]:
     """``soat serve FLAGS`` in this process: exit status and stderr lines (a bad checkpoint would fail
