@@ -90,7 +90,7 @@ class SpanBatcher:
         self.depth = depth
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="soat-copy")
         self._slots: asyncio.Semaphore | None = None
-        self._cache = LRU(capacity)
+        self._cache: LRU[SpanKey, np.ndarray] = LRU(capacity)
         self._pending: dict[SpanKey, asyncio.Future] = {}  # queued or being computed
         self._waiters: dict[SpanKey, int] = {}  # tasks awaiting each pending span
         self._queue: list[SpanKey] = []

@@ -180,5 +180,7 @@ def test_serve_and_bench_import_no_task_module():
 
 def test_the_task_import_rule_sees_a_violation():
     graph = {"soat.serve.x": [("soat.runtime.tasks.endless", "spans"), ("soat.runtime.endless", None)],
-             "soat.bench.y": [("soat.runtime.tasks", None)], "soat.runtime.generator": [("soat.runtime.tasks.blend", None)]}
-    assert task_imports(graph) == [("soat.serve.x", "soat.runtime.tasks.endless"), ("soat.bench.y", "soat.runtime.tasks")]
+             "soat.bench.y": [("soat.runtime.tasks", None)],
+             "soat.runtime.generator": [("soat.runtime.tasks.blend", None)]}  # the runtime itself may
+    assert task_imports(graph) == [("soat.serve.x", "soat.runtime.tasks.endless"),
+                                   ("soat.bench.y", "soat.runtime.tasks")]

@@ -69,7 +69,7 @@ from __future__ import annotations
 import math
 import operator
 from itertools import groupby
-from typing import Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,9 @@ from .endless_cache import cached_spans, caches, clear_cache, replayed
 from .endless_sampler import SEED_LIMIT, latents_at
 from .panorama import check_output_bytes
 from .panorama_geometry import column_pieces, span_columns, stitch
+
+if TYPE_CHECKING:
+    from ..generator import Generator
 
 __all__ = ["panorama_columns", "spans", "span", "latent_styles", "latent_styles_batch", "STYLE_BATCH", "SpanKey",
            "check_truncation", "cached_spans", "clear_cache"]
@@ -101,13 +104,13 @@ class SpanKey(NamedTuple):
     truncation: float
 
 
-def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
+def latent_styles(G: Generator, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
     """sigma of endless latent ``index``: ``[1, C_k]`` each, computed in a ``STYLE_BATCH`` call and cached."""
     key = (seed, index, truncation)
     return latent_styles_batch(G, [key])[key]
 
 
-def latent_styles_batch(G, keys: Iterable[LatentKey]) -> dict[LatentKey, list[torch.Tensor]]:
+def latent_styles_batch(G: Generator, keys: Iterable[LatentKey]) -> dict[LatentKey, list[torch.Tensor]]:
     """sigma of each latent in ``keys`` (``[1, C_k]`` each): the cached ones, and the others computed
     ``STYLE_BATCH`` at a time per truncation and cached. The returned map holds every key even when
     the cache is smaller than ``keys``."""
@@ -129,14 +132,14 @@ def _truncation_first(key: LatentKey) -> tuple[float, int, int]:
     return truncation, seed, index
 
 
-def _computed_styles(G, keys: list[LatentKey], truncation: float) -> list[list[torch.Tensor]]:
+def _computed_styles(G: Generator, keys: list[LatentKey], truncation: float) -> list[list[torch.Tensor]]:
     """sigma of ``keys`` (all at ``truncation``), in order: one draw per run of indices, one call per chunk."""
     z = latents_at([(seed, index) for seed, index, _ in keys], G.config.style_dim)
     return [styles for first in range(0, len(keys), STYLE_BATCH)
             for styles in _styles_chunk(G, z[first:first + STYLE_BATCH], truncation)]
 
 
-def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor]]:
+def _styles_chunk(G: Generator, z: np.ndarray, truncation: float) -> list[list[torch.Tensor]]:
     """sigma of up to ``STYLE_BATCH`` latents ``z``, in one ``G.styles`` call of batch ``STYLE_BATCH``
     (one host-to-device copy, one graph replay on CUDA: one graph per truncation)."""
     # pad with copies of a real row: any latent is a valid input, while an all-zero row would put
@@ -150,12 +153,12 @@ def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor
     return [G.unflatten_styles(flat[row:row + 1].clone()) for row in range(len(z))]
 
 
-def _flat_styles(G, z: torch.Tensor, truncation: float) -> torch.Tensor:
+def _flat_styles(G: Generator, z: torch.Tensor, truncation: float) -> torch.Tensor:
     """sigma of ``z`` as one ``[B, total]`` tensor (one replayed CUDA graph per truncation)."""
     return flatten_styles(G.styles(z, truncation))
 
 
-def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
+def spans(G: Generator, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
     """Spans for ``keys`` in one batched ``merge_extension`` call; each key's contributed columns.
 
     The sigma of every latent the spans need that is not cached is computed first, ``STYLE_BATCH``
@@ -168,8 +171,8 @@ def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.T
     """
     fixed = isinstance(noise, str) and noise == "fixed"
     count = len(keys)
-    if fixed:  # where calls replay, a batch runs at one of a few sizes, repeating its last span
-        keys = [*keys, *keys[-1:] * (G.cuda_graphs.padded_batch(count) - count)]
+    if fixed and keys:  # where calls replay, a batch runs at one of a few sizes, repeating its last span
+        keys = [*keys, *[keys[-1]] * (G.cuda_graphs.padded_batch(count) - count)]
     seconds = [key._replace(index=key.index + 1) for key in keys]
     styles = latent_styles_batch(G, [*keys, *seconds])
     s1, s2 = _stacked(styles, keys), _stacked(styles, seconds)
@@ -200,7 +203,7 @@ def _stacked(styles: dict[LatentKey, list[torch.Tensor]], keys: Sequence[LatentK
     return [torch.cat(entry) for entry in zip(*(styles[key] for key in keys))]
 
 
-def span(G, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
+def span(G: Generator, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
     """One span's contributed columns ``[1, 3, R, hi - lo]``, computed alone; cached for fixed noise."""
     if isinstance(noise, str) and noise == "fixed":
         return caches(G).spans.get(key, lambda: spans(G, [key], noise)[0])
@@ -214,7 +217,7 @@ def check_truncation(truncation) -> float:
     return float(truncation)
 
 
-def panorama_columns(G, seed: int, start: int, width: int, truncation: float = 0.7,
+def panorama_columns(G: Generator, seed: int, start: int, width: int, truncation: float = 0.7,
                      noise: NoiseArg = "fixed") -> torch.Tensor:
     """Columns ``[start, start + width)`` of the endless panorama of ``seed``.
 

@@ -18,6 +18,8 @@ from ..cudagraph import CudaGraphedTask
 from ..lru import LRU
 
 if TYPE_CHECKING:
+    import torch
+
     from ..generator import Generator
 
 SPAN_CACHE_SIZE = 8
@@ -31,9 +33,9 @@ class GeneratorCaches:
     """One generator's caches: sigma per latent, contributed columns per span, and its streaming CUDA
     graphs (made on the first replay)."""
 
-    def __init__(self):
-        self.styles = LRU(STYLE_CACHE_SIZE)
-        self.spans = LRU(SPAN_CACHE_SIZE)
+    def __init__(self) -> None:
+        self.styles: LRU[tuple[int, int, float], list[torch.Tensor]] = LRU(STYLE_CACHE_SIZE)
+        self.spans: LRU[tuple[int, int, float], torch.Tensor] = LRU(SPAN_CACHE_SIZE)
         self.cuda_graphs: CudaGraphedTask | None = None
 
 
