@@ -57,14 +57,6 @@ class CudaGraphTasks:
     def __len__(self) -> int:
         return len(self._captures)
 
-    @property
-    def max_captures(self) -> int | None:
-        return self._captures.max_captures
-
-    @max_captures.setter
-    def max_captures(self, value: int | None) -> None:
-        self._captures.max_captures = value
-
     def call(self, G: Generator, task: Callable[..., torch.Tensor], args: tuple) -> torch.Tensor:
         """``task(G, *args)``, replayed from its CUDA graph where one applies; the result is the
         caller's own tensor (a copy of the graph's static output)."""

@@ -84,7 +84,7 @@ def test_calls_a_graph_cannot_reproduce_run_eagerly(pair):
 @cuda
 def test_warmup_captures_and_the_cache_is_bounded():
     G = soat.load("random:4", size=16, channel_multiplier=1, device="cuda", dtype="fp16")
-    G.cuda_graphs.max_captures = 3
+    G.cuda_graphs._captures.max_captures = 3
     G.warmup("generate", batch=2)
     assert len(G.cuda_graphs) == 1
     for batch in (1, 3, 4, 5):
