@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import torch
 
@@ -22,6 +23,16 @@ DEFAULTS = {
              "tasks": "generate,blend,merge_extension,blend_bbox,expand,panorama_stream"},
 }
 OUTPUTS = ("results.json", "chart.png")
+CUDA_GRAPH_MODES = {"on": [True], "off": [False], "both": [False, True]}  # --cuda-graphs: the configs it runs
+
+
+class DeprecatedAlias(argparse.Action):
+    """A flag's old name: stores as the new one (its ``dest``) after a one-line notice on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        print(f"{parser.prog}: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _list(text: str) -> list[str]:
@@ -52,8 +63,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         f"{cuda['dtypes']} on CUDA)")
     p.add_argument("--batches", default=None, metavar="LIST",
                    help=f"comma list of batch sizes (default {cpu['batches']} on the CPU, {cuda['batches']} on CUDA)")
-    p.add_argument("--graphs", choices=["on", "off", "both"], default=None,
+    p.add_argument("--cuda-graphs", choices=CUDA_GRAPH_MODES, default=None,
                    help="replay whole tasks as CUDA graphs (default: both on CUDA, off on CPU)")
+    p.add_argument("--graphs", dest="cuda_graphs", choices=CUDA_GRAPH_MODES, action=DeprecatedAlias,
+                   help=argparse.SUPPRESS)  # the old name of --cuda-graphs
     p.add_argument("--peers", action="store_true",
                    help="also time torch.compile(mode='reduce-overhead') of a plain PyTorch StyleGAN2 form on "
                         "generate, per dtype and batch, in the same run (the anchor for the table)")
@@ -112,13 +125,13 @@ def run(args: argparse.Namespace) -> int:
         raise SoatError(f"--batches {args.batches!r} must be a comma list of integers") from None
     if not batches or min(batches) < 1 or max(batches) > 4096:
         raise SoatError(f"--batches {args.batches!r}: batch sizes run from 1 to 4096")
-    graphs = args.graphs or ("both" if cuda else "off")
-    if graphs != "off" and not cuda:
-        raise SoatError("--graphs needs --device cuda")
+    cuda_graphs = args.cuda_graphs or ("both" if cuda else "off")
+    if cuda_graphs != "off" and not cuda:
+        raise SoatError("--cuda-graphs needs --device cuda")
     check_output_folder(args.output, args.force, OUTPUTS)
     check_checkpoint(args.checkpoint)
     size = args.size or (d["size"] if args.checkpoint.split(":")[0] == "random" else None)
-    modes = {"on": [True], "off": [False], "both": [False, True]}[graphs]
+    modes = CUDA_GRAPH_MODES[cuda_graphs]
     configs = [Config(resolve_backend(b, t), t, g) for b in backends for t in dtypes for g in modes]
     warmup = d["warmup"] if args.warmup is None else args.warmup
     iters = d["iters"] if args.iters is None else args.iters

@@ -54,20 +54,20 @@ EOF
 }
 
 tests() {
-  log "GPU tests: task graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
+  log "GPU tests: task CUDA graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
   timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_task_graphs.py" \
     "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" 2>&1 | tail -15 | tee -a "$OUT/log.txt"
 }
 
 latency() {
-  log "batch-1 latency of plain calls (graphs by default) and eager calls, fp16 / bf16, against the fp32 path"
-  timeout "${LATENCY_S:-300}" $SOAT bench --size 256 --dtypes fp16,bf16 --batches 1 --graphs both --iters "${ITERS:-100}" \
+  log "batch-1 latency of plain calls (CUDA graphs by default) and eager calls, fp16 / bf16, against the fp32 path"
+  timeout "${LATENCY_S:-300}" $SOAT bench --size 256 --dtypes fp16,bf16 --batches 1 --cuda-graphs both --iters "${ITERS:-100}" \
     --tasks generate,blend,blend_bbox,merge_extension,expand,patch_swap -o "$OUT/latency256" 2>&1 | filtered
 }
 
 peers() {
   log "peer: torch.compile(mode=reduce-overhead) of the plain PyTorch form, same styles"
-  timeout "${PEERS_S:-400}" $SOAT bench --size 256 --tasks generate --dtypes "${PEER_DTYPES:-fp16,bf16}" --graphs on \
+  timeout "${PEERS_S:-400}" $SOAT bench --size 256 --tasks generate --dtypes "${PEER_DTYPES:-fp16,bf16}" --cuda-graphs on \
     --batches "${PEER_BATCHES:-1,128}" --peers -o "$OUT/peers256" 2>&1 | filtered
 }
 
@@ -110,8 +110,8 @@ suite() {
 }
 
 tput() {
-  log "throughput: generate and panorama_stream at large batches, fp16 / bf16, plain calls (graphs by default)"
-  timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --graphs on --batches "${TPUT_BATCHES:-32,64,128}" --no-baseline \
+  log "throughput: generate and panorama_stream at large batches, fp16 / bf16, plain calls (CUDA graphs by default)"
+  timeout "${TPUT_S:-240}" $SOAT bench --size 256 --dtypes fp16,bf16 --cuda-graphs on --batches "${TPUT_BATCHES:-32,64,128}" --no-baseline \
     --tasks generate,panorama_stream -o "$OUT/bench256_tput" 2>&1 | filtered
 }
 
@@ -119,7 +119,7 @@ ort() {
   if python3 -c "import onnxruntime as o; o.preload_dlls(); assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
     log "ONNX Runtime CUDA fp16, eager and with its CUDA graphs, next to torch fp32 and the fast path; then fidelity"
     SOAT_CACHE_DIR=/tmp/soat-cache timeout "${ORT_S:-240}" $SOAT bench --size 256 --backends fast,onnxruntime \
-      --dtypes fp16 --graphs both --batches 1,8 --iters 30 --tasks generate,blend,merge_extension -o "$OUT/ort256" \
+      --dtypes fp16 --cuda-graphs both --batches 1,8 --iters 30 --tasks generate,blend,merge_extension -o "$OUT/ort256" \
       2>&1 | filtered
     SOAT_CACHE_DIR=/tmp/soat-cache timeout 120 python3 -m soat.bench.ort_check --size 256 2>&1 | tee -a "$OUT/log.txt"
   else
@@ -131,8 +131,8 @@ serve() {
   log "streaming path check: 48 spans in one batch equal the same spans computed alone (uint8), twice"
   timeout 90 python3 - <<'EOF' 2>&1 | tee -a "$OUT/log.txt" | grep -q "spans ok" || return
 import torch, soat
-from soat.runtime.tasks.infinite import SpanKey, span, spans
-from soat.serve.batcher import device_uint8
+from soat.runtime.endless import SpanKey, span, spans
+from soat.runtime.images import device_uint8
 G = soat.load("random", device="cuda", dtype="fp16")
 keys = [SpanKey(seed, i, 0.7) for seed in (1, 2, 3) for i in range(16)]
 for attempt in range(2):
@@ -264,7 +264,7 @@ for task, call in (("generate", lambda G, a, b: G.generate(a)), ("blend", lambda
           f"{psnr(ref, call(exact, e1, e2)):.1f} dB")
 PY
   log "AOTInductor python backend, the fast path and the torch.compile peer in one run"
-  timeout "${AOTI_BENCH_S:-300}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --graphs on --batches 1,8,128 \
+  timeout "${AOTI_BENCH_S:-300}" $SOAT bench --size 256 --backends fast,aoti --dtypes fp16 --cuda-graphs on --batches 1,8,128 \
     --tasks generate,blend,merge_extension --iters 50 --export aoti=/tmp/aoti256 ${AOTI_PEERS---peers} --no-baseline \
     -o "$OUT/aoti256" 2>&1 | filtered
   log "AOTInductor: where a batch-128 generate spends its GPU time (eager), the aoti packages and the fast path"
@@ -287,7 +287,7 @@ PY
 
 big() {
   log "1024 px model runs"
-  timeout 120 $SOAT bench --size 1024 --dtypes fp16 --batches 1 --tasks generate,merge_extension --graphs on \
+  timeout 120 $SOAT bench --size 1024 --dtypes fp16 --batches 1 --tasks generate,merge_extension --cuda-graphs on \
     --iters 10 -o "$OUT/bench1024" 2>&1 | filtered
 }
 

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from soat.runtime.config import GeneratorConfig
-from soat.runtime.tasks.panorama_geometry import span_pad
+from soat.runtime.endless import span_pad
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref

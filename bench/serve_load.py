@@ -242,9 +242,8 @@ def synthetic_server(size: int, encoders: int | None, max_batch: int):
     import torch
 
     import soat
-    from soat.serve import batcher
+    from soat.runtime.endless import span_columns
     from soat.serve.app import background_server, create_app
-    from soat.runtime.tasks.panorama_geometry import span_columns
     G = soat.load("random:0", size=size, channel_multiplier=1)
     ramp = torch.linspace(-1, 1, 2 * size)
     image = torch.stack([ramp.expand(size, -1), ramp.flip(0).expand(size, -1), ramp[:size, None].expand(-1, 2 * size)])
@@ -253,8 +252,7 @@ def synthetic_server(size: int, encoders: int | None, max_batch: int):
     def spans(G, keys):
         return [image[..., slice(*span_columns(size, k.index))].clone() for k in keys]
 
-    batcher.spans = spans
-    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders))
+    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders, span_source=spans))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import soat
 from soat.bench.report import Result, device_name, format_row, format_table, run_info, write_chart, write_json
 from soat.loader import parse_dtype
-from soat.runtime.tasks.panorama_geometry import span_columns
+from soat.runtime.endless import span_columns
 
 TASKS = ("generate", "blend", "merge_extension", "blend_bbox", "expand", "patch_swap", "panorama_stream")
 
@@ -36,11 +36,11 @@ class Config:
 
     backend: str = "torch"
     dtype: str = "fp32"
-    graphs: bool = False
+    cuda_graphs: bool = False
 
     @property
-    def name(self) -> str:
-        return f"{self.backend}-{self.dtype}" + ("-graph" if self.graphs else "")
+    def name(self) -> str:  # "-graph" (CUDA graphs) as in every stored result (bench/results)
+        return f"{self.backend}-{self.dtype}" + ("-graph" if self.cuda_graphs else "")
 
 
 BASELINE = Config()
@@ -204,17 +204,17 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
     combos = [(c, t, b) for c in configs for t in tasks for b in batches]
     models: dict = {}
     for cfg, task, batch in tqdm(combos, desc="bench", unit="run"):
-        key = (cfg.backend, cfg.dtype, cfg.graphs)
+        key = (cfg.backend, cfg.dtype, cfg.cuda_graphs)
         if key not in models:
             models[key] = soat.load((exports or {}).get(cfg.backend, source), backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
-                                    channel_multiplier=channel_multiplier, graphs=cfg.graphs)
+                                    channel_multiplier=channel_multiplier, graphs=cfg.cuda_graphs)
             if len(models) == 1:
                 eta, one_ms = estimate_seconds(models[key], configs, tasks, batches, warmup, iters)
                 tqdm.write(f"  loaded:  {models[key].size}px cm{models[key].config.channel_multiplier}; "
                            f"one generate call {one_ms:.0f} ms -> ETA about {_duration(eta)}")
         try:
             results.append(bench_one(models[key], cfg, task, batch, warmup, iters, reference,
-                                     models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
+                                     models.get((BASELINE.backend, BASELINE.dtype, BASELINE.cuda_graphs))))
         except Exception as e:  # one failed config must not lose the rest (ONNX Runtime raises plain Exceptions)
             tqdm.write(f"{cfg.name} {task} B={batch}: failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             continue
@@ -224,7 +224,7 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
     for dtype in sorted({c.dtype for c in configs}) if peers else ():
         for batch in batches:
             results.append(peer_result(source, size, channel_multiplier, device, dtype, batch, warmup, iters,
-                                       reference, models.get((BASELINE.backend, BASELINE.dtype, BASELINE.graphs))))
+                                       reference, models.get((BASELINE.backend, BASELINE.dtype, BASELINE.cuda_graphs))))
             tqdm.write(format_row(results[-1]))
     info = run_info(models, source, warmup, iters)
     chart = write_chart(results, info, os.path.join(out_dir, "chart.png"), BASELINE.name)

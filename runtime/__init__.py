@@ -3,10 +3,12 @@ the Generator and the editing tasks. The public API is re-exported by ``soat``.
 
 Modules, spine first:
 
-- **The chain and its contract:** ``config`` (``GeneratorConfig``: the few numbers of a layout),
+- **The chain and its contract:** ``capabilities`` (the tables of precisions and backends),
+  ``config`` (``GeneratorConfig``: the few numbers of a layout),
   ``chain`` (the layer nodes, named as rosinality's state dict), ``graphs`` (every graph's id and
-  named inputs/outputs, axes and shapes, linked graphs included), ``backend`` (the ``Backend``
-  protocol), ``manifest`` (an export folder's ``manifest.json`` and its checks), ``shape_plan``
+  named inputs/outputs and symbolic shapes, linked graphs included, and the run plan of every run of
+  layers), ``backend`` (the ``Backend`` protocol and the plan's executor), ``manifest`` (an export
+  folder's ``manifest.json``, its checks and its verified bytes), ``shape_plan``
   (which shapes each task passes to each graph; the TensorRT profiles).
 - **The arithmetic:** ``layers`` (the reference fp32 layer math), ``weights`` (parameter containers
   named as the checkpoint keys), ``graph_modules`` (one module per graph in the shared-weight form,
@@ -19,15 +21,17 @@ Modules, spine first:
   (fixed, random or explicit per-layer noise), ``generator`` (the ``Generator``: sigma space and
   every task as a method), ``inversion`` and ``codes`` (GAN inversion and its codes on disk),
   ``images`` (tensors to uint8, PIL and PNG).
-- **CUDA graphs:** ``cudagraph`` (``graphed``: one graph per input signature of any schedule) and
-  the module that replays every task call of a CUDA generator from such graphs by default.
+- **CUDA graphs:** ``cudagraph`` (capture and replay of one schedule per input signature) and
+  ``cuda_graph_tasks`` (every task call of a CUDA generator replayed from such graphs by default, and
+  the batch policy: padded sizes, warm-up largest first); ``lru`` (the one least-recently-used cache).
 - ``backends/``: one class each: torch (the reference), fast (shared-weight convs and fused
   Triton layer kernels), onnxruntime (with ONNX Runtime's own CUDA graphs), tensorrt (two
   flavours and the engine cache) and aoti (AOTInductor packages).
 - ``tasks/``: each task a short schedule over the chain (blend and merge, the panorama and its
   geometry, the endless panorama with its sampler and caches, expand, local blends and patch
-  swap, shift, translation).
+  swap, shift, translation); ``endless`` is the endless panorama's one public face, the only way the
+  server and the benchmarks reach it.
 
-``soat.load``, which picks a source and a backend and builds the Generator, sits above the runtime
-and the exporter; the behaviour every module reproduces is docs/contract.md.
+``soat.load`` (``soat/loader.py``), which picks a source and a backend and builds the Generator, sits
+above the runtime and the exporter (the runtime imports neither); the behaviour every module reproduces is docs/contract.md.
 """

@@ -1,7 +1,7 @@
 """CUDA graphs for whole task schedules: capture once per (task, shapes), replay after.
 
 A task call launches one kernel per layer op; at batch 1 the launches cost more
-than the math. ``graphed(fn)`` captures ``fn``'s whole schedule (engine calls and
+than the math. ``cuda_graphed(fn)`` captures ``fn``'s whole schedule (engine calls and
 feature-op kernels) into one CUDA graph per input signature and replays it, with
 inputs copied into static buffers. Inputs are validated once per call outside the
 graph (the checks that read values back to the host are skipped during capture), and
@@ -10,13 +10,13 @@ for NaN/inf inside it unless the caller's inputs are its own (``check_inputs=Fal
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
 from torch.utils import _pytree as pytree
 
 from ..errors import SoatError
+from .lru import LRU
 
 
 def is_capturing() -> bool:
@@ -26,7 +26,7 @@ def is_capturing() -> bool:
 
 def first_nonfinite(tensors: list[torch.Tensor]) -> int | None:
     """Index of the first tensor holding NaN or inf, else None; one host sync for the whole list.
-    Skipped while a CUDA graph is being captured (no sync is allowed there; ``GraphedTask``
+    Skipped while a CUDA graph is being captured (no sync is allowed there; ``CudaGraphedTask``
     checks its inputs inside the graph instead)."""
     if is_capturing() or not tensors:
         return None
@@ -71,7 +71,7 @@ class _Capture:
         return torch.stack([torch.isfinite(flat).all() for flat, _ in self.groups]).all()
 
 
-class GraphedTask:
+class CudaGraphedTask:
     """``fn(*args)`` replayed from a CUDA graph per input signature.
 
     Tensor leaves of ``args`` (nested lists allowed) are copied into static buffers;
@@ -80,21 +80,28 @@ class GraphedTask:
     ``check_inputs=False``: for callers whose inputs the model made itself, so that the
     call returns while the GPU still runs and the host can prepare the next one. All
     captures share one memory pool, so a call's result lives until the next call of any
-    shape: clone it if it must outlive that. With ``max_graphs``, the least recently used
+    shape: clone it if it must outlive that. With ``max_captures``, the least recently used
     capture is dropped when a new one would exceed it.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_graphs: int | None = None,
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2, max_captures: int | None = None,
                  check_inputs: bool = True):
         self.fn = fn
         self.warmup = warmup
         self.check_inputs = check_inputs
-        self.max_graphs = max_graphs
-        self._graphs: OrderedDict[tuple, _Capture] = OrderedDict()
+        self._captures: LRU[tuple, _Capture] = LRU(max_captures)
         self._pool = None  # one memory pool for every capture: replays are sequential, so they can share it
 
+    @property
+    def max_captures(self) -> int | None:
+        return self._captures.capacity
+
+    @max_captures.setter
+    def max_captures(self, value: int | None) -> None:
+        self._captures.capacity = value
+
     def __len__(self) -> int:
-        return len(self._graphs)
+        return len(self._captures)
 
     def __call__(self, *args: Any) -> torch.Tensor:
         leaves, spec = pytree.tree_flatten(args)
@@ -102,14 +109,11 @@ class GraphedTask:
         if not tensors or any(not x.is_cuda for x in tensors):
             raise SoatError("graphed tasks need CUDA tensors; load the generator with device='cuda'")
         key = (_signature(leaves), str(spec))
-        if key not in self._graphs:
-            if self.max_graphs is not None and len(self._graphs) >= self.max_graphs:
-                self._graphs.popitem(last=False)
-            self._graphs[key] = self._capture(leaves, spec, tensors)
-        else:
-            self._graphs[key].load(tensors)
-            self._graphs.move_to_end(key)
-        captured = self._graphs[key]
+        captured = self._captures.peek(key)
+        if captured is not None:
+            captured.load(tensors)
+        else:  # the least recently used capture goes first (its memory returns to the pool)
+            captured = self._captures.get(key, lambda: self._capture(leaves, spec, tensors))
         captured.graph.replay()
         if self.check_inputs and not bool(captured.finite):
             raise SoatError("an input of the graphed task contains NaN or inf")
@@ -134,6 +138,6 @@ class GraphedTask:
         return captured
 
 
-def graphed(fn: Callable[..., torch.Tensor], warmup: int = 2, check_inputs: bool = True) -> GraphedTask:
+def cuda_graphed(fn: Callable[..., torch.Tensor], warmup: int = 2, check_inputs: bool = True) -> CudaGraphedTask:
     """Wrap a task call (e.g. ``lambda s1, s2: G.blend(s1, s2)``) for CUDA-graph replay."""
-    return GraphedTask(fn, warmup, check_inputs=check_inputs)
+    return CudaGraphedTask(fn, warmup, check_inputs=check_inputs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from .cudagraph import is_capturing
 from .graphs import MAPPING, STYLES
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
 from .styles import StyleArg, check_styles, mean_style_z, mean_w, truncate, unflatten_styles
-from .task_graphs import TaskGraphs
+from .cuda_graph_tasks import CudaGraphTasks
 
 # the tasks Generator.warmup can run, with how many style lists each takes
 WARMUP_STYLE_LISTS = {"generate": 1, "expand": 1, "shift": 1, "blend": 2, "merge": 2, "merge_extension": 2,
@@ -33,8 +34,8 @@ class Generator:
         fixed_noise: ``noises.noise_{i}`` buffers, each ``[1, 1, r, r]``.
         source: where the weights came from (path or ``random:SEED``), for ``info``.
         fingerprint: a string identifying the weights (checkpoint sha256 or the seed).
-        graphs: on CUDA, replay every task call from a CUDA graph captured per input signature
-            (``task_graphs.py``); ``False`` runs every call eagerly.
+        cuda_graphs: on CUDA, replay every task call from a CUDA graph captured per input signature
+            (``cuda_graph_tasks.py``, held in ``G.cuda_graphs``); ``False`` runs every call eagerly.
         w_avg: the checkpoint's mean latent ``[style_dim]`` (NVIDIA's ``mapping.w_avg``,
             rosinality's ``latent_avg``), if it has one: the mean style is then affine(w_avg).
         mean_styles: sigma_bar stored with an export, flat ``[1, total]``.
@@ -43,8 +44,9 @@ class Generator:
     """
 
     def __init__(self, backend: Backend, config: GeneratorConfig, fixed_noise: Sequence[torch.Tensor],
-                 source: str = "", fingerprint: str = "", graphs: bool = True, w_avg: torch.Tensor | None = None,
-                 mean_styles: torch.Tensor | None = None, missing_mean: str | None = None):
+                 source: str = "", fingerprint: str = "", cuda_graphs: bool = True,
+                 w_avg: torch.Tensor | None = None, mean_styles: torch.Tensor | None = None,
+                 missing_mean: str | None = None):
         self.backend = backend
         self.config = config
         self.chain: tuple[LayerNode, ...] = build_chain(config)
@@ -68,7 +70,7 @@ class Generator:
             self._mean_styles = self.unflatten_styles(mean_styles.to(self.device, self.dtype))
             self.mean_source = MEAN_FROM_EXPORT
         self._noise_cache: dict = {}
-        self.graphs = TaskGraphs(self, graphs)
+        self.cuda_graphs = CudaGraphTasks(self, cuda_graphs)
 
     def __repr__(self) -> str:
         c = self.config
@@ -78,6 +80,12 @@ class Generator:
     @property
     def size(self) -> int:
         return self.config.size
+
+    @property
+    def graphs(self) -> CudaGraphTasks:
+        """Deprecated name of ``cuda_graphs`` ("graph" names the exported layer graphs)."""
+        warnings.warn("Generator.graphs is deprecated; use Generator.cuda_graphs", DeprecationWarning, stacklevel=2)
+        return self.cuda_graphs
 
     # ---- sigma space -------------------------------------------------------------------------
     def w(self, z: torch.Tensor) -> torch.Tensor:
@@ -161,7 +169,7 @@ class Generator:
 
     def generate(self, styles: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Plain synthesis: sigma list -> image ``[B, 3, R, R]`` in [-1, 1]."""
-        return self.graphs.call(self, _generate, (styles, noise))
+        return self.cuda_graphs.call(self, _generate, (styles, noise))
 
     def warmup(self, task: str, batch: int = 1, **arguments: Any) -> None:
         """Run ``task`` once at ``batch`` on the mean style, so that its CUDA graph is captured now
@@ -187,17 +195,17 @@ class Generator:
               noise: NoiseArg = "fixed") -> torch.Tensor:
         """Feature-interpolation blend of two images (docs/contract.md#blend); ``[B, 3, R, R]``."""
         from .tasks.blend import blend
-        return self.graphs.call(self, blend, (styles1, styles2, mode, noise))
+        return self.cuda_graphs.call(self, blend, (styles1, styles2, mode, noise))
 
     def merge_extension(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Two-image panorama span (docs/contract.md#merge-extension); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge_extension
-        return self.graphs.call(self, merge_extension, (styles1, styles2, noise))
+        return self.cuda_graphs.call(self, merge_extension, (styles1, styles2, noise))
 
     def merge(self, styles1: StyleArg, styles2: StyleArg, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Merge extension with a plain linspace alpha (docs/contract.md#merge); ``[B, 3, R, 2R]``."""
         from .tasks.blend import merge
-        return self.graphs.call(self, merge, (styles1, styles2, noise))
+        return self.cuda_graphs.call(self, merge, (styles1, styles2, noise))
 
     def panorama(self, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                  progress: bool = False) -> torch.Tensor:
@@ -219,7 +227,7 @@ class Generator:
     def panorama_columns(self, seed: int, start: int, width: int, truncation: float = 0.7,
                          noise: NoiseArg = "fixed") -> torch.Tensor:
         """Columns ``[start, start + width)`` of the endless panorama of ``seed``; ``[1, 3, R, width]``."""
-        from .tasks.infinite import panorama_columns
+        from .tasks.endless import panorama_columns
         return panorama_columns(self, seed, start, width, truncation, noise)
 
     def expand(self, styles: StyleArg, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
@@ -229,7 +237,7 @@ class Generator:
         ``noise`` defaults to ``"random"`` as in the reference (seed with ``torch.manual_seed``).
         """
         from .tasks.expand import expand
-        return self.graphs.call(self, expand, (styles, mode, noise))
+        return self.cuda_graphs.call(self, expand, (styles, mode, noise))
 
     def blend_mask(self, styles1: StyleArg, styles2: StyleArg, mask: torch.Tensor, pose_align: bool = False,
                    num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
@@ -241,20 +249,20 @@ class Generator:
                    num_blend: int = 99, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Local attribute transfer inside a box ``(x, y, w, h)`` (or a list of boxes), in output pixels."""
         from .tasks.local import blend_bbox
-        return self.graphs.call(self, blend_bbox, (styles1, styles2, box, pose_align, num_blend, noise))
+        return self.cuda_graphs.call(self, blend_bbox, (styles1, styles2, box, pose_align, num_blend, noise))
 
     def patch_swap(self, styles1: StyleArg, styles2: StyleArg, boxes: Any, swap: bool = True,
                    noise: NoiseArg = "fixed") -> torch.Tensor:
         """Copy (and swap) 16x16 feature regions of image 2 into image 1 (docs/contract.md#patch-swap)."""
         from .tasks.local import patch_swap
-        return self.graphs.call(self, patch_swap, (styles1, styles2, boxes, swap, noise))
+        return self.cuda_graphs.call(self, patch_swap, (styles1, styles2, boxes, swap, noise))
 
     def shift(self, styles: StyleArg, source_box: Any, targets: Any, layers: Sequence[int] | None = None,
               strength: float = 1.0, noise: NoiseArg = "fixed") -> torch.Tensor:
         """Replicate a patch: at the given resolutions, blend features with a copy shifted from
         ``source_box`` onto each target (docs/contract.md#shift)."""
         from .tasks.shift import shift
-        return self.graphs.call(self, shift, (styles, source_box, targets, layers, strength, noise))
+        return self.cuda_graphs.call(self, shift, (styles, source_box, targets, layers, strength, noise))
 
     # ---- GAN inversion (soat.runtime.inversion) ------------------------------------------------
     def invert(self, images: Any, steps: int = 1000, lpips: Any = "auto", prior_weight: float = 1e-3,

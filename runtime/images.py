@@ -14,10 +14,34 @@ from PIL import Image
 from ..errors import SoatError
 
 
+def uint8_levels(images: torch.Tensor) -> torch.Tensor:
+    """Values in [-1, 1] -> uint8 levels of the same shape, on the same device: clamped, then rounded half
+    up (as torchvision's save_image). The one rounding of the Python side (libsoat mirrors it)."""
+    x = (images.detach().float().clamp(-1, 1) + 1) / 2
+    return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8, rounding half up (as torchvision's save_image)."""
-    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
-    return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8 on the host (``uint8_levels``)."""
+    return uint8_levels(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
+
+
+def device_uint8(parts: Sequence[torch.Tensor], whole: bool | None = None) -> torch.Tensor:
+    """``[1, 3, R, w_i]`` images in [-1, 1] -> one ``[R, sum w_i, 3]`` uint8 on their device, side by side.
+
+    Rounds as ``to_uint8`` (``uint8_levels``), so the host gets the same bytes after one copy.
+    ``whole`` (default: off the CPU) converts them in one pass of a few kernels; on the CPU part by
+    part is faster (each part stays in cache)."""
+    if whole is None:
+        whole = parts[0].device.type != "cpu"
+    if whole:
+        return uint8_levels(torch.cat([p[0] for p in parts], dim=2)).permute(1, 2, 0).contiguous()
+    out = torch.empty(parts[0].shape[2], sum(p.shape[3] for p in parts), 3, dtype=torch.uint8, device=parts[0].device)
+    col = 0
+    for p in parts:
+        out[:, col:col + p.shape[3]] = uint8_levels(p[0]).permute(1, 2, 0)
+        col += p.shape[3]
+    return out
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 from starlette.applications import Starlette
@@ -43,14 +43,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from ..errors import SoatError
-from ..version import __version__
+from ..runtime.endless import SpanKey, check_truncation, column_pieces, span, spans, stitch
 from ..runtime.images import to_uint8
-from ..runtime.tasks.infinite import SpanKey, check_truncation, span
-from ..runtime.tasks.panorama_geometry import column_pieces, stitch
-from .batcher import SpanBatcher
+from ..version import __version__
+from .batcher import SpanBatcher, SpanSource
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
 from .stream import close_with_error, serve_stream
+
+if TYPE_CHECKING:
+    from ..runtime.generator import Generator
 
 STATIC = Path(__file__).parent / "static"
 
@@ -58,8 +60,8 @@ STATIC = Path(__file__).parent / "static"
 class Server:
     """What the routes share: the generator, its worker thread, the batcher, the range gate and counters."""
 
-    def __init__(self, G, truncation: float, max_batch: int, window_s: float, max_streams: int,
-                 encoders: int, max_ranges: int, max_ranges_per_client: int):
+    def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
+                 encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans):
         self.G = G
         self.truncation = truncation
         self.max_streams = max_streams
@@ -67,7 +69,7 @@ class Server:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
         self.encoder = ThreadPoolExecutor(encoders, thread_name_prefix="soat-encode")
         self.encoders = encoders
-        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s)
+        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, span_source=span_source)
         self.ranges = RangeGate(max_ranges, max_ranges_per_client)
 
     async def on_worker(self, fn, *args):
@@ -144,21 +146,24 @@ async def unless_disconnected(request: Request, work) -> Response | None:
     return task.result()
 
 
-def exact_span(G, key: SpanKey) -> np.ndarray:
+def exact_span(G: Generator, key: SpanKey) -> np.ndarray:
     """One span's contributed columns computed alone (as ``panorama_columns`` does): ``[R, w, 3]`` uint8."""
     return to_uint8(span(G, key))[0]
 
 
-def create_app(G, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
+def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
                max_streams: int = 64, encoders: int | None = None, max_ranges: int = 16,
-               max_ranges_per_client: int = 4) -> Starlette:
+               max_ranges_per_client: int = 4, span_source: SpanSource = spans) -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
-    ``max_ranges_per_client``: PNG range requests open at once, in all and per client address."""
+    ``max_ranges_per_client``: PNG range requests open at once, in all and per client address.
+    ``span_source``: what computes the streams' span batches (``SpanBatcher``; PNG ranges always
+    compute each span alone)."""
     truncation = check_truncation(truncation)
     encoders = encoders or max(1, min(8, os.cpu_count() or 1))
-    server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client)
+    server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client,
+                    span_source)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")

@@ -14,9 +14,10 @@ converted to uint8 and laid side by side (``[R, sum of widths, 3]``) on the gene
 device, then copied to the host in one transfer. On CUDA that copy goes into pinned
 memory without blocking the worker thread, so up to ``depth`` batches are in flight: the
 worker launches the next batch while a finisher thread waits for the previous one's
-copy, and encoding (the server's encoder pool) overlaps both. On CUDA a batch is padded
-(repeating its last span) to one of a few sizes (``graph_batch``), so the streaming graphs
-are captured for a few shapes only, all of them at warm-up.
+copy, and encoding (the server's encoder pool) overlaps both. Where the generator replays
+CUDA graphs, the runtime runs a batch at one of a few sizes (``G.cuda_graphs.padded_batch``);
+the warm-up runs each of them (``G.cuda_graphs.warmup_batches``), so every capture happens
+before the first client.
 """
 
 from __future__ import annotations
@@ -25,44 +26,20 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..runtime.tasks.infinite import LRU, SpanKey, spans
-from ..runtime.tasks.panorama_geometry import Piece, column_pieces, span_columns, stitch
+from ..runtime.endless import Piece, SpanKey, column_pieces, span_columns, spans, stitch
+from ..runtime.images import device_uint8
+from ..runtime.lru import LRU
 
+if TYPE_CHECKING:
+    from ..runtime.generator import Generator
+
+SpanSource = Callable[["Generator", Sequence[SpanKey]], Sequence[torch.Tensor]]  # what computes a batch of spans
 RATE_WINDOW_S = 5.0  # generated columns/s is averaged over this many seconds
-
-
-def device_uint8(parts: list[torch.Tensor], whole: bool | None = None) -> torch.Tensor:
-    """``[1, 3, R, w_i]`` images in [-1, 1] -> one ``[R, sum w_i, 3]`` uint8 on their device.
-
-    Rounds exactly as ``soat.to_uint8`` (clamp, half up), so the host gets the same bytes.
-    ``whole`` (default: off the CPU) converts the batch in one pass of a few kernels; on the CPU
-    part by part is faster (each part stays in cache)."""
-    if whole is None:
-        whole = parts[0].device.type != "cpu"
-    if whole:
-        return _rgb8(torch.cat([p[0] for p in parts], dim=2)).permute(1, 2, 0).contiguous()
-    out = torch.empty(parts[0].shape[2], sum(p.shape[3] for p in parts), 3, dtype=torch.uint8, device=parts[0].device)
-    col = 0
-    for p in parts:
-        out[:, col:col + p.shape[3]] = _rgb8(p[0]).permute(1, 2, 0)
-        col += p.shape[3]
-    return out
-
-
-def graph_batch(n: int) -> int:
-    """The batch ``n`` spans are padded to on CUDA: a power of two up to 16, then a multiple of 16
-    (1, 2, 4, 8, 16, 32, 48, 64, ...): few graph captures, and at most 1/3 of a large batch padding
-    (powers of two alone padded 48 spans to 64)."""
-    return 1 << (n - 1).bit_length() if n <= 16 else -(-n // 16) * 16
-
-
-def _rgb8(x: torch.Tensor) -> torch.Tensor:
-    x = (x.float().clamp(-1, 1) + 1) / 2
-    return torch.floor(x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
 class _Launched:
@@ -98,11 +75,14 @@ class SpanBatcher:
         window_s: how long the first request of a step waits for others to join.
         capacity: spans kept in the LRU (each ``R x (R + R // 2)`` RGB at most).
         depth: batches launched and not yet on the host (more than 1 helps only on CUDA).
+        span_source: ``(G, keys) -> [1, 3, R, w]`` images in [-1, 1], one per key: computes a batch
+            (default: the runtime's ``spans``; a load test passes a free one).
     """
 
-    def __init__(self, G, worker: Executor, truncation: float, max_batch: int = 16, window_s: float = 0.004,
-                 capacity: int = 256, depth: int = 2):
+    def __init__(self, G: Generator, worker: Executor, truncation: float, max_batch: int = 16,
+                 window_s: float = 0.004, capacity: int = 256, depth: int = 2, span_source: SpanSource = spans):
         self.G = G
+        self.span_source = span_source
         self.worker = worker
         self.truncation = truncation
         self.max_batch = max_batch
@@ -110,7 +90,7 @@ class SpanBatcher:
         self.depth = depth
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="soat-copy")
         self._slots: asyncio.Semaphore | None = None
-        self._cache = LRU(capacity)
+        self._cache: LRU[SpanKey, np.ndarray] = LRU(capacity)
         self._pending: dict[SpanKey, asyncio.Future] = {}  # queued or being computed
         self._waiters: dict[SpanKey, int] = {}  # tasks awaiting each pending span
         self._queue: list[SpanKey] = []
@@ -141,11 +121,11 @@ class SpanBatcher:
         return (1 + len(self._queue) // self.max_batch) * self.batch_s + self.window_s
 
     async def warm_up(self) -> None:
-        """Before the first client: one batch of each size the server will run (on CUDA each padded size
-        ``graph_batch`` gives up to ``max_batch``, so every graph is captured now, not during a stream;
-        elsewhere one span), which also times a batch for ``first_tile_eta_s``."""
-        cuda = self.G.device.type == "cuda"
-        sizes = sorted({graph_batch(n) for n in range(1, self.max_batch + 1)}) if cuda else [1]
+        """Before the first client: one batch of each size the generator asks for (``warmup_batches``:
+        where it replays CUDA graphs every padded size up to ``max_batch``, largest first, so every
+        capture happens now, not during a stream; elsewhere one span), which also times a batch for
+        ``first_tile_eta_s``."""
+        sizes = self.G.cuda_graphs.warmup_batches(self.max_batch)
         first = 0
         for n in sizes:  # seed 0's first spans: real ones, cached for its first viewers
             await asyncio.gather(*(self.span(SpanKey(0, first + i, self.truncation)) for i in range(n)))
@@ -244,10 +224,7 @@ class SpanBatcher:
     def _launch(self, batch: list[SpanKey]) -> _Launched:
         """On the worker thread: one batched generator call, uint8 on the device, the copy to the host started."""
         started = time.monotonic()
-        keys = batch
-        if self.G.device.type == "cuda":  # CUDA graphs are captured per batch shape: a few shapes only
-            keys = batch + batch[-1:] * (graph_batch(len(batch)) - len(batch))
-        parts = spans(self.G, keys)[:len(batch)]
+        parts = self.span_source(self.G, batch)
         widths = [hi - lo for lo, hi in (span_columns(self.G.size, k.index) for k in batch)]
         return _Launched(device_uint8(parts), widths, started)
 

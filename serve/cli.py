@@ -10,10 +10,15 @@ import argparse
 import errno
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from ..options import add_dtype, add_layout
 from ..options import BACKEND_HELP
 from ..runtime.capabilities import AUTO, BACKEND_CHOICES
+
+if TYPE_CHECKING:
+    from ..runtime.generator import Generator
+    from .replica import ReplicaOptions
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -118,7 +123,7 @@ def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.sock
     return sock
 
 
-def serve_on(options, G, sock: socket.socket, banner: str, on_listening=None) -> None:
+def serve_on(options: ReplicaOptions, G: Generator, sock: socket.socket, banner: str, on_listening=None) -> None:
     """Serve ``G`` on the bound ``sock`` until interrupted; once it accepts connections, print
     ``banner`` and the URL (unless ``banner`` is empty) and call ``on_listening``."""
     import uvicorn

@@ -20,13 +20,16 @@ import asyncio
 import os
 import socket
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from starlette.responses import JSONResponse
 
 from ..errors import SoatError
 from ..loader import load
 from .app import create_app
+
+if TYPE_CHECKING:
+    from ..runtime.generator import Generator
 
 REPLICA_HEADER = b"x-soat-replica"
 PROBE_TIMEOUT_S = 30.0  # longer queues than this on one replica count as not ready
@@ -70,12 +73,12 @@ class ReplicaOptions:
         """From ``soat serve``'s ``argparse.Namespace`` (options it has no flag for keep their defaults)."""
         return cls.from_mapping({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
-    def load(self):
+    def load(self) -> Generator:
         """The generator, loaded once per replica."""
         return load(self.checkpoint, backend=self.backend, device=self.device, dtype=self.dtype, size=self.size,
                     channel_multiplier=self.channel_multiplier)
 
-    def app(self, G, replica: Mapping[str, object]) -> "ReplicaApp":
+    def app(self, G: Generator, replica: Mapping[str, object]) -> "ReplicaApp":
         """``create_app(G, ...)`` with the health routes, for the replica described by ``replica``."""
         return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams,
                                      self.encoders or None), replica)

@@ -19,12 +19,16 @@ import contextlib
 import json
 import logging
 from collections import deque
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..runtime.tasks.panorama_geometry import stitch
+from ..runtime.endless import stitch
 from .protocol import (CLOSE_INTERNAL, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT, ProtocolError,
                        StreamQuery, encode_image, pack_frame, parse_credit)
+
+if TYPE_CHECKING:
+    from .app import Server
 
 log = logging.getLogger("soat.serve")
 _REASON_BYTES = 123  # the most a WebSocket close frame carries
@@ -57,7 +61,7 @@ async def close_with_error(ws: WebSocket, code: int, message: str) -> None:
         await ws.close(code=code, reason=reason)
 
 
-async def serve_stream(ws: WebSocket, server, query: StreamQuery) -> None:
+async def serve_stream(ws: WebSocket, server: Server, query: StreamQuery) -> None:
     """Run one accepted stream until the client leaves or breaks the protocol."""
     await ws.send_text(json.dumps({"type": "hello", "size": server.G.size, "seed": query.seed, "x": query.x,
                                    "tile": query.tile, "format": query.format, "max_credit": MAX_CREDIT,
@@ -89,7 +93,7 @@ async def _read(ws: WebSocket, credit: Credit) -> None:
         credit.grant(parse_credit(message.get("text") or "", credit.unspent))
 
 
-async def _write(ws: WebSocket, credit: Credit, server, query: StreamQuery) -> None:
+async def _write(ws: WebSocket, credit: Credit, server: Server, query: StreamQuery) -> None:
     # Up to PIPELINE tiles of one stream are computed at once (their spans join one batch);
     # they are sent strictly in order.
     inflight: deque[asyncio.Task] = deque()
@@ -107,7 +111,7 @@ async def _write(ws: WebSocket, credit: Credit, server, query: StreamQuery) -> N
             task.cancel()
 
 
-async def _frame(server, query: StreamQuery, seq: int, column: int) -> bytes:
+async def _frame(server: Server, query: StreamQuery, seq: int, column: int) -> bytes:
     pieces, parts = await server.batcher.tile_parts(query.seed, column, query.tile)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(server.encoder, _encode_frame, server.G.size, pieces, parts, query, seq, column)

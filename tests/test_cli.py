@@ -183,6 +183,19 @@ def test_bench_cpu_defaults_are_small(tmp_path, monkeypatch):
     assert seen["exports"] == {}
 
 
+@pytest.mark.parametrize("flag", ["--cuda-graphs", "--graphs"])
+def test_bench_cuda_graphs_flag_and_its_deprecated_old_name(tmp_path, monkeypatch, capsys, flag):
+    seen = {}
+    monkeypatch.setattr("soat.bench.suite.run_suite", lambda source, size, cm, device, configs, *a, **k:
+                        seen.update(modes={c.cuda_graphs for c in configs}))
+    assert main(["bench", "--device", "cpu", flag, "off", "-o", str(tmp_path / "b")]) == 0
+    assert seen["modes"] == {False}
+    notices = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert notices == ([] if flag == "--cuda-graphs" else ["soat bench: --graphs is deprecated; use --cuda-graphs"])
+    assert main(["bench", "--device", "cpu", flag, "on", "-o", str(tmp_path / "c")]) == 2
+    assert "--cuda-graphs needs --device cuda" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags", [["aoti"], ["aoti=/no/such/folder"], ["tensorrt=."], ["torch=."],
                                    ["aoti=.", "aoti=."]])
 def test_bench_export_flag_errors(capsys, tmp_path, flags):

@@ -1,7 +1,8 @@
 """The package's import graph: no cycles, and the layering the architecture promises.
 
-Every import statement of every module is read (function-level ones included) and
-resolved to a module of the ``soat`` namespace. Checked:
+Every import statement of every module is read (function-level ones included; those under
+``if TYPE_CHECKING:``, which never run, left out) and resolved to a module of the ``soat``
+namespace. Checked:
 
 - no import cycle at all between modules;
 - ``soat.triton_kernels`` imports nothing of the runtime, the exporter, the server or the bench;
@@ -9,7 +10,9 @@ resolved to a module of the ``soat`` namespace. Checked:
   ``soat.loader``), the server, the bench or the command line;
 - ``soat.serve`` and ``soat.bench`` use the tasks through public names only: no name with a
   leading underscore from any soat module, and from a task module only the names its
-  ``__all__`` publishes.
+  ``__all__`` publishes;
+- ``soat.serve`` and ``soat.bench`` import no ``soat.runtime.tasks`` module at all (nor do the
+  Python snippets of ``bench/*.sh``): the endless panorama's face is ``soat.runtime.endless``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import ast
 import importlib
 import pathlib
+import re
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,11 +48,26 @@ def modules() -> dict[str, pathlib.Path]:
     return found
 
 
+def run_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements of ``tree`` that can run: all but those under ``if TYPE_CHECKING:``
+    (annotations only, so they make no import cycle)."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def imported(module: str, path: pathlib.Path, known: dict[str, pathlib.Path]) -> list[tuple[str, str | None]]:
     """``(target module, imported name or None)`` for every import in ``path`` that names a soat module."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     edges = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in run_imports(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             edges += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -106,6 +125,12 @@ def test_the_walk_sees_the_whole_package():
     assert ("soat.runtime.tasks.blend", "blend") in graph["soat.runtime.generator"]  # function-level
 
 
+def test_type_checking_imports_are_left_out():
+    tree = ast.parse("import a\nif TYPE_CHECKING:\n    import b\nelse:\n    import c\n"
+                     "def f():\n    from d import e\n    if typing.TYPE_CHECKING:\n        import g\n")
+    assert sorted(ast.unparse(node) for node in run_imports(tree)) == ["from d import e", "import a", "import c"]
+
+
 def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
@@ -144,3 +169,30 @@ def test_runtime_imports_nothing_above_it():
     bad = [(m, t) for m, edges in import_graph().items() if m.startswith("soat.runtime")
            for t, _ in edges if t.startswith(RUNTIME_FORBIDDEN) or t == "soat"]
     assert bad == []
+
+
+TASKS = "soat.runtime.tasks"
+
+
+def task_imports(graph: dict[str, list[tuple[str, str | None]]]) -> list[tuple[str, str]]:
+    """``(module, task module)`` for every import of a ``soat.runtime.tasks`` module by serve or bench."""
+    return [(m, t) for m, edges in graph.items() if m.startswith(("soat.serve", "soat.bench"))
+            for t, _ in edges if t == TASKS or t.startswith(TASKS + ".")]
+
+
+def test_serve_and_bench_import_no_task_module():
+    assert task_imports(import_graph()) == []
+    # the Python that bench's shell scripts run (heredocs, python3 -c) is held to the same rule
+    scripts = {path.name: path.read_text() for path in (ROOT / "bench").glob("*.sh")}
+    assert "gpu_run.sh" in scripts
+    snippets = [(name, line.strip()) for name, text in scripts.items() for line in text.splitlines()
+                if re.search(r"\b(from|import)\s+" + re.escape(TASKS) + r"\b", line)]
+    assert snippets == []
+
+
+def test_the_task_import_rule_sees_a_violation():
+    graph = {"soat.serve.x": [("soat.runtime.tasks.endless", "spans"), ("soat.runtime.endless", None)],
+             "soat.bench.y": [("soat.runtime.tasks", None)],
+             "soat.runtime.generator": [("soat.runtime.tasks.blend", None)]}  # the runtime itself may
+    assert task_imports(graph) == [("soat.serve.x", "soat.runtime.tasks.endless"),
+                                   ("soat.bench.y", "soat.runtime.tasks")]

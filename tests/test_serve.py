@@ -296,7 +296,7 @@ def test_eight_clients_flat_memory_no_lost_frames(url):
 # ---- the host path: uint8 on the device -------------------------------------------------------
 @pytest.mark.parametrize("whole", [False, True])  # the CPU's part-by-part pass and the GPU's one pass
 def test_device_uint8_rounds_exactly_as_to_uint8(whole):
-    from soat.serve.batcher import device_uint8
+    from soat.runtime.images import device_uint8
     parts = [torch.randn(1, 3, SIZE, w, generator=torch.Generator().manual_seed(w)) * 1.3 for w in (12, 8, 8)]
     parts[1][0, :, 0, :4] = torch.tensor([-1.0, 1.0, 0.5 / 255 * 2 - 1, 1.5 / 255 * 2 - 1])  # edges and halves
     expected = np.concatenate([soat.to_uint8(p)[0] for p in parts], axis=1)
@@ -304,6 +304,32 @@ def test_device_uint8_rounds_exactly_as_to_uint8(whole):
     half = [p.half() for p in parts]  # the fp16 path: converted to float first, as to_uint8 does
     assert np.array_equal(device_uint8(half, whole).numpy(),
                           np.concatenate([soat.to_uint8(p)[0] for p in half], axis=1))
+
+
+# ---- the batcher's span source is injected, not patched ----------------------------------------
+def test_the_batcher_computes_spans_with_the_span_source_it_is_given(G):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soat.runtime.endless import SpanKey, span_columns
+    from soat.serve.batcher import SpanBatcher
+    calls = []
+
+    def flat_grey(g, keys):  # a free generator: every span a constant image
+        calls.append(list(keys))
+        widths = [hi - lo for lo, hi in (span_columns(g.size, k.index) for k in keys)]
+        return [torch.full((1, 3, g.size, w), 0.5) for w in widths]
+
+    async def tile():
+        batcher = SpanBatcher(G, worker, 1.0, max_batch=4, span_source=flat_grey)
+        try:
+            return await batcher.tile(3, 0, 2 * SIZE)
+        finally:
+            batcher.close()
+
+    with ThreadPoolExecutor(1) as worker:
+        pixels = run(tile())
+    assert pixels.shape == (SIZE, 2 * SIZE, 3) and (pixels == soat.to_uint8(torch.full((1, 3, 1, 1), 0.5))).all()
+    assert calls == [[SpanKey(3, 0, 1.0), SpanKey(3, 1, 1.0)]]  # one batch, and the real spans were never computed
 
 
 # ---- soat serve's command line: the port is checked before the model loads ----------------------
@@ -415,10 +441,3 @@ def test_many_clients_in_other_processes_get_every_frame_in_order(url):
     assert r.clients_served == r.clients and r.frames >= r.clients, r
     assert (wait_idle(url)["streams"]) == 0
 
-
-def test_graph_batch_pads_to_few_shapes_and_little_waste():
-    from soat.serve.batcher import graph_batch
-    padded = [graph_batch(n) for n in range(1, 65)]
-    assert sorted(set(padded)) == [1, 2, 4, 8, 16, 32, 48, 64]
-    assert all(n <= p for n, p in zip(range(1, 65), padded))
-    assert all(p - n < 16 for n, p in zip(range(17, 65), padded[16:]))

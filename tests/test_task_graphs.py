@@ -2,7 +2,7 @@
 
 The replayed calls must equal eager calls bit for bit (same kernels, same order), hand back
 tensors of their own, fall back to eager execution where a graph cannot reproduce the call,
-and keep at most ``max_graphs`` captures. Needs a GPU: skipped elsewhere (CPU generators never
+and keep at most ``max_captures`` captures. Needs a GPU: skipped elsewhere (CPU generators never
 capture, which the first test checks everywhere).
 """
 
@@ -18,9 +18,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 
 
 def test_cpu_generators_run_eagerly(g16):
-    assert not g16.graphs.enabled
+    assert not g16.cuda_graphs.enabled
     g16.generate(make_styles(g16))
-    assert len(g16.graphs) == 0
+    assert len(g16.cuda_graphs) == 0
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def pair():
     if not torch.cuda.is_available():
         pytest.skip("CUDA graphs need a GPU")
     kwargs = dict(size=32, channel_multiplier=1, device="cuda", dtype="fp16")
-    return soat.load("random:3", **kwargs), soat.load("random:3", graphs=False, **kwargs)
+    return soat.load("random:3", **kwargs), soat.load("random:3", graphs=False, **kwargs)  # soat.load's keyword
 
 
 TASKS = {
@@ -47,10 +47,10 @@ TASKS = {
 def test_replayed_call_equals_eager_call(pair, task):
     graphed, eager = pair
     a, b = make_styles(eager, 2, seed=1), make_styles(eager, 2, seed=2)
-    before = len(graphed.graphs)
+    before = len(graphed.cuda_graphs)
     first = TASKS[task](graphed, a, b)  # capture
     again = TASKS[task](graphed, b, a)  # replay with other values
-    assert len(graphed.graphs) == before + 1
+    assert len(graphed.cuda_graphs) == before + 1
     assert torch.equal(first, TASKS[task](eager, a, b))
     assert torch.equal(again, TASKS[task](eager, b, a))
 
@@ -69,7 +69,7 @@ def test_results_are_the_callers_own(pair):
 def test_calls_a_graph_cannot_reproduce_run_eagerly(pair):
     graphed, eager = pair
     a = make_styles(graphed, 1, seed=5)
-    before = len(graphed.graphs)
+    before = len(graphed.cuda_graphs)
     torch.manual_seed(0)
     random = graphed.expand(a, "reflect", noise="random")
     torch.manual_seed(0)
@@ -78,18 +78,18 @@ def test_calls_a_graph_cannot_reproduce_run_eagerly(pair):
     graphed.generate(leaves).float().mean().backward()
     assert leaves[0].grad is not None
     graphed.generate([s.cpu() for s in a])  # inputs on the host: eager (moved by the task's checks)
-    assert len(graphed.graphs) == before
+    assert len(graphed.cuda_graphs) == before
 
 
 @cuda
 def test_warmup_captures_and_the_cache_is_bounded():
     G = soat.load("random:4", size=16, channel_multiplier=1, device="cuda", dtype="fp16")
-    G.graphs._graphed.max_graphs = 3
+    G.cuda_graphs._captures.max_captures = 3
     G.warmup("generate", batch=2)
-    assert len(G.graphs) == 1
+    assert len(G.cuda_graphs) == 1
     for batch in (1, 3, 4, 5):
         G.warmup("generate", batch=batch)
-    assert len(G.graphs) == 3
+    assert len(G.cuda_graphs) == 3
     with pytest.raises(soat.SoatError, match="cannot be warmed up"):
         G.warmup("panorama")
 
@@ -108,9 +108,9 @@ def test_nan_inputs_are_refused_on_replay(pair):
 @cuda
 def test_unchecked_replays_do_not_wait_for_the_gpu():
     """``check_inputs=False`` (the streaming graphs): no NaN flag, so no host sync after the replay."""
-    from soat.runtime.cudagraph import GraphedTask
+    from soat.runtime.cudagraph import CudaGraphedTask
     x = torch.randn(1024, 1024, device="cuda")
-    task = GraphedTask(lambda a: a @ a, check_inputs=False)
+    task = CudaGraphedTask(lambda a: a @ a, check_inputs=False)
     want = x @ x
     assert torch.equal(task(x), want)  # captured
     torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU work queued ahead of the replay
@@ -119,3 +119,35 @@ def test_unchecked_replays_do_not_wait_for_the_gpu():
     assert torch.equal(out, want)
     x[0, 0] = float("nan")
     assert torch.isnan(task(x)).any()  # and NaN inputs go through unreported
+
+
+def test_the_old_names_still_work_and_warn(g16):
+    with pytest.warns(DeprecationWarning, match="cuda_graphs"):
+        assert g16.graphs is g16.cuda_graphs
+    with pytest.warns(DeprecationWarning, match="cuda_graphed"):
+        assert soat.graphed is soat.cuda_graphed
+
+
+# ---- the batch policy: padded batches and warm-up sizes -----------------------------------------
+def test_cuda_graph_batch_pads_to_few_shapes_and_little_waste():
+    from soat.runtime.cuda_graph_tasks import cuda_graph_batch
+    padded = [cuda_graph_batch(n) for n in range(1, 65)]
+    assert sorted(set(padded)) == [1, 2, 4, 8, 16, 32, 48, 64]
+    assert all(n <= p for n, p in zip(range(1, 65), padded))
+    assert all(p - n < 16 for n, p in zip(range(17, 65), padded[16:]))
+
+
+def test_the_batch_policy_pads_only_where_calls_replay(g16):
+    from types import SimpleNamespace
+
+    from soat.runtime.cuda_graph_tasks import CudaGraphTasks
+
+    class OnGpu:  # a generator as the policy sees one on a GPU with a capturable backend (nothing is captured)
+        device, backend = torch.device("cuda"), SimpleNamespace(capturable=True)
+    on_gpu = CudaGraphTasks(OnGpu(), True)
+    assert on_gpu.enabled and [on_gpu.padded_batch(n) for n in (1, 3, 17, 48)] == [1, 4, 32, 48]
+    assert on_gpu.warmup_batches(64) == [64, 48, 32, 16, 8, 4, 2, 1]  # largest first: it sizes the shared pool
+    assert on_gpu.warmup_batches(5) == [8, 4, 2, 1]
+    assert not g16.cuda_graphs.enabled
+    assert [g16.cuda_graphs.padded_batch(n) for n in (1, 3, 17)] == [1, 3, 17]
+    assert g16.cuda_graphs.warmup_batches(64) == [1]

@@ -6,7 +6,7 @@ same (already blended) input and skip, then ``lerp(out1, out2, alpha)``.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -14,6 +14,9 @@ from ...triton_kernels import ops as K
 from ..chain import LayerNode, RunNode, advance
 from ...errors import SoatError
 from ..noise import NoiseArg, NoiseFn, node_noise
+
+if TYPE_CHECKING:
+    from ..generator import Generator
 
 # (node, out_sigma1, out_sigma2) -> blended output
 Combine = Callable[[LayerNode, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,7 +41,8 @@ def lerp_chain(run1: RunNode, run2: RunNode, s1: Sequence[torch.Tensor], s2: Seq
     return rgb
 
 
-def check_pair(G, styles1, styles2, G2=None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def check_pair(G: Generator, styles1, styles2,
+               G2: Generator | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Both style lists checked (``styles2`` against ``G2`` where two generators run), of one batch."""
     s1, s2 = G.check_styles(styles1, "styles1"), (G2 or G).check_styles(styles2, "styles2")
     if s1[0].shape[0] != s2[0].shape[0]:
@@ -46,7 +50,7 @@ def check_pair(G, styles1, styles2, G2=None) -> tuple[list[torch.Tensor], list[t
     return s1, s2
 
 
-def blend(G, styles1, styles2, mode: str = "horizontal", noise: NoiseArg = "fixed") -> torch.Tensor:
+def blend(G: Generator, styles1, styles2, mode: str = "horizontal", noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]``: sigma1 on the left (top), sigma2 on the right (bottom), ramp-blended at every layer."""
     if mode not in BLEND_MODES:
         raise SoatError(f"mode={mode!r} is not a blend mode; use 'horizontal' or 'vertical'")
@@ -57,7 +61,7 @@ def blend(G, styles1, styles2, mode: str = "horizontal", noise: NoiseArg = "fixe
     return rgb.clamp(-1, 1)
 
 
-def _merged(G, styles1, styles2, noise: NoiseArg, pad: bool) -> torch.Tensor:
+def _merged(G: Generator, styles1, styles2, noise: NoiseArg, pad: bool) -> torch.Tensor:
     s1, s2 = check_pair(G, styles1, styles2)
     noise_at = G.noise_fn(noise)
     conv1 = G.chain[1]
@@ -69,11 +73,11 @@ def _merged(G, styles1, styles2, noise: NoiseArg, pad: bool) -> torch.Tensor:
     return rgb.clamp(-1, 1)
 
 
-def merge_extension(G, styles1, styles2, noise: NoiseArg = "fixed") -> torch.Tensor:
+def merge_extension(G: Generator, styles1, styles2, noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, 2R]``: conv1 outputs side by side, then a padded horizontal ramp over the doubled width."""
     return _merged(G, styles1, styles2, noise, pad=True)
 
 
-def merge(G, styles1, styles2, noise: NoiseArg = "fixed") -> torch.Tensor:
+def merge(G: Generator, styles1, styles2, noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, 2R]``: as ``merge_extension`` with ``alpha = linspace(0, 1, W)``."""
     return _merged(G, styles1, styles2, noise, pad=False)

@@ -2,7 +2,7 @@
 
 Raw latents are Philox normals keyed by ``(seed, j)``; the smoothed latents are
 scipy.ndimage's Gaussian (sigma 0.7, radius 3) over the raw ones, divided by the fixed
-``NORMALISER`` (``infinite``'s docstring has the full definition and its relation to the
+``NORMALISER`` (``endless``'s docstring has the full definition and its relation to the
 reference sampler).
 
 Public API: ``endless_latents``, ``latents_at``, ``raw_latent``, ``smoothing_weights``,

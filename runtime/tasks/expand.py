@@ -8,16 +8,21 @@ the rest of the chain runs on the wider maps. Output ``[B, 3, R, 2R]``, or
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ...triton_kernels import ops as K
 from ...errors import SoatError
 from ..noise import NoiseArg
 
+if TYPE_CHECKING:
+    from ..generator import Generator
+
 WIDEN_AFTER = "to_rgbs.0"  # the 8x8 block's ToRGB
 
 
-def expand(G, styles, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
+def expand(G: Generator, styles, mode: str = "reflect", noise: NoiseArg = "random") -> torch.Tensor:
     if mode not in K.WIDEN_MODES:
         raise SoatError(f"mode={mode!r} is not an expand mode; use one of {', '.join(K.WIDEN_MODES)}")
     s = G.check_styles(styles)

@@ -6,7 +6,7 @@ The behaviour: docs/contract.md#local-blend and docs/contract.md#patch-swap.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,15 @@ from ..noise import NoiseArg, shared_noise
 from .blend import check_pair, lerp_chain
 from .boxes import box_list, check_box
 
+if TYPE_CHECKING:
+    from ..generator import Generator
+
 POSE_STYLES = 4  # pose alignment takes the first four sigma entries (2048 dims) from the source
 SWAP_AFTER = "to_rgbs.1"  # patch swap edits the 16x16 block's output
 SWAP_GRID = 16
 
 
-def checked_mask(mask: Any, batch: int, G) -> torch.Tensor:
+def checked_mask(mask: Any, batch: int, G: Generator) -> torch.Tensor:
     """A task's mask (shape, dtype and values in [0, 1] checked) on G's device and dtype."""
     K.check_mask(mask, batch)
     # a little slack for float rounding (a blurred box peaks at 1 + 1 ulp)
@@ -41,7 +44,7 @@ def alpha_is_zero(style_index: int, pose_align: bool, num_blend: int) -> bool:
     return style_index > num_blend or (pose_align and style_index < POSE_STYLES)
 
 
-def blend_mask(G, styles1, styles2, mask, pose_align: bool = False, num_blend: int = 99,
+def blend_mask(G: Generator, styles1, styles2, mask, pose_align: bool = False, num_blend: int = 99,
                noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]``: at every layer ``lerp(out1, out2, mask resized to the layer)``."""
     s1, s2 = check_pair(G, styles1, styles2)
@@ -107,7 +110,7 @@ def _device_boxes_mask(boxes: tuple, size: int, device: torch.device, dtype: tor
     return union_mask(boxes, size).to(device, dtype)
 
 
-def blend_bbox(G, styles1, styles2, box, pose_align: bool = False, num_blend: int = 99,
+def blend_bbox(G: Generator, styles1, styles2, box, pose_align: bool = False, num_blend: int = 99,
                noise: NoiseArg = "fixed") -> torch.Tensor:
     """``blend_mask`` with the blurred mask of ``box`` ``(x, y, w, h)`` (or a list of boxes)."""
     boxes = check_boxes(box, G.size)
@@ -137,7 +140,7 @@ def swap_regions(boxes: Any, size: int, swap: bool) -> list[tuple[int, int, int,
     return copies
 
 
-def patch_swap(G, styles1, styles2, boxes, swap: bool = True, noise: NoiseArg = "fixed") -> torch.Tensor:
+def patch_swap(G: Generator, styles1, styles2, boxes, swap: bool = True, noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]``: chain 1 with 16x16 feature regions of chain 2 copied (and swapped) in."""
     if G.size < 2 * SWAP_GRID:
         raise SoatError(f"patch swap edits the 16x16 block before later layers; it needs a model of at least 32px "

@@ -9,7 +9,7 @@ are ``panorama_geometry``'s, shared with the endless panorama.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,9 @@ from ..noise import NoiseArg
 from ..styles import StyleArg
 from .blend import merge_extension
 from .panorama_geometry import panorama_pieces, panorama_width, stitch
+
+if TYPE_CHECKING:
+    from ..generator import Generator
 
 # What one call may allocate (documented limits; a call over them is refused before any work):
 MAX_OUTPUT_BYTES = 2 << 30  # an image a call returns (panorama, panorama_columns): 2 GiB
@@ -33,7 +36,7 @@ def check_output_bytes(what: str, shape: Sequence[int], dtype: torch.dtype, inst
                         f"{MAX_OUTPUT_BYTES / 2 ** 30:.3g} GiB a call may allocate (MAX_OUTPUT_BYTES); {instead}")
 
 
-def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Tensor]]:
+def check_style_lists(G: Generator, style_lists: Sequence[StyleArg]) -> list[list[torch.Tensor]]:
     if not isinstance(style_lists, (list, tuple)) or len(style_lists) < 2:
         n = len(style_lists) if isinstance(style_lists, (list, tuple)) else type(style_lists).__name__
         raise SoatError(f"a panorama needs a list of N >= 2 style lists; got {n}")
@@ -44,7 +47,7 @@ def check_style_lists(G, style_lists: Sequence[StyleArg]) -> list[list[torch.Ten
     return lists
 
 
-def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
+def panorama_stream(G: Generator, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
                     progress: bool = False) -> Iterator[torch.Tensor]:
     """Yield the panorama's column blocks left to right, one span at a time.
 
@@ -57,7 +60,7 @@ def panorama_stream(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed
     return _blocks(G, lists, noise, progress)
 
 
-def _blocks(G, lists: list[list[torch.Tensor]], noise: NoiseArg, progress: bool) -> Iterator[torch.Tensor]:
+def _blocks(G: Generator, lists: list[list[torch.Tensor]], noise: NoiseArg, progress: bool) -> Iterator[torch.Tensor]:
     """The column blocks of checked style lists, one merge-extension span at a time."""
     pieces = panorama_pieces(G.size, len(lists))
     for i in _progress(range(len(lists) - 1), progress, "panorama spans"):
@@ -65,7 +68,8 @@ def _blocks(G, lists: list[list[torch.Tensor]], noise: NoiseArg, progress: bool)
         yield span[..., pieces[i].lo:pieces[i].hi]
 
 
-def panorama(G, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed", progress: bool = False) -> torch.Tensor:
+def panorama(G: Generator, style_lists: Sequence[StyleArg], noise: NoiseArg = "fixed",
+             progress: bool = False) -> torch.Tensor:
     """``[B, 3, R, 2R + (N - 2) R]``, spans written into one preallocated output."""
     lists = check_style_lists(G, style_lists)
     n = len(lists)
@@ -85,7 +89,7 @@ def panorama_latents(n: int, seed: int, style_dim: int = 512) -> np.ndarray:
     return z
 
 
-def panorama_styles(G, n: int, seed: int = 0, truncation: float = 0.7) -> list[list[torch.Tensor]]:
+def panorama_styles(G: Generator, n: int, seed: int = 0, truncation: float = 0.7) -> list[list[torch.Tensor]]:
     """The reference panorama sampler: N style lists (each ``[1, C_k]``) of smoothed latents."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise SoatError(f"n={n!r}: a panorama needs at least 2 images")

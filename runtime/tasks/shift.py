@@ -10,7 +10,7 @@ Boxes are in output pixels and scale to each layer.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ from ..chain import TO_RGB, advance
 from ...errors import SoatError
 from ..noise import NoiseArg
 from .boxes import box_list, check_box
+
+if TYPE_CHECKING:
+    from ..generator import Generator
 
 DEFAULT_LAYERS = {8, 16, 32}
 
@@ -56,7 +59,7 @@ def check_layers(layers: Sequence[int], size: int) -> set[int]:
     return set(layers)
 
 
-def shift(G, styles, source_box, targets, layers: Sequence[int] | None = None, strength: float = 1.0,
+def shift(G: Generator, styles, source_box, targets, layers: Sequence[int] | None = None, strength: float = 1.0,
           noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]`` with the source patch replicated onto every target.
 

@@ -9,6 +9,8 @@ mask ``[1 or B, 1, H, W]`` translates locally.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ...triton_kernels import ops as K
@@ -17,8 +19,11 @@ from ..noise import NoiseArg
 from .blend import check_pair, lerp_chain
 from .local import checked_mask
 
+if TYPE_CHECKING:
+    from ..generator import Generator
 
-def _alpha(value, name: str, batch: int, G) -> torch.Tensor:
+
+def _alpha(value, name: str, batch: int, G: Generator) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return checked_mask(value, batch, G)
     if not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -26,7 +31,7 @@ def _alpha(value, name: str, batch: int, G) -> torch.Tensor:
     return torch.full((1, 1, 1, 1), float(value), device=G.device, dtype=G.dtype)
 
 
-def translate(G1, G2, styles1, styles2, num_swap: int = 6, alpha=0.7, early_alpha=0.0,
+def translate(G1: Generator, G2: Generator, styles1, styles2, num_swap: int = 6, alpha=0.7, early_alpha=0.0,
               noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]``: generator 1's image translated toward generator 2's domain."""
     if G1.config != G2.config:

@@ -1,4 +1,4 @@
-"""The endless panorama: latents by index, column geometry, exact splits, the finite reference."""
+"""The endless panorama: latents by index, column geometry, exact splits, the finite reference, its public face."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 
 import soat
+from soat.runtime.tasks import endless as task
 from soat.runtime.tasks import endless_sampler as sampler
-from soat.runtime.tasks import infinite as inf
 from soat.runtime.tasks import panorama_geometry as geo
 from soat.runtime.tasks.panorama_geometry import panorama_width
 
@@ -48,6 +48,13 @@ def test_latents_depend_only_on_seed_and_index():
     assert np.sqrt(np.mean(sampler.endless_latents(5, 0, 400).astype(np.float64) ** 2)) == pytest.approx(1, abs=0.03)
 
 
+def test_the_public_face_publishes_the_tasks_own_objects():
+    from soat.runtime import endless
+    assert endless.__all__ and all(hasattr(endless, name) for name in endless.__all__)
+    assert endless.spans is task.spans and endless.SpanKey is task.SpanKey and endless.stitch is geo.stitch
+    assert endless.span_pad(SIZE) == 2 * SIZE // 4
+
+
 @pytest.mark.parametrize("size", [8, 16, 256])
 def test_column_pieces_follow_the_reference_stitching(size):
     # the first N spans of the reference layout, flattened to (span, local column) per output column
@@ -62,10 +69,10 @@ def test_column_pieces_follow_the_reference_stitching(size):
 
 def test_splits_equal_the_whole_range(G):
     start, width = 5, 41
-    inf.clear_cache(G)
+    task.clear_cache(G)
     whole = G.panorama_columns(3, start, width)
     assert whole.shape == (1, 3, SIZE, width)
-    inf.clear_cache(G)
+    task.clear_cache(G)
     cuts = [start, start + 7, start + 7 + SIZE + 3, start + width]  # three parts, one inside a span, one across
     parts = [G.panorama_columns(3, a, b - a) for a, b in zip(cuts, cuts[1:])]
     assert torch.equal(torch.cat(parts, 3), whole)
@@ -74,17 +81,17 @@ def test_splits_equal_the_whole_range(G):
 
 
 def test_only_covering_spans_are_computed(G):
-    inf.clear_cache(G)
+    task.clear_cache(G)
     start, width = 10 * SIZE + 3, 2 * SIZE
     G.panorama_columns(9, start, width)
     expected = {i for i, _, _ in geo.column_pieces(SIZE, start, width)}
-    assert {k.index for k in inf.cached_spans(G)} == expected
+    assert {k.index for k in task.cached_spans(G)} == expected
     assert len(expected) == 3
 
 
 def test_prefix_equals_the_finite_reference_panorama(G):
     n = 4
-    lists = [inf.latent_styles(G, 2, i, 0.7) for i in range(n)]
+    lists = [task.latent_styles(G, 2, i, 0.7) for i in range(n)]
     finite = G.panorama(lists)
     endless = G.panorama_columns(2, 0, panorama_width(SIZE, n))
     p = 2 * SIZE // 4
@@ -100,11 +107,11 @@ def test_seeds_and_truncation_change_the_image(G):
 
 
 def test_random_noise_is_drawn_per_call_and_not_cached(G):
-    inf.clear_cache(G)
+    task.clear_cache(G)
     a = G.panorama_columns(0, 0, 4, noise="random")
     b = G.panorama_columns(0, 0, 4, noise="random")
     assert a.shape == (1, 3, SIZE, 4) and not torch.equal(a, b)
-    assert inf.cached_spans(G) == []
+    assert task.cached_spans(G) == []
 
 
 @pytest.mark.parametrize("kwargs, needle", [
@@ -134,16 +141,16 @@ def test_batched_sigma_equals_the_single_latent_sigma(backend, dtype):
     targets = [(4, 0, 0.7), (4, 17, 0.7), (9, 5, 0.7)]
     single = {}
     for key in targets:
-        inf.clear_cache(G)
-        single[key] = inf.latent_styles(G, *key)
+        task.clear_cache(G)
+        single[key] = task.latent_styles(G, *key)
     # the targets at other rows, among other companions: sorted by (seed, index) the first batch puts
     # them at rows 3 and 20 of its first chunk and row 5 of its padded third; the second at rows 0, 1
     # of its first chunk and row 10 of its padded second
     batches = [[(s, i, 0.7) for s in (4, 5, 6) for i in range(-3, 20)] + [(9, 5, 0.7)],
                [(9, 5, 0.7), (4, 17, 0.7), (4, 0, 0.7)] + [(7, i, 0.7) for i in range(40)]]
     for keys in batches:
-        inf.clear_cache(G)
-        got = inf.latent_styles_batch(G, keys)
+        task.clear_cache(G)
+        got = task.latent_styles_batch(G, keys)
         assert set(got) == set(keys)
         for key in targets:
             assert all(torch.equal(a, b) for a, b in zip(got[key], single[key])), (key, len(keys))
@@ -178,40 +185,58 @@ def test_spans_compute_sigma_in_few_fixed_batch_calls(G, monkeypatch):
     def merge_extension(g, s1, s2, noise):  # records its sigma; the spans' pixels are other tests' business
         merged.append((s1, s2))
         return torch.zeros(s1[0].shape[0], 3, g.size, 2 * g.size)
-    monkeypatch.setattr(inf, "merge_extension", merge_extension)
-    keys = [inf.SpanKey(seed, i, 0.7) for seed in (21, 22, 23) for i in range(20)]  # 63 latents
-    inf.clear_cache(G)
-    inf.spans(G, keys)
-    assert batches == [inf.STYLE_BATCH] * math.ceil(63 / inf.STYLE_BATCH)
-    inf.spans(G, keys[1:])  # every sigma is cached now: no call
-    assert len(batches) == math.ceil(63 / inf.STYLE_BATCH)
+    monkeypatch.setattr(task, "merge_extension", merge_extension)
+    keys = [task.SpanKey(seed, i, 0.7) for seed in (21, 22, 23) for i in range(20)]  # 63 latents
+    task.clear_cache(G)
+    task.spans(G, keys)
+    assert batches == [task.STYLE_BATCH] * math.ceil(63 / task.STYLE_BATCH)
+    task.spans(G, keys[1:])  # every sigma is cached now: no call
+    assert len(batches) == math.ceil(63 / task.STYLE_BATCH)
     # each span got its own latents' sigma, in key order
     s1, s2 = merged[0]
     for b, key in enumerate(keys):
-        first, second = inf.latent_styles(G, *key), inf.latent_styles(G, key.seed, key.index + 1, key.truncation)
+        first, second = task.latent_styles(G, *key), task.latent_styles(G, key.seed, key.index + 1, key.truncation)
         assert all(torch.equal(x[b:b + 1], y) for x, y in zip(s1, first))
         assert all(torch.equal(x[b:b + 1], y) for x, y in zip(s2, second))
 
 
 def test_spans_copy_out_each_run_of_equal_columns_once(G):
-    keys = [inf.SpanKey(1, i, 0.7) for i in (3, 0, 4, 5, 0)]
-    inf.clear_cache(G)
-    got = inf.spans(G, keys)
+    keys = [task.SpanKey(1, i, 0.7) for i in (3, 0, 4, 5, 0)]
+    task.clear_cache(G)
+    got = task.spans(G, keys)
     for key, part in zip(keys, got):
         lo, hi = geo.span_columns(SIZE, key.index)
         assert part.shape == (1, 3, SIZE, hi - lo)
-        torch.testing.assert_close(part, inf.span(G, key), rtol=0, atol=1e-5)
+        torch.testing.assert_close(part, task.span(G, key), rtol=0, atol=1e-5)
     # neighbours with the same columns share one copy (S_0's columns differ: a run of their own)
     storages = [part.untyped_storage().data_ptr() for part in got]
     assert storages[2] == storages[3] and len(set(storages)) == 4
 
 
-def test_streaming_replays_follow_the_generators_graph_setting(monkeypatch):
+def test_streaming_replays_follow_the_generators_cuda_graph_setting(monkeypatch):
     """A generator loaded with graphs=False, or whose backend cannot be captured (ONNX Runtime, TensorRT, aoti),
     runs the streaming calls eagerly even on CUDA."""
     from soat.runtime.tasks.endless_cache import caches, replayed
     G = soat.load("random:0", size=8, channel_multiplier=1)
-    monkeypatch.setattr(G, "device", torch.device("cuda"))  # as if on a GPU; G.graphs.enabled stays False
-    assert not G.graphs.enabled
-    assert replayed(G, "probe", lambda g, x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
-    assert caches(G).graphs == {}
+    monkeypatch.setattr(G, "device", torch.device("cuda"))  # as if on a GPU; G.cuda_graphs.enabled stays False
+    assert not G.cuda_graphs.enabled
+    assert replayed(G, lambda g, x: x + 1, torch.ones(2)).tolist() == [2.0, 2.0]
+    assert caches(G).cuda_graphs is None
+
+
+def test_the_lru_drops_the_least_recently_used_and_makes_room_before_making():
+    from soat.runtime.lru import LRU
+    cache = LRU(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.peek("a") == 1  # "a" is now the most recently used
+    cache.put("c", 3)
+    assert cache.keys() == ["a", "c"] and cache.peek("b") is None
+    seen = []
+    assert cache.get("d", lambda: seen.append(cache.keys()) or 4) == 4
+    assert seen == [["c"]]  # "a" went before "d" was made
+    assert cache.get("d", lambda: 5) == 4 and len(cache) == 2
+    unbounded = LRU(None)
+    for i in range(100):
+        unbounded.put(i, i)
+    assert len(unbounded) == 100

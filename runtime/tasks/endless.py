@@ -1,4 +1,4 @@
-"""The endless panorama: any column range of an infinite, seamless panorama, on demand.
+"""The endless panorama: any column range of a seamless panorama without end, on demand.
 
 The reference panorama (``panorama.py``, unchanged) needs its whole latent sequence up
 front: the notebook draws N latents, smooths them with a wrap-around Gaussian and
@@ -59,20 +59,9 @@ while the endless sampler above gives latents that do not depend on N.
 
 Modules: the sampler (steps 1-3) is ``endless_sampler``, the per-generator caches and
 CUDA-graph replay ``endless_cache``, the column geometry and stitching
-``panorama_geometry``; this module is the task.
-
-Public API (for ``Generator.panorama_columns``, the server and the benchmarks):
-    ``panorama_columns(G, seed, start, width, truncation, noise)``  a column range, exact.
-    ``spans(G, keys, noise)``       the contributed columns of several spans, one batched call.
-    ``span(G, key, noise)``         one span's contributed columns, computed alone; cached.
-    ``latent_styles(G, seed, index, truncation)``  sigma of endless latent ``index``.
-    ``latent_styles_batch(G, keys)``  sigma of several latents, ``STYLE_BATCH`` per call.
-    ``STYLE_BATCH``                  the batch of every sigma computation.
-    ``SpanKey(seed, index, truncation)``  names a span.
-    ``check_truncation(truncation)``  the truncation as a float, or a SoatError.
-    ``cached_spans(G)``, ``clear_cache(G)``  the per-generator caches.
-    ``LRU``                          the thread-safe LRU these caches use (for callers'
-                                     own span caches).
+``panorama_geometry``; this module is the task. ``Generator.panorama_columns`` calls it;
+everyone outside the runtime (the server, the benchmarks) uses its public face,
+``soat.runtime.endless``, which lists the public names.
 """
 
 from __future__ import annotations
@@ -80,7 +69,7 @@ from __future__ import annotations
 import math
 import operator
 from itertools import groupby
-from typing import Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -91,12 +80,14 @@ from ..styles import flatten_styles
 from .blend import merge_extension
 from .endless_cache import cached_spans, caches, clear_cache, replayed
 from .endless_sampler import SEED_LIMIT, latents_at
-from .lru import LRU
 from .panorama import check_output_bytes
 from .panorama_geometry import column_pieces, span_columns, stitch
 
+if TYPE_CHECKING:
+    from ..generator import Generator
+
 __all__ = ["panorama_columns", "spans", "span", "latent_styles", "latent_styles_batch", "STYLE_BATCH", "SpanKey",
-           "check_truncation", "cached_spans", "clear_cache", "LRU"]
+           "check_truncation", "cached_spans", "clear_cache"]
 
 # The batch of every sigma computation (step 4): large enough that a server batch's new latents
 # (about one per span) take a few calls, small enough that a lone latent's padded call stays cheap.
@@ -113,13 +104,13 @@ class SpanKey(NamedTuple):
     truncation: float
 
 
-def latent_styles(G, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
+def latent_styles(G: Generator, seed: int, index: int, truncation: float) -> list[torch.Tensor]:
     """sigma of endless latent ``index``: ``[1, C_k]`` each, computed in a ``STYLE_BATCH`` call and cached."""
     key = (seed, index, truncation)
     return latent_styles_batch(G, [key])[key]
 
 
-def latent_styles_batch(G, keys: Iterable[LatentKey]) -> dict[LatentKey, list[torch.Tensor]]:
+def latent_styles_batch(G: Generator, keys: Iterable[LatentKey]) -> dict[LatentKey, list[torch.Tensor]]:
     """sigma of each latent in ``keys`` (``[1, C_k]`` each): the cached ones, and the others computed
     ``STYLE_BATCH`` at a time per truncation and cached. The returned map holds every key even when
     the cache is smaller than ``keys``."""
@@ -141,14 +132,14 @@ def _truncation_first(key: LatentKey) -> tuple[float, int, int]:
     return truncation, seed, index
 
 
-def _computed_styles(G, keys: list[LatentKey], truncation: float) -> list[list[torch.Tensor]]:
+def _computed_styles(G: Generator, keys: list[LatentKey], truncation: float) -> list[list[torch.Tensor]]:
     """sigma of ``keys`` (all at ``truncation``), in order: one draw per run of indices, one call per chunk."""
     z = latents_at([(seed, index) for seed, index, _ in keys], G.config.style_dim)
     return [styles for first in range(0, len(keys), STYLE_BATCH)
             for styles in _styles_chunk(G, z[first:first + STYLE_BATCH], truncation)]
 
 
-def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor]]:
+def _styles_chunk(G: Generator, z: np.ndarray, truncation: float) -> list[list[torch.Tensor]]:
     """sigma of up to ``STYLE_BATCH`` latents ``z``, in one ``G.styles`` call of batch ``STYLE_BATCH``
     (one host-to-device copy, one graph replay on CUDA: one graph per truncation)."""
     # pad with copies of a real row: any latent is a valid input, while an all-zero row would put
@@ -157,29 +148,39 @@ def _styles_chunk(G, z: np.ndarray, truncation: float) -> list[list[torch.Tensor
     z_host = torch.from_numpy(padded)
     if G.device.type == "cuda":  # pinned, so the host does not wait for the copy (nor the GPU work before it)
         z_host = z_host.pin_memory()
-    flat = replayed(G, f"styles{truncation!r}", lambda g, z_: flatten_styles(g.styles(z_, truncation)),
-                    z_host.to(G.device, non_blocking=True))
+    flat = replayed(G, _flat_styles, z_host.to(G.device, non_blocking=True), truncation)
     # one copy per latent (the graph's output is overwritten by its next replay), then views per layer
     return [G.unflatten_styles(flat[row:row + 1].clone()) for row in range(len(z))]
 
 
-def spans(G, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
+def _flat_styles(G: Generator, z: torch.Tensor, truncation: float) -> torch.Tensor:
+    """sigma of ``z`` as one ``[B, total]`` tensor (one replayed CUDA graph per truncation)."""
+    return flatten_styles(G.styles(z, truncation))
+
+
+def spans(G: Generator, keys: Sequence[SpanKey], noise: NoiseArg = "fixed") -> list[torch.Tensor]:
     """Spans for ``keys`` in one batched ``merge_extension`` call; each key's contributed columns.
 
     The sigma of every latent the spans need that is not cached is computed first, ``STYLE_BATCH``
-    latents per call (``latent_styles_batch``).
+    latents per call (``latent_styles_batch``). Where calls replay CUDA graphs, the batch runs at
+    ``G.cuda_graphs.padded_batch(len(keys))`` (the last span repeated), so that a caller batching
+    spans of any count (the server) replays a few captures only.
 
     Returns:
         One ``[1, 3, R, hi - lo]`` tensor per key (``span_columns``), in key order.
     """
+    fixed = isinstance(noise, str) and noise == "fixed"
+    count = len(keys)
+    if fixed and keys:  # where calls replay, a batch runs at one of a few sizes, repeating its last span
+        keys = [*keys, *[keys[-1]] * (G.cuda_graphs.padded_batch(count) - count)]
     seconds = [key._replace(index=key.index + 1) for key in keys]
     styles = latent_styles_batch(G, [*keys, *seconds])
     s1, s2 = _stacked(styles, keys), _stacked(styles, seconds)
-    if isinstance(noise, str) and noise == "fixed":
-        batch = replayed(G, "merge_extension", lambda g, a, b: merge_extension(g, a, b, noise), s1, s2)
+    if fixed:
+        batch = replayed(G, merge_extension, s1, s2, noise)
     else:  # random noise is drawn on the host per call: no graph
         batch = merge_extension(G, s1, s2, noise)
-    return _contributed(G.size, batch, keys)
+    return _contributed(G.size, batch[:count], keys[:count])
 
 
 def _contributed(size: int, batch: torch.Tensor, keys: Sequence[SpanKey]) -> list[torch.Tensor]:
@@ -202,7 +203,7 @@ def _stacked(styles: dict[LatentKey, list[torch.Tensor]], keys: Sequence[LatentK
     return [torch.cat(entry) for entry in zip(*(styles[key] for key in keys))]
 
 
-def span(G, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
+def span(G: Generator, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
     """One span's contributed columns ``[1, 3, R, hi - lo]``, computed alone; cached for fixed noise."""
     if isinstance(noise, str) and noise == "fixed":
         return caches(G).spans.get(key, lambda: spans(G, [key], noise)[0])
@@ -216,7 +217,7 @@ def check_truncation(truncation) -> float:
     return float(truncation)
 
 
-def panorama_columns(G, seed: int, start: int, width: int, truncation: float = 0.7,
+def panorama_columns(G: Generator, seed: int, start: int, width: int, truncation: float = 0.7,
                      noise: NoiseArg = "fixed") -> torch.Tensor:
     """Columns ``[start, start + width)`` of the endless panorama of ``seed``.
 
