@@ -251,8 +251,8 @@ aoti_python() {
   timeout 150 python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
 import torch, soat
 from soat.bench.suite import psnr
-eager = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=False)
-graphed = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=True)
+eager = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", cuda_graphs=False)
+graphed = soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", cuda_graphs=True)
 exact = soat.load("random", size=256, device="cuda", dtype="fp32", backend="torch")
 z = torch.randn(4, 512, generator=torch.Generator().manual_seed(3)).cuda()
 s, s2, e1, e2 = eager.styles(z[:2]), eager.styles(z[2:]), exact.styles(z[:2]), exact.styles(z[2:])
@@ -271,8 +271,8 @@ PY
   timeout 120 python3 - <<'PY' 2>&1 | tee -a "$OUT/log.txt"
 import torch, soat
 from torch.profiler import ProfilerActivity, profile
-for name, G in (("aoti", soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", graphs=False)),
-                ("fast", soat.load("random", size=256, device="cuda", dtype="fp16", graphs=False))):
+for name, G in (("aoti", soat.load("/tmp/aoti256", backend="aoti", device="cuda", dtype="fp16", cuda_graphs=False)),
+                ("fast", soat.load("random", size=256, device="cuda", dtype="fp16", cuda_graphs=False))):
     s = G.styles(torch.randn(128, 512, generator=torch.Generator().manual_seed(0)).cuda())
     G.generate(s); torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("ort_check needs a CUDA GPU", file=sys.stderr)
         return 2
-    ref = soat.load("random", device="cuda", size=args.size, graphs=False)
-    ort = soat.load("random", backend="onnxruntime", device="cuda", dtype="fp16", size=args.size, graphs=True)
+    ref = soat.load("random", device="cuda", size=args.size, cuda_graphs=False)
+    ort = soat.load("random", backend="onnxruntime", device="cuda", dtype="fp16", size=args.size, cuda_graphs=True)
     worst = float("inf")
     with torch.no_grad():
         for task in TASKS:

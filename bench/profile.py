@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args()
-    G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, graphs=False)
+    G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, cuda_graphs=False)
     fn, call_args = task_call(G, args.task, args.batch)
     with torch.no_grad():
         for _ in range(3):

@@ -242,7 +242,7 @@ def peer_result(source: str, size: int | None, channel_multiplier: int | None, d
 
     peer = compiled_peer(source, size, channel_multiplier, device, parse_dtype(dtype))
     G = styles_from if styles_from is not None else soat.load(source, size=size, channel_multiplier=channel_multiplier,
-                                                              device=device, graphs=False)
+                                                              device=device, cuda_graphs=False)
     _, (styles,) = task_call(G, "generate", batch)
     styles = [s.to(parse_dtype(dtype)) for s in styles]
     start = time.perf_counter()

@@ -3,7 +3,7 @@
 On CUDA a task call launches one kernel per layer op, and at batch 1 the launches cost
 more than the math. ``CudaGraphTasks`` captures each (task, input signature) once — tensor
 shapes, dtypes and every non-tensor argument — and replays it after, as vLLM does for its
-decode step; eager execution is the opt-out (``soat.load(..., graphs=False)``).
+decode step; eager execution is the opt-out (``soat.load(..., cuda_graphs=False)``).
 
 A call runs eagerly instead when a CUDA graph could not reproduce it: off CUDA, on a backend
 whose work cannot be captured (ONNX Runtime, TensorRT), inside another capture, when an

@@ -1,8 +1,8 @@
 """The one least-recently-used map of the Python runtime (no cache library is a dependency of soat).
 
-Used by the endless panorama's caches (sigma per latent, spans), the server's span cache and
-the CUDA-graph captures (``cudagraph.CudaGraphedTask``). ONNX Runtime's capture slots
-(``backends/ort_cuda_graphs.py``) and libsoat keep their own.
+Used by the endless panorama's caches (sigma per latent, spans), the server's span cache, the
+CUDA-graph captures (``cudagraph.CudaGraphedTask``) and ONNX Runtime's capture slots
+(``backends/ort_cuda_graphs.py``); libsoat keeps its own in C++.
 
 Public API: ``LRU``.
 """
@@ -62,6 +62,17 @@ class LRU(Generic[K, V]):
         """The keys, least recently used first."""
         with self._lock:
             return list(self._items)
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
     def _evict(self, room: int) -> None:
         """Drop least recently used entries until ``room`` more fit (under the lock)."""

@@ -155,12 +155,12 @@ def test_load_passes_graphs_to_the_ort_backend(export8, monkeypatch, graphs):
     seen = []
 
     class Recording(OrtBackend):
-        def __init__(self, manifest, device, dtype, graphs=False):
-            seen.append(graphs)
-            super().__init__(manifest, device, dtype, graphs)
+        def __init__(self, manifest, device, dtype, cuda_graphs=False):
+            seen.append(cuda_graphs)
+            super().__init__(manifest, device, dtype, cuda_graphs)
 
     monkeypatch.setattr(load_module, "OrtBackend", Recording)
-    soat.load(export8, backend="onnxruntime", graphs=graphs)
+    soat.load(export8, backend="onnxruntime", cuda_graphs=graphs)
     assert seen == [graphs]
 
 
@@ -207,7 +207,7 @@ def test_fp16_export_has_no_fp32_tensor_and_no_cast(export16):
 def test_cuda_graphs_equal_eager_exactly_and_keep_no_stale_buffers(tmp_path):
     soat.export.export("random", tmp_path, dtype="fp16", size=64, progress=False)
     on = soat.load(str(tmp_path), backend="onnxruntime", device="cuda", dtype="fp16")
-    off = soat.load(str(tmp_path), backend="onnxruntime", device="cuda", dtype="fp16", graphs=False)
+    off = soat.load(str(tmp_path), backend="onnxruntime", device="cuda", dtype="fp16", cuda_graphs=False)
     assert on.backend._graphs is not None and off.backend._graphs is None
     s1, s2 = (make_styles(on, batch=2, seed=seed) for seed in (1, 2))
     s3 = make_styles(on, batch=1, seed=3)  # other shapes: captures whose static tensors overlap the first ones

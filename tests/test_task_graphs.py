@@ -28,7 +28,7 @@ def pair():
     if not torch.cuda.is_available():
         pytest.skip("CUDA graphs need a GPU")
     kwargs = dict(size=32, channel_multiplier=1, device="cuda", dtype="fp16")
-    return soat.load("random:3", **kwargs), soat.load("random:3", graphs=False, **kwargs)  # soat.load's keyword
+    return soat.load("random:3", **kwargs), soat.load("random:3", cuda_graphs=False, **kwargs)  # soat.load's keyword
 
 
 TASKS = {

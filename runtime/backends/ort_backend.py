@@ -6,7 +6,7 @@ graph file's bytes after checking them against the manifest's sha256. On CPU,
 tensors cross as zero-copy numpy views. On CUDA, inputs and preallocated torch outputs
 are bound by device pointer (IOBinding), and ONNX Runtime's stream is ordered against
 torch's current stream on the GPU, so feature maps never visit the host and, without
-graphs, the host never waits between nodes. With ``graphs`` (``soat.load``'s default) each
+graphs, the host never waits between nodes. With ``cuda_graphs`` (``soat.load``'s default) each
 graph replays from ONNX Runtime's own CUDA graph per input signature (``ort_cuda_graphs.py``);
 the first call of a new shape captures it, and ORT synchronizes its stream after each replay
 (so the host waits per node there).
@@ -41,15 +41,15 @@ class OrtBackend(NodeByNode):
         manifest: the verified export folder.
         device: ``cpu`` or ``cuda[:i]``.
         dtype: the export's dtype (fp32, or fp16 on CUDA).
-        graphs: on CUDA, replay every graph from ONNX Runtime's CUDA graph capture (per input
-            signature; ``soat.load`` passes its own ``graphs``, True by default); ``False`` runs
+        cuda_graphs: on CUDA, replay every graph from ONNX Runtime's CUDA graph capture (per input
+            signature; ``soat.load`` passes its own ``cuda_graphs``, True by default); ``False`` runs
             every graph eagerly.
     """
 
     name = "onnxruntime"
     differentiable, capturable = backend_spec(name).differentiable, backend_spec(name).capturable
 
-    def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, graphs: bool = False):
+    def __init__(self, manifest: Manifest, device: torch.device, dtype: torch.dtype, cuda_graphs: bool = False):
         self.ort = import_onnxruntime()
         self.manifest = manifest
         self.config = manifest.config
@@ -69,7 +69,7 @@ class OrtBackend(NodeByNode):
             self._stream = torch.cuda.Stream(self.device)
             self._run_options = self.ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-            if graphs:
+            if cuda_graphs:
                 self._graphs = OrtCudaGraphs(self.ort, self.config, weak_method(self._graph_session), self._stream,
                                              dtype)
         elif dtype != torch.float32:

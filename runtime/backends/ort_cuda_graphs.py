@@ -30,7 +30,6 @@ import math
 import threading
 import warnings
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -38,6 +37,7 @@ import torch
 
 from ...errors import SoatError
 from ..capabilities import precision
+from ..lru import LRU
 from ..graphs import graph_io, onnx_outputs, output_shape
 
 MAX_SIGNATURES = 16  # per graph: captures kept, least recently used dropped first
@@ -119,24 +119,24 @@ class CaptureSlots:
         self._new_session = new_session
         self._new_slot = new_slot
         self.max_slots, self.max_ids = max_slots, max_ids
-        self.slots: OrderedDict[Signature, Any] = OrderedDict()
+        self.slots: LRU[Signature, Any] = LRU(max_slots)
         self.ids_used = 0
 
     def slot(self, signature: Signature) -> Any:
         """The slot of ``signature``, made (with a fresh ``gpu_graph_id``) if it has none."""
-        if signature in self.slots:
-            self.slots.move_to_end(signature)
-            return self.slots[signature]
+        found = self.slots.peek(signature)
+        if found is not None:
+            return found
         if self.ids_used >= self.max_ids:
             self.slots.clear()  # the old session and its buffers go before the new one is built
             self.session = None
             self.session = self._new_session()
             self.ids_used = 0
-        if len(self.slots) >= self.max_slots:
-            self.slots.popitem(last=False)
+        return self.slots.get(signature, lambda: self._new_slot(self.session, signature, self._next_id()))
+
+    def _next_id(self) -> int:
         self.ids_used += 1  # ids from 1: 0 is ORT's default id, -1 turns capture off
-        self.slots[signature] = self._new_slot(self.session, signature, self.ids_used)
-        return self.slots[signature]
+        return self.ids_used
 
 
 class OrtCudaGraphs:
