@@ -223,7 +223,7 @@ aoti_cpp() {
   [ -x /tmp/soat-cpp/soat-cpp ] || return
   local g spec task batch
   for g in on off; do
-    timeout 120 /tmp/soat-cpp/soat-cpp generate /tmp/aoti256 --seed 3 --truncation 0.7 --graphs $g -o /tmp/cpp3_$g.png 2>&1 \
+    timeout 120 /tmp/soat-cpp/soat-cpp generate /tmp/aoti256 --seed 3 --truncation 0.7 --cuda-graphs $g -o /tmp/cpp3_$g.png 2>&1 \
       | tee -a "$OUT/log.txt"
   done
   $SOAT generate --device cuda --truncation 0.7 --seeds 3 -o /tmp/py32 --force >/dev/null 2>&1
@@ -241,7 +241,7 @@ print("C++ graphed PNG == eager PNG:", bool((on == off).all()))
 PY
   for spec in generate:1:on generate:1:off generate:8:on generate:128:on blend:1:on merge:1:on; do
     IFS=: read -r task batch g <<<"$spec"
-    timeout 90 /tmp/soat-cpp/soat-cpp bench /tmp/aoti256 --task "$task" --batch "$batch" --graphs "$g" --iters 50 2>&1 \
+    timeout 90 /tmp/soat-cpp/soat-cpp bench /tmp/aoti256 --task "$task" --batch "$batch" --cuda-graphs "$g" --iters 50 2>&1 \
       | tee -a "$OUT/log.txt"
   done
 }

@@ -32,6 +32,7 @@ from soat.runtime.endless import span_pad
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
+from soat.runtime.capabilities import PRECISION_NAMES, precision
 from soat.triton_kernels.modulate import modulate, modulate_ref
 from soat.triton_kernels.ops import concat_w, mask_lerp, place_columns, ramp_lerp, region_copy, shift_lerp, widen
 from soat.triton_kernels.ramp_lerp import ramp_lerp_ref
@@ -40,7 +41,6 @@ from soat.triton_kernels.to_rgb import to_rgb, to_rgb_ref
 from soat.triton_kernels.shift_lerp import shift_lerp_ref
 from soat.triton_kernels.widen import widen_ref
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROVIDERS = ("triton", "ref", "compile")
 COPY_BYTES = 1 << 29  # 512 MiB each way: far past L2, so the copy runs at DRAM speed
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m soat.bench.kernels", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["fp16", "fp32"])
+    parser.add_argument("--dtypes", nargs="+", choices=list(PRECISION_NAMES), default=["fp16", "fp32"])
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=["triton", "ref"])
     parser.add_argument("--ops", nargs="*", default=[], help="only cases whose name starts with one of these")
     parser.add_argument("--csv", default="kernels.csv", help="where to write the results")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         for batch in args.batches:
             for dname in args.dtypes:
-                for case in cases(size, batch, DTYPES[dname], device):
+                for case in cases(size, batch, precision(dname).torch_dtype, device):
                     if not args.ops or any(case.op.startswith(o) for o in args.ops):
                         for row in run_case(case, args.providers, copy_gbs):
                             rows.append({"gpu": torch.cuda.get_device_name(), "size": size, "batch": batch,

@@ -6,12 +6,12 @@
 Modules:
 
 - ``onnx_export``: ``export``, one ONNX graph per graph of ``soat.runtime.graphs`` (the modules of
-  ``soat.runtime.graph_modules``, traced), with the fixed noise and ``manifest.json``
-  (``soat.runtime.manifest``);
+  ``soat.runtime.graph_modules``, traced);
 - ``aoti_export``: ``soat export --format aoti``, one AOTInductor package per graph and per styled
   conv's linked graph (the plain modules on the CPU, the fused form of
-  ``soat.runtime.fused_graph_modules`` on CUDA), with the fixed noise, the mean styles and the
-  manifest;
+  ``soat.runtime.fused_graph_modules`` on CUDA);
+- ``folder``: what both write besides their graphs (the fixed noise, the mean styles and, last,
+  ``manifest.json``, which ``soat.runtime.manifest`` reads), and the atomic folder swap;
 - ``cache``: checkpoints exported once into the cache, for ``soat.load(..., backend="onnxruntime")``;
 - ``engines``: ``soat engines``, TensorRT engines built ahead of time into an export folder;
 - ``cli``: ``soat export``.

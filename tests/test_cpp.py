@@ -186,7 +186,7 @@ def test_a_service_links_the_installed_package(soat_cpp, export_dir, tmp_path):
     (["paint", "{dir}"], "unknown command"),
     (["bench", "{dir}", "--task", "paint"], "is not one of generate, blend, merge"),
     (["bench", "{dir}", "--batch", "0"], "--batch 0 must be at least 1"),
-    (["generate", "{dir}", "--seed", "1", "--graphs", "maybe"], "--graphs maybe must be on or off"),
+    (["generate", "{dir}", "--seed", "1", "--cuda-graphs", "maybe"], "--cuda-graphs maybe must be on or off"),
 ])
 def test_soat_cpp_errors_are_one_line_and_nonzero(soat_cpp, export_dir, tmp_path, args, message):
     cmd = [soat_cpp, *[a.format(dir=export_dir) for a in args], "-o", str(tmp_path / "x.png")]

@@ -25,7 +25,7 @@ const char* kUsage =
     "       soat-cpp expand DIR --seed S [--mode reflect|...] [--noise random|fixed] [--truncation T] -o out.png\n"
     "       soat-cpp columns DIR --seed S --start X --width W [--truncation T] -o out.png\n"
     "       soat-cpp bench DIR [--task generate|blend|merge] [--batch B] [--iters N] [--warmup W]\n"
-    "       (--device cpu|cuda[:i]: default the export's device; --graphs on|off: CUDA graphs, default on)";
+    "       (--device cpu|cuda[:i]: default the export's device; --cuda-graphs on|off: CUDA graphs, default on; --graphs: its old name)";
 
 struct Args {
   std::string command, dir, out, mode, noise = "random", device, graphs = "on";
@@ -77,7 +77,7 @@ Args parse(int argc, char** argv) {
     } else if (k == "--mode") a.mode = value();
     else if (k == "--noise") a.noise = value();
     else if (k == "--device") a.device = value();
-    else if (k == "--graphs") a.graphs = value();
+    else if (k == "--cuda-graphs" || k == "--graphs") a.graphs = value();
     else if (k == "--seed" || k == "--start" || k == "--width" || k == "--truncation" || k == "--task" ||
              k == "--batch" || k == "--iters" || k == "--warmup")
       a.opts[k] = value();
@@ -85,7 +85,7 @@ Args parse(int argc, char** argv) {
   }
   if (a.out.empty() && a.command != "bench") throw soat::Error("-o out.png is required");
   if (!a.out.empty()) soat::check_png_path(a.out);
-  if (a.graphs != "on" && a.graphs != "off") throw soat::Error("--graphs " + a.graphs + " must be on or off");
+  if (a.graphs != "on" && a.graphs != "off") throw soat::Error("--cuda-graphs " + a.graphs + " must be on or off");
   return a;
 }
 
@@ -134,7 +134,7 @@ int bench(soat::Generator& G, const Args& a, double psi) {
   }
   std::sort(ms.begin(), ms.end());
   auto at = [&](double q) { return ms[static_cast<size_t>(q * (ms.size() - 1))]; };
-  std::string where = G.device().str() + " " + c10::toString(G.dtype()) + (cuda ? " graphs " + a.graphs : "");
+  std::string where = G.device().str() + " " + c10::toString(G.dtype()) + (cuda ? " cuda-graphs " + a.graphs : "");
   std::printf("soat-cpp bench %s b%lld %s: median %.3f ms (p10 %.3f, p90 %.3f), %.1f img/s, %lld iters\n",
               task.c_str(), static_cast<long long>(batch), where.c_str(), at(0.5), at(0.1), at(0.9),
               batch * 1e3 / at(0.5), static_cast<long long>(iters));
