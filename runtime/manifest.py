@@ -32,7 +32,7 @@ from .chain import TO_RGB, build_chain, style_channels
 from .checkpoint import file_sha256
 from .config import GeneratorConfig
 from .capabilities import AOTI_FORMAT, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
-from .graphs import (PlanStep, graph_ids, graph_io, linked_id, linked_ids, onnx_outputs,
+from .graphs import (PlanStep, graph_ids, graph_io, linked_id, linked_ids,
                      run_plan, signature, Signature)
 
 FORMAT = "soat-export"
@@ -133,8 +133,9 @@ def encode_runs(config: GeneratorConfig, plan: Callable[[int, int], tuple[PlanSt
 
 
 def graph_outputs(config: GeneratorConfig, graph_id: str, graph_format: str) -> tuple[str, ...]:
-    """Output names inside a graph file: ONNX renames an output that is also an input (``x_out``); AOTI does not."""
-    return onnx_outputs(config, graph_id) if graph_format == ONNX_FORMAT else graph_io(config, graph_id)[1]
+    """Output names inside a graph file (``graphs.signature``: ONNX renames an output that is also an input,
+    ``x -> x_out``; AOTI does not)."""
+    return tuple(signature(config, graph_id, graph_format)[1])
 
 
 def read_manifest(folder: str) -> Manifest:
