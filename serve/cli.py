@@ -12,8 +12,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from ..options import add_dtype, add_layout
-from ..options import BACKEND_HELP
+from ..options import BACKEND_HELP, add_dtype, add_layout, finite_float
 from ..runtime.capabilities import AUTO, BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     # (soat.load checks the device where the model loads)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_dtype(p)
-    p.add_argument("--truncation", type=float, default=0.7, help="psi of the served panoramas (default 0.7)")
+    p.add_argument("--truncation", type=finite_float, default=0.7, help="psi of the served panoramas (default 0.7)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="most spans in one generator call (default 64 on CUDA, else 16)")
     p.add_argument("--encoders", type=int, default=0,
