@@ -42,6 +42,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="server processes sharing the port, each with its own copy of the model on --device "
                         "(default 1; more when one Python process cannot feed the GPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--allow-origin", action="append", default=None, metavar="NAME",
+                   help="also answer requests whose Host or Origin header names NAME: a host name or an origin "
+                        "such as https://viewer.example.com (repeatable; * answers any). Without it only --host, "
+                        "localhost and loopback addresses are answered (with --host 0.0.0.0 also any IP address "
+                        "and this machine's name); other sites' pages get 403")
+    p.add_argument("--max-streams-per-client", type=int, default=16,
+                   help="streams one client address may hold open (default 16); idle streams close after 60 s")
     p.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port; default 8765)")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true",

@@ -53,7 +53,7 @@ function overlay(text, detail = "") {
   viewer.states.push(`${text} ${detail}`.trim());
 }
 function describe(i) {
-  const name = String(i.source).startsWith("random") ? `${i.source} (random weights: colored noise)` : i.source;
+  const name = String(i.model).startsWith("random") ? `${i.model} (random weights: colored noise)` : i.model;
   return `${name} · ${i.size} px · ${i.backend} on ${i.device} · ${i.dtype}`;
 }
 async function fetchInfo() {
