@@ -266,14 +266,14 @@ def test_the_cli_refuses_truncation_with_the_same_words(capsys):
     assert "'0.7x' must be a finite number" in cli_error(capsys, ["blend", "--truncation", "0.7x"])
 
 
-@pytest.mark.parametrize("box", [(True, 0, 4, 4), (0, 0, "4", 4), (0, 0, 4, None), (0.0, 0, 4, float("nan"))])
+@pytest.mark.parametrize("box", [(True, 0, 4, 4), (0, 0, "4", 4), (0, False, 4, 4)])
 def test_boxes_are_integers_not_bools_or_strings(g16, g32, s16, box):
     s1, s2 = s16
-    with raises(r"box=.* must be 4 integers|must be whole pixels"):
+    with raises(r"box=.* must be 4 integers \(x, y, w, h\) in output pixels"):
         g16.blend_bbox(s1, s2, box)
-    with raises(r"boxes\[0\]=.* must be 4 integers|must be whole pixels"):
+    with raises(r"boxes\[0\]=.* must be 4 integers"):
         g32.patch_swap(make_styles(g32), make_styles(g32, seed=1), (box, (0, 0, 4, 4)))
-    with raises(r"source_box=.* must be 4 integers|must be whole pixels"):
+    with raises(r"source_box=.* must be 4 integers"):
         g16.shift(s1, box, [(8, 8)])
 
 
