@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 STATIC = Path(__file__).parent / "static"
 MAX_WINDOW_S = 1.0  # the longest batching window (a longer one only delays every stream)
+STREAMS_PER_CLIENT = 16  # default max_streams_per_client: a quarter of the default max_streams
+STREAM_IDLE_S = 60.0  # default stream_idle_s
 MIN_IDLE_S = 0.01  # the shortest idle timeout of a stream
 
 
@@ -73,7 +75,7 @@ class Server:
 
     def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
                  encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans,
-                 max_streams_per_client: int = 16, stream_idle_s: float = 60.0):
+                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S):
         self.G = G
         self.truncation = truncation
         self.streams = Admission(max_streams, max_streams_per_client, "the server has {n} streams open; try later",
@@ -189,13 +191,15 @@ def model_name(source: str) -> str:
     """What ``/api/info`` calls the model: a registry name or ``random:SEED`` as given, else the last part of
     its path or URL path, never a folder, a host, a query (tokens) or credentials."""
     path = urlsplit(source).path if "://" in source else source
-    return os.path.basename(os.path.normpath(path)) or "model"
+    name = os.path.basename(os.path.normpath(path)) if path else ""
+    return name if name not in ("", ".", "..") else "model"
 
 
 def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
                max_streams: int = 64, encoders: int | None = None, max_ranges: int = 16,
-               max_ranges_per_client: int = 4, span_source: SpanSource = spans, max_streams_per_client: int = 16,
-               stream_idle_s: float = 60.0, host: str = "127.0.0.1", allow_origin: Sequence[str] = ()) -> Starlette:
+               max_ranges_per_client: int = 4, span_source: SpanSource = spans,
+               max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
+               host: str = "127.0.0.1", allow_origin: Sequence[str] = ()) -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,

@@ -47,8 +47,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "such as https://viewer.example.com (repeatable; * answers any). Without it only --host, "
                         "localhost and loopback addresses are answered (with --host 0.0.0.0 also any IP address "
                         "and this machine's name); other sites' pages get 403")
-    p.add_argument("--max-streams-per-client", type=int, default=16,
-                   help="streams one client address may hold open (default 16); idle streams close after 60 s")
+    p.add_argument("--max-streams-per-client", type=int, default=None,
+                   help="streams one client address may hold open (default 16; behind a reverse proxy every "
+                        "client has its address); a stream that asks for no frame for 60 s is closed")
     p.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port; default 8765)")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true",

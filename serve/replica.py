@@ -29,7 +29,7 @@ from ..loader import load
 from ..runtime.capabilities import AUTO, backend_spec, check_runs, precision
 from ..runtime.checks import check_device, check_source
 from ..runtime.config import check_layout
-from .app import check_settings, create_app
+from .app import STREAM_IDLE_S, STREAMS_PER_CLIENT, check_settings, create_app
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
@@ -54,8 +54,8 @@ class ReplicaOptions:
     window_s: float = 0.004  # batching window
     max_streams: int = 64  # open streams per replica
     encoders: int = 0  # threads encoding tiles (0: the CPU count, at most 8)
-    max_streams_per_client: int = 16  # open streams of one client address
-    stream_idle_s: float = 60.0  # a stream that asks for no frame this long is closed
+    max_streams_per_client: int = STREAMS_PER_CLIENT  # open streams of one client address
+    stream_idle_s: float = STREAM_IDLE_S  # a stream that asks for no frame this long is closed
     host: str = "127.0.0.1"  # the address clients use (soat serve --host): Host and Origin headers must name it
     allow_origin: tuple[str, ...] = ()  # more names (or origins) they may name; "*": any (soat serve --allow-origin)
 
