@@ -36,16 +36,21 @@ def _bounds(lo, hi) -> str:
     return f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else ""
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as an ``int`` if it is an integer (Python, NumPy), else None (bools, floats, strings)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_int(value: Any, name: str, lo: int | None = None, hi: int | None = None, what: str = "an integer",
               shown: str | None = None) -> int:
     """``value`` as an ``int`` in ``[lo, hi]`` (open ends: None): ``"NAME=VALUE must be WHAT from LO to HI"``.
     Python and NumPy integers pass; bools, floats (even whole ones) and strings do not."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        v = None
+    v = _as_int(value)
     if v is None or (lo is not None and v < lo) or (hi is not None and v > hi):
         raise SoatError(f"{_label(name, value, shown)} must be {what}{_bounds(lo, hi)}")
     return v
@@ -77,12 +82,9 @@ def check_truncation(value: Any, name: str = "truncation", shown: str | None = N
 def check_seed(value: Any, name: str = "seed", hi: int = MAX_SEED, shown: str | None = None) -> int:
     """A seed: an integer from 0 to ``hi`` (``MAX_SEED``, what NumPy's RandomState takes, unless said)."""
     label = _label(name, value, shown)
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise SoatError(f"{label} is not a seed; seeds are integers from 0 to {hi}") from None
+    v = _as_int(value)
+    if v is None:
+        raise SoatError(f"{label} is not a seed; seeds are integers from 0 to {hi}")
     if v < 0 or v > hi:
         raise SoatError(f"{label} is {'negative' if v < 0 else 'too large'}; seeds run from 0 to {hi}")
     return v
