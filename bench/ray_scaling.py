@@ -25,7 +25,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from soat.bench.serve_load import LoadResult, run_load
+from soat.bench.serve_load import ONE_HOST_STREAMS, LoadResult, run_load
 from soat.serve.replica import ReplicaOptions
 
 CREDIT = 8  # frames each client keeps requested
@@ -164,7 +164,8 @@ def main() -> None:
         p.error("--fault needs Ray and at least 2 replicas in the last --replicas count (one is killed)")
     max_batch = args.max_batch or (64 if args.device.startswith("cuda") else 16)
     options = ReplicaOptions(checkpoint=args.checkpoint, size=args.size, channel_multiplier=args.channel_multiplier,
-                             device=args.device, dtype=args.dtype, max_batch=max_batch)
+                             device=args.device, dtype=args.dtype, max_batch=max_batch,
+                             max_streams_per_client=ONE_HOST_STREAMS)  # every client is this host
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; {options}; "
           f"load average before: {os.getloadavg()}", flush=True)
     clients = [int(n) for n in args.clients.split(",")]

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+ONE_HOST_STREAMS = 64  # the per-client stream cap of the servers a load run starts: all its clients are this host
+
 
 @dataclass
 class ClientResult:
@@ -215,8 +217,13 @@ def row(r: LoadResult) -> str:
 
 
 def start_server(flags: str, port: int, timeout_s: float = 600) -> tuple[subprocess.Popen, str]:
-    """``soat serve FLAGS --port PORT`` in a subprocess; returns once it prints its URL."""
-    cmd = [sys.executable, "-m", "soat.cli", "serve", *shlex.split(flags), "--port", str(port)]
+    """``soat serve FLAGS --port PORT`` in a subprocess; returns once it prints its URL. Every client of a
+    load run comes from this host, so the per-client stream cap is lifted to the stream limit unless FLAGS
+    set it."""
+    flags = shlex.split(flags)
+    if "--max-streams-per-client" not in flags:
+        flags += ["--max-streams-per-client", str(ONE_HOST_STREAMS)]
+    cmd = [sys.executable, "-m", "soat.cli", "serve", *flags, "--port", str(port)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout_s
     for line in proc.stderr:
@@ -252,7 +259,8 @@ def synthetic_server(size: int, encoders: int | None, max_batch: int):
     def spans(G, keys):
         return [image[..., slice(*span_columns(size, k.index))].clone() for k in keys]
 
-    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders, span_source=spans))
+    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders, span_source=spans,
+                                        max_streams_per_client=ONE_HOST_STREAMS))
 
 
 def main() -> None:

@@ -6,8 +6,18 @@ import math
 from dataclasses import dataclass
 
 from ..errors import SoatError
+from .checks import check_int
 
 SUPPORTED_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def check_layout(size: int | None, channel_multiplier: int | None) -> None:
+    """A layout as given (None: inferred from a checkpoint, or the random model's default): integers, a
+    StyleGAN2 resolution and a channel multiplier of 1 or 2."""
+    if size is not None and check_int(size, "size") not in SUPPORTED_SIZES:
+        raise SoatError(f"size={size} is not a StyleGAN2 resolution; use one of {SUPPORTED_SIZES}")
+    if channel_multiplier is not None and check_int(channel_multiplier, "channel_multiplier") not in (1, 2):
+        raise SoatError(f"channel_multiplier={channel_multiplier} is not supported; use 1 or 2")
 
 
 @dataclass(frozen=True)
@@ -29,10 +39,7 @@ class GeneratorConfig:
     lr_mlp: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.size not in SUPPORTED_SIZES:
-            raise SoatError(f"size={self.size} is not a StyleGAN2 resolution; use one of {SUPPORTED_SIZES}")
-        if self.channel_multiplier not in (1, 2):
-            raise SoatError(f"channel_multiplier={self.channel_multiplier} is not supported; use 1 or 2")
+        check_layout(check_int(self.size, "size"), check_int(self.channel_multiplier, "channel_multiplier"))
 
     @property
     def log_size(self) -> int:

@@ -9,6 +9,7 @@ import torch
 
 from ..errors import SoatError
 from .backend import Backend
+from .checks import check_int, check_truncation
 from .chain import LayerNode, build_chain, node_inputs, style_channels
 from .config import GeneratorConfig
 from .cudagraph import is_capturing
@@ -96,6 +97,7 @@ class Generator:
     def styles_from_w(self, w: torch.Tensor, truncation: float = 1.0) -> list[torch.Tensor]:
         """``w [B, 512]`` (repeated to every layer) or ``W+ [B, n_latent, 512]`` -> sigma list."""
         n = self.config.n_latent
+        truncation = check_truncation(truncation)
         w = self._check_latent(w, "w", None)
         if w.ndim == 2:
             w = w.unsqueeze(1).repeat(1, n, 1)
@@ -177,6 +179,7 @@ class Generator:
         arguments (``box=...`` for ``blend_bbox``; the graph is per argument value)."""
         if task not in WARMUP_STYLE_LISTS:
             raise SoatError(f"task={task!r} cannot be warmed up; use one of {', '.join(WARMUP_STYLE_LISTS)}")
+        batch = check_int(batch, "batch", 1)
         styles = [s.expand(batch, -1).contiguous() for s in self.mean_styles()]
         getattr(self, task)(*[styles] * WARMUP_STYLE_LISTS[task], **arguments)
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..errors import SoatError
+from .checks import check_images
 
 
 def uint8_levels(images: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,8 @@ def uint8_levels(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, H, W, 3]`` uint8 on the host (``uint8_levels``)."""
+    """``[B, 3, H, W]`` (or one ``[3, H, W]``) in [-1, 1] -> ``[B, H, W, 3]`` uint8 on the host (``uint8_levels``)."""
+    images = check_images(images)
     return uint8_levels(images.detach().float().cpu()).permute(0, 2, 3, 1).numpy()
 
 
@@ -75,14 +77,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
 
 
 def save_png(images: torch.Tensor, path: str | os.PathLike) -> list[str]:
-    """Write ``[B, 3, H, W]`` as PNG: ``path`` for B = 1, else ``stem_{i}.png`` per image.
+    """Write ``[B, 3, H, W]`` (or one image ``[3, H, W]``) in [-1, 1] as PNG: ``path`` for B = 1, else
+    ``stem_{i}.png`` per image.
 
     ``path`` must end in ``.png``. Each file is written under a temporary name in the same folder
     and renamed, so an interrupted run leaves no partial PNG. Images with NaN or infinite values
-    are refused (they would be saved as black)."""
+    are refused (they would be saved as black), and so are other channel counts and integer
+    tensors (uint8 pixels would be read as [-1, 1] values: a grey image), each with one line."""
     path = os.fspath(path)
     if os.path.splitext(path)[1].lower() != ".png":
         raise SoatError(f"{path!r} must end in .png (save_png writes PNG only)")
+    images = check_images(images)
     if not torch.isfinite(images.detach()).all():
         raise SoatError(f"the image for {path!r} has NaN or infinite values; nothing was written")
     pils = to_pil(images)

@@ -5,9 +5,9 @@ the cache folder."""
 from __future__ import annotations
 
 import os
-import re
 
 from ..errors import SoatError
+from .checks import random_seed
 from .config import GeneratorConfig
 from .checkpoint import load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
@@ -16,8 +16,6 @@ from .registry import fetch, is_remote
 from .safetensors_format import SUFFIX, is_safetensors, load_safetensors, save_safetensors
 from .weights import StyleGAN2Weights
 
-_RANDOM = re.compile(r"^random(?::(\d+))?$")
-
 
 def load_weights(source: str, size: int | None = None,
                  channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
@@ -25,9 +23,8 @@ def load_weights(source: str, size: int | None = None,
     ``.safetensors`` file, a rosinality/SOAT torch checkpoint, or a registry name / ``https://`` URL
     (downloaded once into ``cache_dir()/models``, then read as a file)."""
     source = resolve_source(source)
-    m = _RANDOM.match(source)
-    if m:
-        seed = int(m.group(1) or 0)
+    seed = random_seed(source)
+    if seed is not None:
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
     if is_safetensors(source):

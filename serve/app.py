@@ -2,8 +2,9 @@
 
 Routes:
     ``GET /``                                 the viewer (``static/index.html``).
-    ``GET /api/info``                         model size, device, dtype, version, limits, counters, the
-                                              first tile's ETA and the columns/s generated (all clients).
+    ``GET /api/info``                         the model's name (never its path or URL) and size, device,
+                                              dtype, version, limits, counters, the first tile's ETA and
+                                              the columns/s generated (all clients).
     ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
                                               pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
     ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
@@ -20,7 +21,11 @@ take turns, first come first served), so stream batches wait for at most one ran
 A range request is admitted only while fewer than ``max_ranges`` are open (and fewer than
 ``max_ranges_per_client`` from its client address); otherwise it gets a 503 with
 ``Retry-After`` at once. A request whose client disconnects is cancelled after the span
-in progress: abandoned requests cost no more work.
+in progress: abandoned requests cost no more work. Streams are admitted the same way
+(``max_streams``, ``max_streams_per_client``; a refused one is closed with 1013) and a
+stream that asks for no frame for ``stream_idle_s`` is closed, so one client holding idle
+streams cannot lock the others out. Requests whose Host or Origin names another site get
+a 403 (``guard``).
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -43,10 +50,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from ..errors import SoatError
-from ..runtime.endless import SpanKey, check_truncation, column_pieces, span, spans, stitch
+from ..runtime.checks import check_float, check_int, check_truncation
+from ..runtime.endless import SpanKey, column_pieces, span, spans, stitch
 from ..runtime.images import to_uint8
 from ..version import __version__
 from .batcher import SpanBatcher, SpanSource
+from .guard import AllowedHosts, HostGuard
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
 from .stream import close_with_error, serve_stream
@@ -55,17 +64,23 @@ if TYPE_CHECKING:
     from ..runtime.generator import Generator
 
 STATIC = Path(__file__).parent / "static"
+MAX_WINDOW_S = 1.0  # the longest batching window (a longer one only delays every stream)
+STREAMS_PER_CLIENT = 16  # default max_streams_per_client: a quarter of the default max_streams
+STREAM_IDLE_S = 60.0  # default stream_idle_s
+MIN_IDLE_S = 0.01  # the shortest idle timeout of a stream
 
 
 class Server:
-    """What the routes share: the generator, its worker thread, the batcher, the range gate and counters."""
+    """What the routes share: the generator, its worker thread, the batcher, the stream and range gates."""
 
     def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
-                 encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans):
+                 encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans,
+                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S):
         self.G = G
         self.truncation = truncation
-        self.max_streams = max_streams
-        self.streams = 0
+        self.streams = Admission(max_streams, max_streams_per_client, "the server has {n} streams open; try later",
+                                 "this client has {n} streams open, the most one client may hold; close one first")
+        self.stream_idle_s = stream_idle_s
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
         self.encoder = ThreadPoolExecutor(encoders, thread_name_prefix="soat-encode")
         self.encoders = encoders
@@ -81,14 +96,15 @@ class Server:
         self.batcher.close()
 
 
-class RangeGate:
-    """Admission and turns for PNG range requests: bounded in total and per client, one span at a time."""
+class Admission:
+    """Requests of one kind open at once: at most ``max_open`` in all and ``max_per_client`` per client
+    address; ``busy`` and ``client_busy`` say why one is refused (``{n}``: the limit)."""
 
-    def __init__(self, max_open: int, max_per_client: int):
+    def __init__(self, max_open: int, max_per_client: int, busy: str, client_busy: str):
         self.max_open = max_open
         self.max_per_client = max_per_client
+        self.busy, self.client_busy = busy, client_busy
         self.open: dict[str, int] = {}
-        self._turn: asyncio.Lock | None = None
 
     @property
     def total(self) -> int:
@@ -97,9 +113,9 @@ class RangeGate:
     def refusal(self, client: str) -> str | None:
         """Why a new request from ``client`` is refused now, or None."""
         if self.total >= self.max_open:
-            return f"the server is computing {self.max_open} ranges; try again in a moment"
+            return self.busy.format(n=self.max_open)
         if self.open.get(client, 0) >= self.max_per_client:
-            return f"{self.max_per_client} ranges of this client are still being computed; wait for them"
+            return self.client_busy.format(n=self.max_per_client)
         return None
 
     @contextmanager
@@ -111,6 +127,15 @@ class RangeGate:
             self.open[client] -= 1
             if not self.open[client]:
                 del self.open[client]
+
+
+class RangeGate(Admission):
+    """Admission and turns for PNG range requests: bounded in total and per client, one span at a time."""
+
+    def __init__(self, max_open: int, max_per_client: int):
+        super().__init__(max_open, max_per_client, "the server is computing {n} ranges; try again in a moment",
+                         "{n} ranges of this client are still being computed; wait for them")
+        self._turn: asyncio.Lock | None = None
 
     async def run(self, server: Server, fn, *args):
         """``fn(*args)`` on the worker when this request's turn comes; a cancelled request gives up its
@@ -151,19 +176,44 @@ def exact_span(G: Generator, key: SpanKey) -> np.ndarray:
     return to_uint8(span(G, key))[0]
 
 
+def check_settings(truncation: float, max_batch: int, window_s: float, max_streams: int,
+                   max_streams_per_client: int, stream_idle_s: float, encoders: int) -> float:
+    """The server's settings checked as the Python API checks its arguments; returns the truncation."""
+    for name, value, lo in (("max_batch", max_batch, 1), ("max_streams", max_streams, 1),
+                            ("max_streams_per_client", max_streams_per_client, 1), ("encoders", encoders, 0)):
+        check_int(value, name, lo)
+    check_float(window_s, "window_s", 0, MAX_WINDOW_S)
+    check_float(stream_idle_s, "stream_idle_s", MIN_IDLE_S)
+    return check_truncation(truncation)
+
+
+def model_name(source: str) -> str:
+    """What ``/api/info`` calls the model: a registry name or ``random:SEED`` as given, else the last part of
+    its path or URL path, never a folder, a host, a query (tokens) or credentials."""
+    path = urlsplit(source).path if "://" in source else source
+    name = os.path.basename(os.path.normpath(path)) if path else ""
+    return name if name not in ("", ".", "..") else "model"
+
+
 def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, window_s: float = 0.004,
                max_streams: int = 64, encoders: int | None = None, max_ranges: int = 16,
-               max_ranges_per_client: int = 4, span_source: SpanSource = spans) -> Starlette:
+               max_ranges_per_client: int = 4, span_source: SpanSource = spans,
+               max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
+               host: str = "127.0.0.1", allow_origin: Sequence[str] = ()) -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
-    ``max_ranges_per_client``: PNG range requests open at once, in all and per client address.
-    ``span_source``: what computes the streams' span batches (``SpanBatcher``; PNG ranges always
-    compute each span alone)."""
-    truncation = check_truncation(truncation)
+    ``max_ranges_per_client``: PNG range requests open at once, in all and per client address;
+    ``max_streams``, ``max_streams_per_client``: streams likewise; ``stream_idle_s``: a stream that asks
+    for no frame for this long is closed. ``host``: the address the server listens on, and
+    ``allow_origin``: more host names (or origins; ``*``: any), which the Host and Origin headers of
+    every request must name (``guard``). ``span_source``: what computes the streams' span batches
+    (``SpanBatcher``; PNG ranges always compute each span alone)."""
+    truncation = check_settings(truncation, max_batch, window_s, max_streams, max_streams_per_client, stream_idle_s,
+                                encoders or 0)
     encoders = encoders or max(1, min(8, os.cpu_count() or 1))
     server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client,
-                    span_source)
+                    span_source, max_streams_per_client, stream_idle_s)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -172,9 +222,10 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
         return JSONResponse({
             "version": __version__, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
             "backend": G.backend.name, "device": str(G.device), "dtype": str(G.dtype).replace("torch.", ""),
-            "source": G.source, "truncation": truncation, "max_width": MAX_WIDTH, "max_tile": MAX_TILE,
-            "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams,
-            "max_streams": server.max_streams, "max_batch": server.batcher.max_batch, "encoders": server.encoders,
+            "model": model_name(G.source), "truncation": truncation, "max_width": MAX_WIDTH, "max_tile": MAX_TILE,
+            "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams.total,
+            "max_streams": server.streams.max_open, "max_streams_per_client": server.streams.max_per_client,
+            "stream_idle_s": server.stream_idle_s, "max_batch": server.batcher.max_batch, "encoders": server.encoders,
             "pending_spans": server.batcher.pending, "cached_spans": server.batcher.cached,
             "open_ranges": server.ranges.total, "max_ranges": server.ranges.max_open,
             "batch_ms": None if server.batcher.batch_s is None else round(1000 * server.batcher.batch_s, 2),
@@ -211,14 +262,13 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
         except SoatError as exc:
             await close_with_error(ws, CLOSE_POLICY, str(exc))
             return
-        if server.streams >= server.max_streams:
-            await close_with_error(ws, CLOSE_BUSY, f"the server has {server.max_streams} streams open; try later")
+        client = ws.client.host if ws.client else "?"
+        refusal = server.streams.refusal(client)
+        if refusal is not None:
+            await close_with_error(ws, CLOSE_BUSY, refusal)
             return
-        server.streams += 1
-        try:
+        with server.streams.admitted(client):
             await serve_stream(ws, server, query)
-        finally:
-            server.streams -= 1
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -230,7 +280,8 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
 
     routes = [Route("/", index), Route("/api/info", info), Route("/api/panorama.png", panorama_png),
               WebSocketRoute("/api/stream", stream), Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
 
 
 def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info"):

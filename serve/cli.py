@@ -12,8 +12,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
-from ..options import add_dtype, add_layout
-from ..options import BACKEND_HELP
+from ..options import BACKEND_HELP, add_dtype, add_layout, finite_float
 from ..runtime.capabilities import AUTO, BACKEND_CHOICES
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     # (soat.load checks the device where the model loads)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     add_dtype(p)
-    p.add_argument("--truncation", type=float, default=0.7, help="psi of the served panoramas (default 0.7)")
+    p.add_argument("--truncation", type=finite_float, default=0.7, help="psi of the served panoramas (default 0.7)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="most spans in one generator call (default 64 on CUDA, else 16)")
     p.add_argument("--encoders", type=int, default=0,
@@ -43,6 +42,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="server processes sharing the port, each with its own copy of the model on --device "
                         "(default 1; more when one Python process cannot feed the GPU)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--allow-origin", action="append", default=None, metavar="NAME",
+                   help="also answer requests whose Host or Origin header names NAME: a host name or an origin "
+                        "such as https://viewer.example.com (repeatable; * answers any). Without it only --host, "
+                        "localhost and loopback addresses are answered (with --host 0.0.0.0 also any IP address "
+                        "and this machine's name); other sites' pages get 403")
+    p.add_argument("--max-streams-per-client", type=int, default=None,
+                   help="streams one client address may hold open (default 16; behind a reverse proxy every "
+                        "client has its address); a stream that asks for no frame for 60 s is closed")
     p.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port; default 8765)")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true",

@@ -48,6 +48,13 @@ CLOSE_POLICY = 1008  # a malformed or disallowed message or query
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_BUSY = 1013  # too many streams: try again later
+CLOSE_IDLE = 1000  # a stream that asked for no frame for a while: closed normally, reconnect to go on
+CLOSE_REASON_BYTES = 123  # the most a WebSocket close frame carries
+
+
+def close_reason(message: str) -> str:
+    """``message`` cut to what a WebSocket close frame carries (123 bytes of UTF-8)."""
+    return message.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
 
 
 class ProtocolError(Exception):
@@ -122,7 +129,7 @@ def parse_credit(text: str, unspent: int) -> int:
         raise ProtocolError(CLOSE_TOO_BIG, f"message longer than {MAX_MESSAGE} bytes")
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: brackets nested deeper than the parser goes
         raise ProtocolError(CLOSE_POLICY, 'message is not JSON; send {"credit": n}') from None
     if not isinstance(msg, dict) or set(msg) != {"credit"}:
         raise ProtocolError(CLOSE_POLICY, 'unknown message; the only message is {"credit": n}')

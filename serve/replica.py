@@ -26,7 +26,10 @@ from starlette.responses import JSONResponse
 
 from ..errors import SoatError
 from ..loader import load
-from .app import create_app
+from ..runtime.capabilities import AUTO, backend_spec, check_runs, precision
+from ..runtime.checks import check_device, check_source
+from ..runtime.config import check_layout
+from .app import STREAM_IDLE_S, STREAMS_PER_CLIENT, check_settings, create_app
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
@@ -51,11 +54,23 @@ class ReplicaOptions:
     window_s: float = 0.004  # batching window
     max_streams: int = 64  # open streams per replica
     encoders: int = 0  # threads encoding tiles (0: the CPU count, at most 8)
+    max_streams_per_client: int = STREAMS_PER_CLIENT  # open streams of one client address
+    stream_idle_s: float = STREAM_IDLE_S  # a stream that asks for no frame this long is closed
+    host: str = "127.0.0.1"  # the address clients use (soat serve --host): Host and Origin headers must name it
+    allow_origin: tuple[str, ...] = ()  # more names (or origins) they may name; "*": any (soat serve --allow-origin)
 
     def __post_init__(self):
-        for name, lo in (("max_batch", 1), ("max_streams", 1), ("window_s", 0), ("encoders", 0)):
-            if getattr(self, name) < lo:
-                raise SoatError(f"{name}={getattr(self, name)} is out of range; allowed: {name} >= {lo}")
+        """Every value checked when the options are built, as the Python API checks its arguments (the device
+        is not looked for here: replicas may run on other machines)."""
+        check_source(self.checkpoint, "checkpoint")
+        check_device(self.device, here=False)
+        dtype = precision(self.dtype).torch_dtype
+        if self.backend != AUTO:
+            backend_spec(self.backend)
+            check_runs(self.backend, dtype)
+        check_layout(self.size, self.channel_multiplier)
+        check_settings(self.truncation, self.max_batch, self.window_s, self.max_streams, self.max_streams_per_client,
+                       self.stream_idle_s, self.encoders)
 
     @classmethod
     def from_mapping(cls, args: Mapping[str, object]) -> "ReplicaOptions":
@@ -71,7 +86,8 @@ class ReplicaOptions:
     @classmethod
     def from_args(cls, args) -> "ReplicaOptions":
         """From ``soat serve``'s ``argparse.Namespace`` (options it has no flag for keep their defaults)."""
-        return cls.from_mapping({f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+        return cls.from_mapping({f.name: getattr(args, f.name) for f in fields(cls)
+                                 if getattr(args, f.name, None) is not None})
 
     def load(self) -> Generator:
         """The generator, loaded once per replica."""
@@ -81,17 +97,25 @@ class ReplicaOptions:
     def app(self, G: Generator, replica: Mapping[str, object]) -> "ReplicaApp":
         """``create_app(G, ...)`` with the health routes, for the replica described by ``replica``."""
         return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams,
-                                     self.encoders or None), replica)
+                                     self.encoders or None, max_streams_per_client=self.max_streams_per_client,
+                                     stream_idle_s=self.stream_idle_s, host=self.host,
+                                     allow_origin=self.allow_origin), replica)
 
 
-_KINDS = {str: "a string", int: "an integer", float: "a number"}
+_KINDS = {str: "a string", int: "an integer", float: "a number", tuple: "names, comma-separated"}
 
 
 def _convert(name: str, value, default):
-    """``value`` as the type of the option's default (sizes, whose default is None, are integers or None)."""
+    """``value`` as the type of the option's default (sizes, whose default is None, are integers or None;
+    a tuple of names may be written as one comma-separated string)."""
     if default is None and value in (None, "", "None"):
         return None
     kind = int if default is None else type(default)
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [None]
+        if not all(isinstance(item, str) for item in items):
+            raise SoatError(f"{name}={value!r} must be {_KINDS[kind]}")
+        return tuple(item.strip() for item in items if item.strip())
     try:
         if isinstance(value, bool) or (kind is int and isinstance(value, float)):
             raise ValueError

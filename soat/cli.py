@@ -19,7 +19,8 @@ from soat.commands import (cmd_bbox, cmd_blend, cmd_demo, cmd_expand, cmd_genera
                            cmd_panorama, cmd_shift, cmd_swap, cmd_translate)
 from soat.errors import SoatError
 from soat.options import (Seeds, add_backend, add_checkpoint, add_device, add_dtype, add_force, add_layout,
-                          finite_float, int_range, parse_seeds, seeds_arg)
+                          finite_float, int_range, number, parse_seeds, seeds_arg)
+from soat.runtime.checks import SIGMA_INDEX
 from soat.version import __version__
 
 DEFAULT_MODEL = "random"
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=int, nargs=4, required=True, metavar=("X", "Y", "W", "H"),
                    help="the box of image 2 pasted into image 1, in output pixels")
     p.add_argument("--pose-align", action="store_true", help="keep the first four sigma entries from image 1")
-    p.add_argument("--num-blend", type=int_range(0), default=99,
+    p.add_argument("--num-blend", type=int_range(0, what=SIGMA_INDEX), default=99,
                    help="sigma entries blended inside the box, from the first (default 99: all)")
     p = _task(sub, "swap", cmd_swap, "patch swap at 16x16", "swap.png", 2, "0,1")
     p.add_argument("--boxes", type=int, nargs=8, required=True, metavar="N",
@@ -124,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator 2, fine-tuned from generator 1 (same forms as --checkpoint)")
     p.add_argument("--num-swap", type=int_range(0), default=6,
                    help="sigma entries taken from generator 1 before the mix (default 6)")
-    p.add_argument("--alpha", type=finite_float, default=0.7, help="weight of generator 2 after --num-swap (default 0.7)")
-    p.add_argument("--early-alpha", type=finite_float, default=0.0,
+    p.add_argument("--alpha", type=number(float, 0, 1), default=0.7, help="weight of generator 2 after --num-swap (default 0.7)")
+    p.add_argument("--early-alpha", type=number(float, 0, 1), default=0.0,
                    help="weight of generator 2 in the first --num-swap entries (default 0)")
     p = _task(sub, "shift", cmd_shift, "replicate a patch with the Shift operator", "shift.png", 1, "0")
     p.add_argument("--source", type=int, nargs=4, required=True, metavar=("X", "Y", "W", "H"),
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where a copy goes (top-left corner); repeat for several")
     p.add_argument("--layers", type=int, nargs="+", default=None, metavar="RES",
                    help="resolutions to shift at (default 8 16 32)")
-    p.add_argument("--strength", type=finite_float, default=1.0, help="blend weight of the copies (default 1)")
+    p.add_argument("--strength", type=number(float, 0, 1), default=1.0, help="blend weight of the copies (default 1)")
 
     p = sub.add_parser("demo", help="run every task once; PNGs + index.html",
                        description="Run every task once and write one PNG per task and an index.html gallery. "

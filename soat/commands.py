@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from soat.errors import SoatError
-from soat.options import check_checkpoint, check_output_file, check_output_folder, known_size, parse_seeds
+from soat.options import (SeedFiles, check_checkpoint, check_output_file, check_output_folder, known_size,
+                          parse_seeds)
 
 GENERATE_BATCH = 8  # seeds per generator call in ``soat generate`` (memory stays flat for any seed count)
 
@@ -103,8 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = args.seeds
     if seeds is None:
         seeds = parse_seeds("0-7") if not args.codes else None
-    names = (f"seed{s:04d}.png" for s in (seeds if seeds is not None else []))
-    check_output_folder(args.output, args.force, names)
+    check_output_folder(args.output, args.force, SeedFiles(seeds) if seeds is not None else [])
     check_checkpoint(args.checkpoint)
     if args.codes and not os.path.isfile(args.codes):
         raise SoatError(f"--codes {args.codes}: file not found")
@@ -112,14 +112,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     codes = read_codes(G, args)
     if seeds is None:  # --codes without --seeds: every code
         seeds = parse_seeds(f"0-{codes.shape[0] - 1}")
-        check_output_folder(args.output, args.force, (f"seed{s:04d}.png" for s in seeds))
+        check_output_folder(args.output, args.force, SeedFiles(seeds))
     os.makedirs(args.output, exist_ok=True)
     from soat.runtime.images import save_png
     with torch.no_grad(), tqdm(total=len(seeds), desc="generate", unit="img") as bar:
         for batch in batched(seeds, GENERATE_BATCH):  # z, styles and images per small batch, never all at once
             images = G.generate(styles_for(G, args, batch, codes), noise=args.noise)
             for seed, img in zip(batch, images):
-                save_png(img[None], os.path.join(args.output, f"seed{seed:04d}.png"))
+                save_png(img[None], os.path.join(args.output, SeedFiles.name(seed)))
             bar.update(len(batch))
     print(f"wrote {len(seeds)} images to {args.output}")
     return 0

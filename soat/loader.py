@@ -14,6 +14,8 @@ from .runtime.backends.fast_backend import FastTorchBackend
 from .runtime.backends.ort_backend import OrtBackend
 from .runtime.backends.torch_backend import TorchBackend
 from .runtime.backends.trt_backend import TensorRTBackend
+from .runtime.checks import check_device, check_source
+from .runtime.config import check_layout
 from .runtime.capabilities import AUTO, BACKEND_CHOICES, EXPORT_BACKENDS, backend_spec, check_runs, precision
 from .runtime.generator import Generator
 from .runtime.manifest import Manifest, check_format, check_matches, load_mean_styles, load_noise, read_manifest
@@ -25,18 +27,6 @@ _UNSET = object()
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """The torch dtype a precision name, alias or dtype stands for (``capabilities.PRECISIONS``)."""
     return precision(dtype).torch_dtype
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise SoatError(f"device={device!r} is not a device; use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SoatError("device='cuda' was asked for but no CUDA GPU is available; use device='cpu'")
-    if dev.type not in ("cpu", "cuda"):
-        raise SoatError(f"device={device!r} is not supported; use 'cpu' or 'cuda'")
-    return dev
 
 
 def resolve_backend(backend: str, dtype: str | torch.dtype) -> str:
@@ -76,8 +66,9 @@ def load(source: str | os.PathLike = "random", backend: str = AUTO, device: str 
         cuda_graphs = graphs
     if backend not in BACKEND_CHOICES:
         backend_spec(backend)  # the error naming the choices
-    dev, dt = parse_device(device), parse_dtype(dtype)
-    source = os.fspath(source)
+    source = check_source(source)
+    check_layout(size, channel_multiplier)
+    dev, dt = check_device(device), parse_dtype(dtype)
     if not isinstance(cuda_graphs, bool):
         raise SoatError(f"cuda_graphs={cuda_graphs!r} must be True or False")
     backend = resolve_backend(backend, dt)

@@ -8,19 +8,16 @@ mistake as ``SoatError`` / ``argparse.ArgumentTypeError`` (one line, exit status
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
-from typing import Iterable, Iterator
-
-import torch
+from typing import Collection, Iterable, Iterator
 
 from .errors import SoatError
 from .runtime.config import SUPPORTED_SIZES
 from .runtime.capabilities import AUTO, BACKEND_CHOICES, BACKENDS, PRECISION_NAMES
+from .runtime.checks import MAX_SEED, check_device, check_float, check_int, check_seed, random_seed
 from .runtime.registry import REGISTRY, entry_for, is_remote
 
-MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState (the panorama sampler, NVIDIA's scripts) takes seeds below 2**32
 DTYPE_CHOICES = PRECISION_NAMES
 CHECKPOINT_HELP = ("model: a registry name (" + ", ".join(REGISTRY) + "; downloaded once), an https:// URL, "
                    "a rosinality/SOAT .pt, an NVIDIA .pkl, a soat .safetensors, an export folder, "
@@ -29,8 +26,8 @@ CHECKPOINT_HELP = ("model: a registry name (" + ", ".join(REGISTRY) + "; downloa
 BACKEND_HELP = (f"{AUTO} (fast for fp16/bf16, else torch), "
                 + ", ".join(f"{b.name} ({b.summary})" for b in BACKENDS)
                 + "; an export backend given a checkpoint exports it into the cache first")
-_RANDOM = re.compile(r"^random(?::(\d+))?$")
 _SEED_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+_LOOKUPS = 1024  # output names looked up one by one; more are matched against the folder's listing
 
 
 # ---- argument types ----------------------------------------------------------------------------
@@ -47,11 +44,38 @@ class Seeds:
         for lo, hi in self.ranges:
             yield from range(lo, hi + 1)
 
+    def __contains__(self, seed: object) -> bool:
+        return isinstance(seed, int) and any(lo <= seed <= hi for lo, hi in self.ranges)
+
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, (list, Seeds)) else NotImplemented
 
     def __repr__(self) -> str:
         return f"Seeds({self.text!r})"
+
+
+class SeedFiles(Collection[str]):
+    """The files ``seedNNNN.png`` of ``Seeds`` (``soat generate``): iterated lazily, and a name is tested
+    against the seed ranges, so a folder is checked for 4e9 seeds without making 4e9 names."""
+
+    _NAME = re.compile(r"^seed([0-9]{4,64})\.png$")
+
+    def __init__(self, seeds: Seeds) -> None:
+        self.seeds = seeds
+
+    @staticmethod
+    def name(seed: int) -> str:
+        return f"seed{seed:04d}.png"
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.name(s) for s in self.seeds)
+
+    def __contains__(self, name: object) -> bool:
+        m = self._NAME.match(name) if isinstance(name, str) else None
+        return m is not None and self.name(int(m.group(1))) == name and int(m.group(1)) in self.seeds
 
 
 def parse_seeds(text: str) -> Seeds:
@@ -61,10 +85,8 @@ def parse_seeds(text: str) -> Seeds:
         m = _SEED_PART.match(part.strip())
         if not m:
             raise SoatError(f"{part!r} is not a seed; write integers and ranges like 0-7,9")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi > MAX_SEED:
-            raise SoatError(f"{hi} is too large; seeds run from 0 to {MAX_SEED}")
+        lo, hi = m.group(1), m.group(2) if m.group(2) is not None else m.group(1)
+        lo, hi = (check_seed(int(t) if len(t) <= 20 else MAX_SEED + 1, shown=t) for t in (lo, hi))
         if hi < lo:
             raise SoatError(f"the range {part} runs backwards; write {hi}-{lo}")
         ranges.append((lo, hi))
@@ -88,51 +110,36 @@ seeds_arg = _arg_type(parse_seeds)
 @_arg_type
 def device_arg(text: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N``, and CUDA only where a GPU is present."""
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise SoatError(f"{text!r} is not a device; use cpu or cuda")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SoatError(f"{text!r}: no CUDA GPU is available here; use cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SoatError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    check_device(text, shown=repr(text))
     return text
 
 
-def number(cast=float, lo: float | None = None, hi: float | None = None):
-    """An argparse type: a finite ``cast`` number (``int`` or ``float``) in ``[lo, hi]`` (open ends: None)."""
+def number(cast=float, lo: float | None = None, hi: float | None = None, what: str = "an integer"):
+    """An argparse type: a finite ``cast`` number (``int`` or ``float``) in ``[lo, hi]`` (open ends: None),
+    checked as the Python API checks it (``runtime/checks.py``; ``what`` names an integer's kind)."""
     @_arg_type
     def checked(text: str):
         try:
             value = cast(text)
         except ValueError:
-            raise SoatError(f"{text!r} is not {'an integer' if cast is int else 'a number'}") from None
-        if not math.isfinite(value):
-            raise SoatError(f"{text!r} must be a finite number")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise SoatError(f"{value} is out of range; use {lo} to {hi}" if hi is not None else
-                            f"{value} is out of range; use {lo} or more")
-        return value
+            value = text  # not a number: the shared check says so
+        if cast is int:
+            return check_int(value, "", lo, hi, what, shown=repr(text))
+        return check_float(value, "", lo, hi, shown=repr(text))
     return checked
 
 
 finite_float = number(float)
 
 
-def int_range(lo: int, hi: int | None = None):
+def int_range(lo: int, hi: int | None = None, what: str = "an integer"):
     """An argparse type: an integer in ``[lo, hi]``."""
-    return number(int, lo, hi)
+    return number(int, lo, hi, what)
 
 
 def check_checkpoint(source: str, flag: str = "--checkpoint") -> str:
     """A model source that can be loaded: an existing path, random[:SEED], a registry name or a URL."""
-    m = _RANDOM.match(source)
-    if m:
-        if m.group(1) is not None and int(m.group(1)) > MAX_SEED:
-            raise SoatError(f"{flag} {source}: the seed of the random model runs from 0 to {MAX_SEED}")
+    if random_seed(source, flag) is not None:
         return source
     if os.path.exists(source) or is_remote(source):
         return source
@@ -143,7 +150,7 @@ def known_size(source: str, size: int | None) -> int | None:
     """The model's resolution when it is known before loading (``--size``, random, registry name)."""
     if size:
         return size
-    if _RANDOM.match(source):
+    if random_seed(source) is not None:
         return 256
     return entry_for(source).size or None if is_remote(source) else None
 
@@ -197,6 +204,16 @@ def check_output_file(path: str, force: bool, suffix: str = ".png", flag: str = 
     return path
 
 
+def _first_existing(folder: str, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that exists in ``folder``; a collection longer than the folder's listing (a
+    range of seeds) is checked by listing the folder instead of looking up every name."""
+    if isinstance(names, Collection) and len(names) > _LOOKUPS:
+        listing = sorted(os.listdir(folder))
+        if len(listing) < len(names):
+            return next((n for n in listing if n in names), None)
+    return next((n for n in names if os.path.lexists(os.path.join(folder, n))), None)
+
+
 def check_output_folder(path: str, force: bool, names: Iterable[str], flag: str = "-o") -> str:
     """An output folder (created if its parent exists) none of whose ``names`` exist unless ``force``."""
     if os.path.splitext(path)[1].lower() in (".png", ".json", ".html", ".pt", ".safetensors"):
@@ -206,7 +223,7 @@ def check_output_folder(path: str, force: bool, names: Iterable[str], flag: str 
     if os.path.isdir(path):
         _check_writable_folder(path, flag, path)
         if not force:
-            existing = next((n for n in names if os.path.lexists(os.path.join(path, n))), None)
+            existing = _first_existing(path, names)
             if existing is not None:
                 raise SoatError(f"{flag} {path}: {existing} exists there; pass --force to replace it")
     else:

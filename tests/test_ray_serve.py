@@ -64,7 +64,7 @@ def test_options_from_strings_and_errors():
         ReplicaOptions.from_mapping({"size": "big"})
     with pytest.raises(SoatError, match="max_batch=2.5 must be an integer"):
         ReplicaOptions.from_mapping({"max_batch": 2.5})
-    with pytest.raises(SoatError, match="max_streams=0 is out of range; allowed: max_streams >= 1"):
+    with pytest.raises(SoatError, match="max_streams=0 must be an integer >= 1"):  # the shared words (checks.py)
         ReplicaOptions.from_mapping({"max_streams": "0"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from ...errors import SoatError
@@ -12,9 +13,11 @@ Box = tuple[int, int, int, int]
 def check_box(box: Any, name: str, width: int, height: int, clip: bool = False) -> Box:
     """An integer box with positive size inside ``width x height`` (``clip``: may run past the right/bottom edge)."""
     try:
+        if any(isinstance(v, (bool, str, bytes)) or not isinstance(v, numbers.Real) for v in box):
+            raise TypeError  # True is not a pixel, nor is "5"
         x, y, w, h = (int(v) for v in box)
         ok = all(float(v) == int(v) for v in box)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SoatError(f"{name}={box!r} must be 4 integers (x, y, w, h) in output pixels") from None
     if not ok:
         raise SoatError(f"{name}={tuple(box)} must be whole pixels (x, y, w, h)")

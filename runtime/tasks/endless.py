@@ -66,15 +66,13 @@ everyone outside the runtime (the server, the benchmarks) uses its public face,
 
 from __future__ import annotations
 
-import math
-import operator
 from itertools import groupby
 from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from ...errors import SoatError
+from ..checks import check_int, check_seed, check_truncation
 from ..noise import NoiseArg
 from ..styles import flatten_styles
 from .blend import merge_extension
@@ -210,13 +208,6 @@ def span(G: Generator, key: SpanKey, noise: NoiseArg = "fixed") -> torch.Tensor:
     return spans(G, [key], noise)[0]
 
 
-def check_truncation(truncation) -> float:
-    """``truncation`` as a float, or a SoatError if it is not a finite number."""
-    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not math.isfinite(truncation):
-        raise SoatError(f"truncation={truncation!r} must be a finite number (0.7 is the sampler's default)")
-    return float(truncation)
-
-
 def panorama_columns(G: Generator, seed: int, start: int, width: int, truncation: float = 0.7,
                      noise: NoiseArg = "fixed") -> torch.Tensor:
     """Columns ``[start, start + width)`` of the endless panorama of ``seed``.
@@ -230,24 +221,12 @@ def panorama_columns(G: Generator, seed: int, start: int, width: int, truncation
     Returns:
         ``[1, 3, R, width]`` in [-1, 1] on the generator's device and dtype.
     """
-    seed = _check_int("seed", seed, 0, SEED_LIMIT - 1)
-    start = _check_int("start", start, 0, None)
-    width = _check_int("width", width, 1, None)
+    seed = check_seed(seed, hi=SEED_LIMIT - 1)
+    start = check_int(start, "start", 0)
+    width = check_int(width, "width", 1)
     check_output_bytes(f"columns [{start}, {start + width})", (1, 3, G.size, width), G.dtype,
                        "ask for fewer columns per call")
     base = SpanKey(seed, 0, check_truncation(truncation))
     pieces = column_pieces(G.size, start, width)
     return stitch(G.size, pieces, (span(G, base._replace(index=p.index), noise) for p in pieces), width)
 
-
-def _check_int(name: str, value, lo: int, hi: int | None) -> int:
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise SoatError(f"{name}={value!r} must be an integer") from None
-    if v < lo or (hi is not None and v > hi):
-        allowed = f"{lo} <= {name}" + (f" <= {hi}" if hi is not None else "")
-        raise SoatError(f"{name}={v} is out of range; allowed: {allowed}")
-    return v

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ...triton_kernels import ops as K
 from ...errors import SoatError
+from ..checks import SIGMA_INDEX, check_int
 from ..cudagraph import is_capturing
 from ..noise import NoiseArg, shared_noise
 from .blend import check_pair, lerp_chain
@@ -48,8 +49,7 @@ def blend_mask(G: Generator, styles1, styles2, mask, pose_align: bool = False, n
                noise: NoiseArg = "fixed") -> torch.Tensor:
     """``[B, 3, R, R]``: at every layer ``lerp(out1, out2, mask resized to the layer)``."""
     s1, s2 = check_pair(G, styles1, styles2)
-    if not isinstance(num_blend, int) or isinstance(num_blend, bool):
-        raise SoatError(f"num_blend={num_blend!r} must be an integer sigma index")
+    num_blend = check_int(num_blend, "num_blend", 0, what=SIGMA_INDEX)
     m = checked_mask(mask, s1[0].shape[0], G)
 
     def combine(node, a, b):

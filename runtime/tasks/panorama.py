@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...errors import SoatError
+from ..checks import check_seed, check_truncation
 from ..noise import NoiseArg
 from ..styles import StyleArg
 from .blend import merge_extension
@@ -93,6 +94,7 @@ def panorama_styles(G: Generator, n: int, seed: int = 0, truncation: float = 0.7
     """The reference panorama sampler: N style lists (each ``[1, C_k]``) of smoothed latents."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise SoatError(f"n={n!r}: a panorama needs at least 2 images")
+    seed, truncation = check_seed(seed), check_truncation(truncation)
     per_image = (2 * sum(G.style_channels) + 2 * G.config.style_dim) * 4  # z, w, sigma and truncated sigma, fp32
     if n * per_image > MAX_STYLE_BYTES:
         raise SoatError(f"n={n} style lists would take {n * per_image / 2 ** 30:.3g} GiB, over the "

@@ -16,6 +16,7 @@ import torch
 
 from ...triton_kernels import ops as K
 from ..chain import TO_RGB, advance
+from ..checks import check_float
 from ...errors import SoatError
 from ..noise import NoiseArg
 from .boxes import box_list, check_box
@@ -74,8 +75,7 @@ def shift(G: Generator, styles, source_box, targets, layers: Sequence[int] | Non
     src = check_box(source_box, "source_box", G.size, G.size)
     tgts = _targets(src, targets, G.size)
     shift_at = check_layers(DEFAULT_LAYERS & set(range(G.size + 1)) if layers is None else layers, G.size)
-    if not 0 <= strength <= 1:
-        raise SoatError(f"strength={strength!r} must be in [0, 1]")
+    strength = check_float(strength, "strength", 0, 1)
     noise_at = G.noise_fn(noise)
     x, rgb = G.constant(s), None
     for node in G.chain[1:]:

@@ -15,6 +15,7 @@ import torch
 
 from ...triton_kernels import ops as K
 from ...errors import SoatError
+from ..checks import check_float, check_int
 from ..noise import NoiseArg
 from .blend import check_pair, lerp_chain
 from .local import checked_mask
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 def _alpha(value, name: str, batch: int, G: Generator) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return checked_mask(value, batch, G)
-    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise SoatError(f"{name}={value!r} must be a number in [0, 1] or a mask tensor [1 or B, 1, H, W]")
-    return torch.full((1, 1, 1, 1), float(value), device=G.device, dtype=G.dtype)
+    try:
+        value = check_float(value, name, 0, 1)
+    except SoatError:  # the same values refused, naming both forms alpha takes
+        raise SoatError(f"{name}={value!r} must be a number in [0, 1] or a mask tensor [1 or B, 1, H, W]") from None
+    return torch.full((1, 1, 1, 1), value, device=G.device, dtype=G.dtype)
 
 
 def translate(G1: Generator, G2: Generator, styles1, styles2, num_swap: int = 6, alpha=0.7, early_alpha=0.0,
@@ -38,8 +41,7 @@ def translate(G1: Generator, G2: Generator, styles1, styles2, num_swap: int = 6,
         raise SoatError(f"translate needs two generators of one layout; got {G1.config} and {G2.config}")
     if (G1.device, G1.dtype) != (G2.device, G2.dtype):
         raise SoatError("translate needs both generators on the same device and dtype")
-    if not isinstance(num_swap, int) or isinstance(num_swap, bool) or num_swap < 0:
-        raise SoatError(f"num_swap={num_swap!r} must be an integer >= 0")
+    num_swap = check_int(num_swap, "num_swap", 0)
     s1, s2 = check_pair(G1, styles1, styles2, G2)
     batch = s1[0].shape[0]
     late, early = _alpha(alpha, "alpha", batch, G1), _alpha(early_alpha, "early_alpha", batch, G1)

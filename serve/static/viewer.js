@@ -53,7 +53,7 @@ function overlay(text, detail = "") {
   viewer.states.push(`${text} ${detail}`.trim());
 }
 function describe(i) {
-  const name = String(i.source).startsWith("random") ? `${i.source} (random weights: colored noise)` : i.source;
+  const name = String(i.model).startsWith("random") ? `${i.model} (random weights: colored noise)` : i.model;
   return `${name} · ${i.size} px · ${i.backend} on ${i.device} · ${i.dtype}`;
 }
 async function fetchInfo() {
@@ -127,7 +127,7 @@ function onClose(s, sock, ev) {
   }
   const delay = Math.min(10, 0.5 * 2 ** s.attempts) * (0.8 + 0.4 * Math.random());
   s.attempts += 1;
-  const why = ev.code === 1013 ? "the server is busy" : "connection lost";
+  const why = ev.code === 1013 ? "the server is busy" : ev.code === 1000 ? "closed while idle" : "connection lost";
   const text = `${why} — reconnecting in ${delay.toFixed(1)} s (attempt ${s.attempts}); will resume at column ${s.nextCol.toLocaleString()}`;
   status(text, "error");
   if (!s.firstShown) overlay("Waiting for the server…", text);
