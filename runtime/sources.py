@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from .config import GeneratorConfig
 from .checkpoint import load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
@@ -40,7 +40,7 @@ def load_weights(source: str, size: int | None = None,
 def resolve_source(source: str) -> str:
     """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use); else ``source``."""
     if is_remote(source) and not os.path.exists(source):
-        return fetch(source, os.path.join(cache_dir(), "models"))
+        return fetch(source, cache_subdir("models"))
     return source
 
 
@@ -57,3 +57,16 @@ def convert(source: str, output: str, size: int | None = None, channel_multiplie
 def cache_dir() -> str:
     """Root of soat's caches (exports, engines): ``$SOAT_CACHE_DIR``, else ``~/.cache/soat``."""
     return os.environ.get("SOAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "soat")
+
+
+def cache_subdir(name: str) -> str:
+    """``cache_dir()/name``, created if missing; a cache root that is a file or not writable is one line."""
+    folder = os.path.join(cache_dir(), name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, f"creating the cache folder {folder!r} (set SOAT_CACHE_DIR to a writable folder)") \
+            from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SoatError(f"the cache folder {folder!r} is not writable; set SOAT_CACHE_DIR to a writable folder")
+    return folder
