@@ -9,7 +9,7 @@ import re
 
 from ..errors import SoatError, os_error
 from .config import GeneratorConfig
-from .checkpoint import load_checkpoint
+from .checkpoint import check_checkpoint_file, load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
 from .random_model import random_weights
 from .registry import fetch, is_remote
@@ -24,17 +24,24 @@ def load_weights(source: str, size: int | None = None,
     """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
     ``.safetensors`` file, a rosinality/SOAT torch checkpoint, or a registry name / ``https://`` URL
     (downloaded once into ``cache_dir()/models``, then read as a file)."""
-    source = resolve_source(source)
     m = _RANDOM.match(source)
     if m:
         seed = int(m.group(1) or 0)
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
-    if is_safetensors(source):
-        return load_safetensors(source, size, channel_multiplier)
-    if is_nvidia_pickle(source):
-        return load_nvidia(source, size, channel_multiplier)
-    return load_checkpoint(source, size, channel_multiplier)
+    return load_file(resolve_source(source), size, channel_multiplier)
+
+
+def load_file(path: str, size: int | None = None,
+              channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
+    """A checkpoint file of any of the formats, refused before it is read when it cannot be one (a device,
+    a FIFO, a size no checkpoint has)."""
+    check_checkpoint_file(path)
+    if is_safetensors(path):
+        return load_safetensors(path, size, channel_multiplier)
+    if is_nvidia_pickle(path):
+        return load_nvidia(path, size, channel_multiplier)
+    return load_checkpoint(path, size, channel_multiplier)
 
 
 def resolve_source(source: str) -> str:
