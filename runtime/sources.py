@@ -29,7 +29,17 @@ def load_weights(source: str, size: int | None = None,
         seed = int(m.group(1) or 0)
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
-    return load_file(resolve_source(source), size, channel_multiplier)
+    if not is_remote(source) or os.path.exists(source):
+        return load_file(source, size, channel_multiplier)
+    path = resolve_source(source)
+    try:
+        return load_file(path, size, channel_multiplier)
+    except SoatError:
+        try:  # is it the file, or the layout asked for?
+            load_file(path)
+        except SoatError as e:
+            raise SoatError(f"{e} (the cached download of {source}: delete {path} to download it again)") from None
+        raise
 
 
 def load_file(path: str, size: int | None = None,
@@ -45,9 +55,10 @@ def load_file(path: str, size: int | None = None,
 
 
 def resolve_source(source: str) -> str:
-    """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use); else ``source``."""
+    """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use, and kept only once
+    it loads); else ``source``."""
     if is_remote(source) and not os.path.exists(source):
-        return fetch(source, cache_subdir("models"))
+        return fetch(source, cache_subdir("models"), check=load_file)
     return source
 
 
