@@ -57,6 +57,10 @@ ENDLESS_FIELDS = ("span_width", "first", "later")
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
+# The metadata key under which a graph file names its graph id (ONNX metadata_props, AOTI package metadata):
+# a file copied over another graph's is refused by name. Files written before it have none and are checked by
+# their inputs only.
+GRAPH_ID_KEY = "soat_graph"
 
 
 @dataclass(frozen=True)
