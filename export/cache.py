@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from ..runtime.checkpoint import file_sha256
 from ..runtime.filelock import locked as _locked, remove_unheld
 from ..runtime.manifest import read_manifest
@@ -55,6 +55,8 @@ def cached_export(source: str, dtype: str, size: int | None = None, channel_mult
                               progress=sys.stderr.isatty())
                 shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover; valid folders are never replaced
                 os.replace(tmp, folder)
+        except OSError as e:  # a full disk
+            raise os_error(e, f"exporting {source!r} into the export cache {root!r}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -672,17 +672,19 @@ sys.exit(main({argv!r}))
     (["generate", "--checkpoint", "random:1", *SMALL, "--seeds", "0", "-o", "out"], 64),
     (["convert", "--checkpoint", "random:1", *SMALL, "-o", "m.safetensors"], 1 << 20),
     (["export", "--checkpoint", "random:1", *SMALL, "-o", "e", "--no-progress"], 1 << 20),
-], ids=["generate", "convert", "export"])
+    (["info", "--checkpoint", "random:1", *SMALL, "--backend", "onnxruntime"], 1 << 20),
+], ids=["generate", "convert", "export", "export cache"])
 def test_writes_that_fail_for_lack_of_space_are_one_line(tmp_path, argv, limit):
     """A full disk in generate and convert was an OSError traceback, and in an ONNX export left a truncated
     graph. Here every write past a size limit fails as it would on a full disk."""
     r = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=limit, argv=argv)], capture_output=True,
-                       text=True, timeout=240, env=child_env(), cwd=tmp_path)
+                       text=True, timeout=240, env={**child_env(), "SOAT_CACHE_DIR": str(tmp_path / "cache")},
+                       cwd=tmp_path)
     lines = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("generate: ")]  # tqdm
     assert r.returncode in (1, 2) and len(lines) == 1, r.stderr[-3000:]
     assert lines[0].startswith("soat: error: ") and re.search("file size limit|File too large|FileTooLarge",
                                                               lines[0]), lines[0]
-    assert hidden(tmp_path) == [] and not [f for f in os.listdir(tmp_path) if f not in ("out",)]
+    assert hidden(tmp_path) == [] and not [f for f in os.listdir(tmp_path) if f not in ("out", "cache")]
 
 
 # ---- export folders whose files were tampered with (and their hashes updated in the manifest) ----------------------
@@ -837,7 +839,6 @@ def test_channels_last_claimed_by_a_cpu_export_is_refused(export8, aoti8, tmp_pa
 # ---- TensorRT engines ---------------------------------------------------------------------------------------------
 
 def test_soat_engines_where_engines_is_a_file(export8, tmp_path, capsys):
-    pytest.importorskip("tensorrt_rtx_bindings")
     folder = copy_export(export8, tmp_path / "e")
     open(os.path.join(folder, "engines"), "w").close()
     assert main(["engines", folder, "--flavour", "rtx", "--no-progress"]) == 2
