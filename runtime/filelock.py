@@ -51,8 +51,11 @@ def locked(path: str, blocking: bool = True) -> Iterator[bool]:
 
 def remove_unheld(root: str, is_debris: Callable[[str], bool], max_age_s: float = 0.0) -> list[str]:
     """Remove the folders under ``root`` whose names ``is_debris`` accepts, that no live process holds (a writer
-    locks its folder with ``locked``) and that are at least ``max_age_s`` old; returns their paths."""
+    locks its folder with ``locked``) and that are at least ``max_age_s`` old; returns their paths. Without
+    ``fcntl`` no hold can be seen: only the age tells, and with ``max_age_s`` 0 nothing is removed."""
     removed = []
+    if fcntl is None and max_age_s <= 0:
+        return removed
     try:
         names = os.listdir(root)
     except OSError:
