@@ -27,15 +27,30 @@ Dynamic axes (``torch.export.Dim``; every graph is dynamic, none had to be stati
 Besides the packages the folder holds the fixed noise (``noise.npz``, as the ONNX
 export) and the mean styles (``mean_styles.npz``: sigma_bar, flat ``[1, total]`` fp32,
 computed at export exactly as ``Generator.mean_styles``), so truncation at load needs no
-sampling. The folder is written into a temporary sibling and renamed into place.
+sampling. The folder is written into a temporary sibling and renamed into place (``folder.atomic_folder``).
+
+Every graph compiles in a spawned worker process (even with ``workers=1``): libtorch's package writer aborts
+the whole process when a write fails (a full disk), which then costs a worker and gives one error line, its
+output kept in a log and only its last words shown. The workers die with the exporting process (Linux's parent
+death signal, and a watch on the parent elsewhere) and are killed when the export stops early, so none goes on
+compiling into a folder nobody will use.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
 from typing import Sequence
 
 import torch
@@ -47,7 +62,7 @@ from ..runtime.config import GeneratorConfig
 from ..runtime.graph_modules import ConstNode, graph_module
 from ..runtime.capabilities import AOTI_FORMAT, export_precisions, precision
 from ..runtime.graphs import example_shapes, graph_io, signature
-from ..runtime.manifest import export_graph_ids
+from ..runtime.manifest import GRAPH_ID_KEY, export_graph_ids
 from ..runtime.weights import StyleGAN2Weights
 from .folder import Source, atomic_folder, finish_folder, resolve_source
 
@@ -106,18 +121,8 @@ def export_aoti_source(source: Source, out_dir: str, dtype: str = "fp32", device
         modules = {gid: export_module(weights, gid, device).to("cpu", torch_dtype).eval() for gid in ids}
         jobs = {gid: (module, config, gid, os.path.join(tmp, f"{gid}.pt2"), torch_dtype, device)
                 for gid, module in modules.items()}
-        bar = tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress)
-        if workers > 1:  # spawned processes: no forked CUDA or OpenMP state
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_quiet_worker) as pool:
-                for future in as_completed([pool.submit(compile_graph, *job) for job in jobs.values()]):
-                    bar.set_postfix_str(future.result()[1])
-                    bar.update()
-        else:
-            for job in jobs.values():
-                bar.set_postfix_str(compile_graph(*job)[1])
-                bar.update()
-        bar.close()
+        with tqdm(total=len(ids), desc="export aoti", unit="graph", disable=not progress) as bar:
+            _compile_all(jobs, workers, bar)
         graph_sha = {gid: file_sha256(job[3]) for gid, job in jobs.items()}
         finish_folder(tmp, source, AOTI_FORMAT, dtype, None, device, graph_sha,
                       {gid: channels_last_inputs(m) for gid, m in modules.items()})
@@ -137,10 +142,85 @@ def channels_last_inputs(module: torch.nn.Module) -> tuple[str, ...]:
     return tuple(getattr(module, "channels_last_inputs", ()))
 
 
-def _quiet_worker() -> None:
-    """A compile worker: torch's own deprecation notices (unpickling a module warns about LeafSpec) are noise
-    in the export's progress bar."""
+def compile_pool(workers: int, log: str | None = None) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (no forked CUDA or OpenMP state) that die with this one; their standard
+    error goes to ``log`` (appended) when given."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(os.getpid(), log))
+
+
+def _compile_all(jobs: dict[str, tuple], workers: int, bar: tqdm) -> None:
+    """Compile every job (``compile_graph``'s arguments) in ``compile_pool``; a worker that dies is one
+    ``SoatError``, and the workers are killed when this stops early (an error, Ctrl-C, ``SystemExit``)."""
+    fd, log = tempfile.mkstemp(prefix="soat-aoti-", suffix=".log")
+    os.close(fd)
+    pool = compile_pool(workers, log)
+    try:
+        for future in as_completed([pool.submit(compile_graph, *job) for job in jobs.values()]):
+            bar.set_postfix_str(future.result()[1])
+            bar.update()
+    except BrokenProcessPool:
+        raise SoatError(f"aoti export: a compile worker died ({_last_words(log)}){_disk_note(jobs, True)}") from None
+    except SoatError as e:  # a graph that did not compile (a full disk shows here too)
+        _kill(pool)
+        raise SoatError(f"{e}{_disk_note(jobs, False)}") from None
+    except BaseException:
+        _kill(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        os.remove(log)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before 3.14
+        process.kill()
+
+
+def _disk_note(jobs: dict[str, tuple], always: bool) -> str:
+    """The free space where the packages go, when ``always`` or when it is low (under 256 MiB)."""
+    folder = os.path.dirname(os.path.dirname(next(iter(jobs.values()))[3]))
+    free = shutil.disk_usage(folder).free
+    if not always and free >= 256 << 20:
+        return ""
+    return (f"; {free / 2 ** 20:,.0f} MiB are free on the disk of {folder!r}: if it is full, free some space and "
+            "run again")
+
+
+def _last_words(log: str) -> str:
+    """What a dead worker said last: the ``what():`` of a C++ exception, else its last line."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.strip() for line in f.read()[-20000:].splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    what = [line.split("what():", 1)[1].strip() for line in lines if "what():" in line]
+    return (what or lines or ["it left no message"])[-1][:300]
+
+
+def _worker_init(parent: int, log: str | None) -> None:
+    """A compile worker: it dies with ``parent``, writes its standard error into ``log``, and leaves out torch's
+    deprecation notices (unpickling a module warns about LeafSpec)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed when the parent dies
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+        os.dup2(fd, 2)
+        os.close(fd)
+        # its own resource tracker (the parent's by default), so that the notices of a killed worker's semaphores
+        # go to the log too, not to the terminal after the one error line
+        tracker = resource_tracker._resource_tracker
+        if getattr(tracker, "_fd", None) is not None:
+            os.close(tracker._fd)
+            tracker._fd = tracker._pid = None
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def dynamic_shapes(config: GeneratorConfig, graph_id: str) -> dict[str, dict[int, object]]:
@@ -184,8 +264,8 @@ def compile_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: st
             warnings.simplefilter("ignore", UserWarning)
             module = _Constant(module) if isinstance(module, ConstNode) else module
             program = torch.export.export(module, args, dynamic_shapes=tuple(specs.get(n) for n in names))
-            torch._inductor.aoti_compile_and_package(program, package_path=path,
-                                                     inductor_configs=_INDUCTOR_CONFIGS.get(device))
+            configs = {**_INDUCTOR_CONFIGS.get(device, {}), "aot_inductor.metadata": {GRAPH_ID_KEY: graph_id}}
+            torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=configs)
             return path, graph_id
     except Exception as e:  # torch.export / inductor raise many types; one line says which graph
         raise SoatError(f"aoti export of graph {graph_id!r} failed: {type(e).__name__}: {str(e).splitlines()[0]}") \

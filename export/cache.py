@@ -13,25 +13,18 @@ is removed on the next use of the cache.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
 import tempfile
-import time
-from typing import Iterator
 
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from ..runtime.checkpoint import file_sha256
+from ..runtime.filelock import locked as _locked, remove_unheld
 from ..runtime.manifest import read_manifest
-from ..runtime.sources import cache_dir, load_weights
+from ..runtime.sources import cache_subdir, load_weights
 from .folder import Source
 from .onnx_export import DEFAULT_OPSET, cache_key, export_source
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locking (one process at a time must use the cache)
-    fcntl = None
 
 TMP_PREFIX = ".tmp-"
 DEBRIS_AGE_S = 600  # a .tmp-* folder nobody holds and untouched this long is a killed export's
@@ -45,9 +38,8 @@ def cached_export(source: str, dtype: str, size: int | None = None, channel_mult
         fingerprint = file_sha256(source)  # load_checkpoint's fingerprint, without reading the weights
     else:
         weights, fingerprint = load_weights(source, size, channel_multiplier)
-    folder = os.path.join(cache_dir(), "exports", cache_key(fingerprint, dtype, opset))
-    root = os.path.dirname(folder)
-    os.makedirs(root, exist_ok=True)
+    root = cache_subdir("exports")
+    folder = os.path.join(root, cache_key(fingerprint, dtype, opset))
     clean_debris(root)
     if _is_valid(folder):
         return folder
@@ -63,6 +55,8 @@ def cached_export(source: str, dtype: str, size: int | None = None, channel_mult
                               progress=sys.stderr.isatty())
                 shutil.rmtree(folder, ignore_errors=True)  # an invalid leftover; valid folders are never replaced
                 os.replace(tmp, folder)
+        except OSError as e:  # a full disk
+            raise os_error(e, f"exporting {source!r} into the export cache {root!r}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -71,51 +65,7 @@ def cached_export(source: str, dtype: str, size: int | None = None, channel_mult
 def clean_debris(root: str, max_age_s: float = DEBRIS_AGE_S) -> list[str]:
     """Remove ``.tmp-*`` folders under ``root`` that no live process holds and that are older than
     ``max_age_s``; returns their paths."""
-    removed = []
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return removed
-    now = time.time()
-    for name in names:
-        path = os.path.join(root, name)
-        if not name.startswith(TMP_PREFIX) or not os.path.isdir(path) or os.path.islink(path):
-            continue
-        try:
-            if now - os.stat(path).st_mtime < max_age_s:
-                continue
-            with _locked(path, blocking=False) as held:
-                if held:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-        except OSError:
-            continue  # gone meanwhile, or not ours to remove
-    return removed
-
-
-@contextlib.contextmanager
-def _locked(path: str, blocking: bool) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` (a lock file, created if missing, or a folder) for the block;
-    yields whether it is held (always, when ``blocking``)."""
-    if fcntl is None:
-        yield True
-        return
-    if os.path.isdir(path):
-        fd = os.open(path, os.O_RDONLY)
-    else:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        except OSError as e:
-            raise SoatError(f"cannot lock {path!r} in the export cache ({e.strerror or e}); "
-                            "set SOAT_CACHE_DIR to a local folder") from None
-        yield True
-    finally:
-        os.close(fd)
+    return remove_unheld(root, lambda name: name.startswith(TMP_PREFIX), max_age_s)
 
 
 def _is_valid(folder: str) -> bool:

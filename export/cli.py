@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
 
 from ..errors import SoatError
 from ..options import add_checkpoint, add_force, add_layout, check_checkpoint, check_output_folder
@@ -45,12 +48,34 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.force, [MANIFEST])
     if args.workers is not None and args.format != "aoti":
         raise SoatError("--workers is for --format aoti (an ONNX export traces its graphs in one process)")
-    if args.format == AOTI_FORMAT:
-        path = export_aoti(args.checkpoint, args.out, dtype=args.dtype, device=args.device,
-                           progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier,
-                           workers=args.workers)
-    else:
-        path = export(args.checkpoint, args.out, dtype=args.dtype, opset=args.opset, progress=not args.no_progress,
-                      size=args.size, channel_multiplier=args.channel_multiplier)
+    with terminated_as_exit():
+        path = _export(args)
     print(path)
     return 0
+
+
+def _export(args: argparse.Namespace) -> str:
+    if args.format == AOTI_FORMAT:
+        return export_aoti(args.checkpoint, args.out, dtype=args.dtype, device=args.device,
+                           progress=not args.no_progress, size=args.size, channel_multiplier=args.channel_multiplier,
+                           workers=args.workers)
+    return export(args.checkpoint, args.out, dtype=args.dtype, opset=args.opset, progress=not args.no_progress,
+                  size=args.size, channel_multiplier=args.channel_multiplier)
+
+
+@contextlib.contextmanager
+def terminated_as_exit():
+    """SIGTERM ends the block as Ctrl-C does, through every ``finally``: the compile workers are killed and the
+    temporary folder removed (Python's default dies at once and leaves both). Exit status 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SoatError
-from ..runtime.backends.trt_engines import ENGINE_DIR, ensure_engine
+from ..runtime.backends.trt_engines import ENGINE_DIR, engine_folder, ensure_engine
 from ..runtime.backends.trt_flavours import FLAVOURS, MODULES, select_flavour
 from ..runtime.graphs import graph_ids
 from ..runtime.manifest import read_manifest
@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(args.max_batch, int) or args.max_batch < 1:
         raise SoatError(f"--max-batch {args.max_batch!r} must be an integer >= 1")
     manifest = read_manifest(args.folder)
+    engine_dir = engine_folder(os.path.join(manifest.folder, ENGINE_DIR), create=not args.check)
     flavour = select_flavour(args.flavour)
     device = torch.device("cuda") if torch.cuda.is_available() and flavour.name == "trt" else None
     targets = flavour.targets(manifest.dtype, args.compute_capability, device)
-    engine_dir = os.path.join(manifest.folder, ENGINE_DIR)
     problems = []
     print(f"{MODULES[flavour.name]} {flavour.version}, {manifest.dtype}, targets {','.join(targets)}, "
           f"max batch {args.max_batch}", file=sys.stderr)

@@ -4,7 +4,8 @@ Both exporters (``onnx_export``, ``aoti_export``) write their graph files into a
 call ``finish_folder``: the fixed noise (``noise.npz``), the mean styles (``mean_styles.npz``: sigma_bar,
 so truncation at load needs no sampling and centres where the checkpoint's does) and, last, the
 manifest (``soat.runtime.manifest`` reads it; docs/contract.md#export-folders says what it holds).
-``atomic_folder`` builds a folder under a temporary name and swaps it into place.
+``atomic_folder`` builds a folder under a temporary name and swaps it into place (see there: the lock, and the
+sweep of what killed exports left).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 
 from .. import version
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from ..runtime.chain import style_channels
 from ..runtime.checkpoint import file_sha256
+from ..runtime.filelock import locked, remove_unheld
 from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
 from ..runtime.graphs import MAPPING, STYLES, graph_io, run_plan, signature
@@ -139,31 +141,60 @@ def write_mean_styles(weights: StyleGAN2Weights, path: str) -> dict:
     return {"file": os.path.basename(path), "sha256": file_sha256(path), "shape": list(flat.shape)}
 
 
+BUILDING, REPLACED = ".soat-building-", ".soat-replaced-"  # in the hidden names of an export's temporary folders
+
+
 @contextlib.contextmanager
 def atomic_folder(out_dir: str | os.PathLike) -> Iterator[str]:
     """Write an export folder atomically: yields a temporary sibling folder, renamed to ``out_dir`` when the
     block succeeds (and removed when it fails). An existing export (or empty folder) at ``out_dir`` is replaced
-    as a whole; any other non-empty folder is refused rather than deleted."""
+    as a whole, and only then: until the new folder is complete the old one stays. Any other non-empty folder is
+    refused rather than deleted.
+
+    Concurrent exports into one folder each build their own temporary folder; the swap happens under a lock on
+    the parent folder, so they end with one complete export (the last), never a mix. The writer holds a lock on
+    its temporary folder while it lives; the temporary folders of killed exports into this parent, which nobody
+    holds, are removed (under the same parent lock, so a folder just made is never taken for debris). An
+    ``OSError`` (a full disk, a read-only folder) is one ``SoatError`` line.
+    """
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not _replaceable(out_dir):
-        raise SoatError(f"{out_dir!r} exists and is not an export folder (no {MANIFEST}); choose another -o")
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        old = None
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
-            os.replace(out_dir, os.path.join(old, "export"))
-        os.replace(tmp, out_dir)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    parent, name = os.path.split(out_dir)
+    with contextlib.ExitStack() as hold:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            with locked(parent):
+                _check_replaceable(out_dir)
+                remove_unheld(parent, _is_debris)
+                tmp = tempfile.mkdtemp(prefix=f".{name}{BUILDING}", dir=parent)
+                hold.enter_context(locked(tmp))
+        except OSError as e:
+            raise os_error(e, f"creating the export folder {out_dir!r}") from None
+        try:
+            yield tmp
+            os.chmod(tmp, 0o755)
+            with locked(parent):
+                _check_replaceable(out_dir)  # again: something else may have been put there meanwhile
+                old = None
+                if os.path.lexists(out_dir):
+                    old = tempfile.mkdtemp(prefix=f".{name}{REPLACED}", dir=parent)
+                    os.replace(out_dir, os.path.join(old, "export"))
+                os.replace(tmp, out_dir)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise os_error(e, f"writing the export {out_dir!r}") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
-def _replaceable(folder: str) -> bool:
-    return os.path.isdir(folder) and (not os.listdir(folder) or os.path.isfile(os.path.join(folder, MANIFEST)))
+def _check_replaceable(folder: str) -> None:
+    if os.path.lexists(folder) and not (os.path.isdir(folder) and (
+            not os.listdir(folder) or os.path.isfile(os.path.join(folder, MANIFEST)))):
+        raise SoatError(f"{folder!r} exists and is not an export folder (no {MANIFEST}); choose another -o")
+
+
+def _is_debris(name: str) -> bool:
+    """A temporary folder of ``atomic_folder`` (a killed export's, when nobody holds it)."""
+    return name.startswith(".") and (BUILDING in name or REPLACED in name)

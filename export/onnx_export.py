@@ -28,7 +28,7 @@ from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
 from ..runtime.capabilities import ONNX_FORMAT, export_precisions, precision
 from ..runtime.graphs import example_shapes, graph_ids, graph_io, onnx_outputs, signature
-from ..runtime.manifest import ANY_DEVICE, FORMAT_VERSION
+from ..runtime.manifest import ANY_DEVICE, FORMAT_VERSION, GRAPH_ID_KEY
 from .folder import Source, atomic_folder, finish_folder, resolve_source
 
 MIN_OPSET, MAX_OPSET = 17, 20  # 20 is the TorchScript exporter's newest opset (torch 2.4 ... 2.13)
@@ -55,6 +55,7 @@ def export(source: str | os.PathLike | Generator, out_dir: str | os.PathLike, dt
         The path of ``manifest.json``.
     """
     check_export_args(dtype, opset)
+    _import_onnx()  # before anything is read or written
     resolved = resolve_source(source, size, channel_multiplier)
     with atomic_folder(out_dir) as tmp:
         export_source(resolved, tmp, dtype, opset, progress)
@@ -111,6 +112,7 @@ def _export_graph(module: torch.nn.Module, config: GeneratorConfig, graph_id: st
     model = onnx.load(path)
     for value in [*model.graph.input, *model.graph.output]:
         _set_shape(value, dims[value.name])
+    onnx.helper.set_model_props(model, {GRAPH_ID_KEY: graph_id})
     onnx.checker.check_model(model)
     onnx.save(model, path)
 

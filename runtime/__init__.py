@@ -16,7 +16,8 @@ Modules, spine first:
   kernels, what the CUDA AOTInductor export compiles).
 - **Where weights come from:** ``sources`` (one entry that reads ``random[:SEED]``, checkpoints,
   NVIDIA pickles and safetensors into the weights), ``checkpoint``, ``nvidia``,
-  ``safetensors_format``, ``random_model`` and ``registry`` (real checkpoints by name or URL).
+  ``safetensors_format``, ``random_model`` and ``registry`` (real checkpoints by name or URL);
+  ``filelock`` (the locks that let processes share the caches and export folders).
 - **Sigma space and the Generator:** ``styles`` (sigma as a list or one flat vector), ``noise``
   (fixed, random or explicit per-layer noise), ``generator`` (the ``Generator``: sigma space and
   every task as a method), ``inversion`` and ``codes`` (GAN inversion and its codes on disk),

@@ -13,13 +13,14 @@ import os
 import pickle
 import pickletools
 import re
+import stat
 import zipfile
 from typing import IO
 
 import torch
 
 from .config import GeneratorConfig
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from .weights import StyleGAN2Weights
 
 _BLUR_KEY = re.compile(r"^(convs\.\d+\.conv\.blur\.kernel|to_rgbs\.\d+\.upsample\.kernel)$")
@@ -40,6 +41,11 @@ _PASS_THROUGH = {"MEMOIZE", "READONLY_BUFFER"}
 # The layout fields a file may declare, with the ranges a StyleGAN2 generator has (checked before
 # anything is built: a header saying n_mlp=100000000 would otherwise build 10^8 layers).
 LAYOUT_RANGES = {"style_dim": (1, 4096), "n_mlp": (1, 32)}
+# The largest file read as a checkpoint: a 1024 px training checkpoint with both networks and Adam's state is
+# about 1 GB; nothing near this size is a generator
+MAX_CHECKPOINT_BYTES = 1 << 34
+_NOT_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
 
 
 def file_sha256(path: str) -> str:
@@ -48,6 +54,52 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Refuse, before opening it, what cannot be a checkpoint: a device (``/dev/zero`` reads for ever), a FIFO
+    (opening it waits for a writer), a socket, or a file larger than ``MAX_CHECKPOINT_BYTES``. A missing path or
+    a folder is left to the loaders, which say so in their words."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise os_error(e, f"reading the checkpoint {path!r}") from None
+    kind = next((name for test, name in _NOT_FILES if test(st.st_mode)), None)
+    if kind is not None:
+        raise SoatError(f"{path!r} is {kind}, not a checkpoint file; give the path of a .pt, .pkl or "
+                        ".safetensors file")
+    if stat.S_ISREG(st.st_mode) and st.st_size > MAX_CHECKPOINT_BYTES:
+        raise SoatError(f"{path!r} has {st.st_size:,} bytes, more than any StyleGAN2 checkpoint "
+                        f"({MAX_CHECKPOINT_BYTES:,} at most); refused")
+
+
+def _check_zip_records(z: zipfile.ZipFile, size: int, where: str) -> None:
+    """Every record of a torch zip declares at most the archive's own size: torch stores its records
+    uncompressed, so a larger one is a compressed record that would be inflated into memory."""
+    for info in z.infolist():
+        if info.file_size > size:
+            raise SoatError(f"{where}: its record {info.filename!r} inflates to {info.file_size:,} bytes, more than "
+                            f"the whole file ({size:,}); torch never compresses its records, so this is not a "
+                            "checkpoint. Refused before reading it")
+
+
+class _Clamped:
+    """A plain file whose reads stop at its end: a pickle opcode declares its byte count, and a file's
+    ``read(n)`` allocates ``n`` bytes before reading (a 100-byte file declaring 2**36 raised MemoryError)."""
+
+    def __init__(self, f: IO[bytes], size: int):
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n if n is None or n < 0 else min(n, max(0, self._size - self._f.tell())))
+
+    def readline(self) -> bytes:
+        return self._f.readline()
+
+    def tell(self) -> int:
+        return self._f.tell()
 
 
 class _Malformed(Exception):
@@ -120,7 +172,8 @@ def _scan_pickle(stream: IO[bytes], where: str) -> None:
 
 
 def check_pickle_structure(data: str | bytes, where: str) -> None:
-    """Refuse, before unpickling, a file (path) or ``torch.save`` bytes whose pickles nest too deep.
+    """Refuse, before unpickling, a file (path) or ``torch.save`` bytes whose pickles nest too deep, or whose
+    zip records inflate past the file's size.
 
     Handles plain pickles (NVIDIA snapshots), torch zip files (every ``*.pkl`` member) and
     torch's legacy format (its leading pickles). Streams that are not valid pickles are left
@@ -131,16 +184,18 @@ def check_pickle_structure(data: str | bytes, where: str) -> None:
         with (raw or open(data, "rb")) as f:
             if zipfile.is_zipfile(f):
                 with zipfile.ZipFile(f) as z:
+                    _check_zip_records(z, f.seek(0, io.SEEK_END), where)
                     for info in z.infolist():
                         if info.filename.endswith(".pkl"):
                             with z.open(info) as member:
                                 _scan_pickle(member, where)
                 return
+            size = f.seek(0, io.SEEK_END)
             f.seek(0)
             legacy = LEGACY_MAGIC in f.read(64)
             f.seek(0)
             for _ in range(_LEGACY_PICKLES if legacy else 1):
-                _scan_pickle(f, where)
+                _scan_pickle(_Clamped(f, size), where)
     except SoatError:
         raise
     except (_Malformed, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError):

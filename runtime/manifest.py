@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,6 +58,10 @@ ENDLESS_FIELDS = ("span_width", "first", "later")
 NOISE_FIELDS = ("file", "sha256", "shapes")
 MEAN_STYLES_FIELDS = ("file", "sha256", "shape")
 ANY_DEVICE = "any"  # ONNX graphs run anywhere; AOTI packages on the device they were compiled for
+# The metadata key under which a graph file names its graph id (ONNX metadata_props, AOTI package metadata):
+# a file copied over another graph's is refused by name. Files written before it have none and are checked by
+# their inputs only.
+GRAPH_ID_KEY = "soat_graph"
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,11 @@ class Manifest:
         """The graph's inputs it reads in channels_last memory format (a compiled package reads its inputs with
         the strides it was compiled for); the others are contiguous."""
         return tuple(self.graphs[graph_id].get("channels_last", ()))
+
+
+def graph_where(manifest: Manifest, graph_id: str) -> str:
+    """How an error names a graph of an export folder: the graph, the folder and the file."""
+    return f"graph {graph_id!r} of export {manifest.folder!r} ({manifest.graphs[graph_id]['file']})"
 
 
 def export_graph_ids(config: GeneratorConfig, graph_format: str, version: int = FORMAT_VERSION) -> list[str]:
@@ -191,6 +201,10 @@ def read_manifest(folder: str) -> Manifest:
         if not isinstance(channels_last, list) or not set(map(str, channels_last)) <= set(names[0]):
             raise SoatError(f"{where}: graph {gid!r} lists channels_last inputs {channels_last!r}, which must be a "
                             f"list of its inputs {names[0]}; re-export the folder")
+        if channels_last and not (graph_format == AOTI_FORMAT and m.get("device") == "cuda"):
+            raise SoatError(f"{where}: graph {gid!r} lists channels_last inputs {channels_last}, but only the packages "
+                            "of a CUDA aoti export read channels_last inputs; the manifest was edited. Re-export the "
+                            "folder")
         if "shapes" in g and g["shapes"] != shapes_record(signature(config, gid, graph_format)):
             raise SoatError(f"{where}: graph {gid!r} lists shapes that do not match its layout; re-export the folder")
         _check_file(folder, g, f"graph {gid!r}")
@@ -284,8 +298,7 @@ def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
     if manifest.mean_styles is None:
         return None
     path = os.path.join(manifest.folder, manifest.mean_styles["file"])
-    with _npz(manifest.folder, manifest.mean_styles, "mean styles") as data:
-        flat = torch.from_numpy(data["mean_styles"].copy())
+    (flat,) = map(torch.from_numpy, _arrays(manifest.folder, manifest.mean_styles, "mean styles", ["mean_styles"]))
     if list(flat.shape) != manifest.mean_styles["shape"] or flat.shape != (1, sum(style_channels(manifest.config))):
         raise SoatError(f"{path!r}: mean styles of shape {list(flat.shape)} do not fit the manifest; re-export")
     return flat
@@ -294,8 +307,8 @@ def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:
 def load_noise(manifest: Manifest) -> list[torch.Tensor]:
     """The fixed noise buffers ``[1, 1, r, r]`` (fp32), read without pickle."""
     path = os.path.join(manifest.folder, manifest.noise["file"])
-    with _npz(manifest.folder, manifest.noise, "noise buffers") as data:
-        noise = [torch.from_numpy(data[f"noise_{i}"].copy()) for i in range(manifest.config.num_noises)]
+    names = [f"noise_{i}" for i in range(manifest.config.num_noises)]
+    noise = list(map(torch.from_numpy, _arrays(manifest.folder, manifest.noise, "noise buffers", names)))
     if [list(n.shape) for n in noise] != manifest.noise["shapes"]:
         raise SoatError(f"{path!r}: noise shapes {[list(n.shape) for n in noise]} differ from the manifest's")
     return noise
@@ -332,9 +345,23 @@ def verified_bytes(folder: str, record: dict, what: str) -> bytes:
     return data
 
 
-def _npz(folder: str, record: dict, what: str):
-    """An ``.npz`` the manifest lists, parsed from its verified bytes without pickle."""
-    return np.load(io.BytesIO(verified_bytes(folder, record, what)), allow_pickle=False)
+def _arrays(folder: str, record: dict, what: str, names: list[str]) -> list[np.ndarray]:
+    """The named fp32 arrays of an ``.npz`` the manifest lists, parsed from its verified bytes without pickle; a
+    missing array, an object array (it would need pickle) or another dtype is one ``SoatError``."""
+    path = os.path.join(folder, record["file"])
+    try:
+        with np.load(io.BytesIO(verified_bytes(folder, record, what)), allow_pickle=False) as data:
+            arrays = [data[name] for name in names]
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, SoatError):
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SoatError(f"{what}: {path!r} is not an .npz of the arrays {names[:3]}{'...' if len(names) > 3 else ''} "
+                        f"({reason}); re-export the folder") from None
+    for name, array in zip(names, arrays):
+        if array.dtype != np.float32:
+            raise SoatError(f"{what}: {path!r} holds {name} as {array.dtype}, not float32; re-export the folder")
+    return arrays
 
 
 def _check_version(version: object, where: str) -> None:

@@ -49,8 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import (LEGACY_MAGIC, check_pickle_structure, file_sha256, infer_config, mean_latent,
-                         weights_from_state_dict)
+from .checkpoint import (LAYOUT_RANGES, LEGACY_MAGIC, check_pickle_structure, file_sha256, infer_config,
+                         mean_latent, weights_from_state_dict)
 from .config import GeneratorConfig
 from ..errors import SoatError
 from ..triton_kernels.fir import NORMALISED_FILTER
@@ -220,6 +220,16 @@ def _number(obj: PersistentState, name: str, where: str) -> float:
     return float(value)
 
 
+def _layer_count(mapping: PersistentState, where: str) -> int:
+    """The mapping network's ``num_layers``: a whole number in ``LAYOUT_RANGES["n_mlp"]`` (not inf, not 10**9)."""
+    value = _number(mapping, "num_layers", where)
+    lo, hi = LAYOUT_RANGES["n_mlp"]
+    if not (lo <= value <= hi and value == int(value)):
+        raise SoatError(f"{where}: {mapping.class_name}.num_layers={value!r} is not a layer count of a StyleGAN2 "
+                        f"mapping network ({lo} to {hi}); the file is corrupt or not a generator")
+    return int(value)
+
+
 def _linear(fc: PersistentState, ros_gain: float, ros_bias_gain: float,
             where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """NVIDIA ``FullyConnectedLayer`` (``x W^T g + b g_b``) as weights for a layer with gains ``ros_*``."""
@@ -285,7 +295,7 @@ def rosinality_state_dict(g: PersistentState, where: str) -> dict[str, torch.Ten
     resolutions = _check_stylegan2(g, synthesis, where)
     sd: dict[str, torch.Tensor] = {}
     lr_mul = GeneratorConfig.lr_mlp
-    for i in range(int(_number(mapping, "num_layers", where))):
+    for i in range(_layer_count(mapping, where)):
         fc = _child(mapping, f"fc{i}", where)
         in_dim = _tensor(fc, "weight", where).shape[1]
         sd[f"style.{i + 1}.weight"], sd[f"style.{i + 1}.bias"] = _linear(fc, lr_mul / math.sqrt(in_dim), lr_mul, where)
@@ -316,7 +326,7 @@ def load_nvidia(path: str, size: int | None = None,
         w_avg = mapping.state.get("_buffers", {}).get("w_avg")
     except SoatError:
         raise
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, RuntimeError, OverflowError) as e:
         # the state is the file's data: a malformed one is a bad file, not a bug here
         raise SoatError(f"{path!r}: G_ema's state is not a StyleGAN2 generator's ({type(e).__name__}: {e})") from None
     config = infer_config(sd, path, size, channel_multiplier)

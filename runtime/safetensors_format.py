@@ -21,7 +21,7 @@ import torch
 from .chain import style_channels
 from .checkpoint import check_layout, mean_latent, weights_from_state_dict
 from .config import GeneratorConfig
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from .weights import StyleGAN2Weights
 
 FORMAT = "soat-stylegan2"
@@ -42,7 +42,9 @@ def is_safetensors(path: str) -> bool:
 
 
 def save_safetensors(weights: StyleGAN2Weights, path: str, fingerprint: str) -> None:
-    """Write ``weights`` to ``path`` with the layout and ``fingerprint`` in the header."""
+    """Write ``weights`` to ``path`` with the layout and ``fingerprint`` in the header (a failed write, such as a
+    full disk, is one ``SoatError``)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     config = weights.config
@@ -52,7 +54,12 @@ def save_safetensors(weights: StyleGAN2Weights, path: str, fingerprint: str) -> 
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in weights.state_dict().items()}
     if weights.w_avg is not None:
         tensors[W_AVG] = weights.w_avg.detach().to("cpu", torch.float32).contiguous()
-    save_file(tensors, path, metadata=meta)
+    try:
+        save_file(tensors, path, metadata=meta)
+    except OSError as e:
+        raise os_error(e, f"writing {path!r}") from None
+    except SafetensorError as e:  # the library's own wrapping of an I/O error
+        raise SoatError(f"writing {path!r} failed: {(str(e).splitlines() or ['?'])[0][:200]}") from None
 
 
 def _config_from_metadata(meta: dict[str, str], path: str) -> GeneratorConfig:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 
-from ..errors import SoatError
+from ..errors import SoatError, os_error
 from .checks import random_seed
 from .config import GeneratorConfig
-from .checkpoint import load_checkpoint
+from .checkpoint import check_checkpoint_file, load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
 from .random_model import random_weights
 from .registry import fetch, is_remote
@@ -22,22 +22,40 @@ def load_weights(source: str, size: int | None = None,
     """``(StyleGAN2Weights, fingerprint)`` from ``random[:SEED]`` or a file: an NVIDIA pickle, a soat
     ``.safetensors`` file, a rosinality/SOAT torch checkpoint, or a registry name / ``https://`` URL
     (downloaded once into ``cache_dir()/models``, then read as a file)."""
-    source = resolve_source(source)
     seed = random_seed(source)
     if seed is not None:
         config = GeneratorConfig(size=size or 256, channel_multiplier=channel_multiplier or 2)
         return random_weights(config, seed), f"random:{seed}:{config.size}:{config.channel_multiplier}"
-    if is_safetensors(source):
-        return load_safetensors(source, size, channel_multiplier)
-    if is_nvidia_pickle(source):
-        return load_nvidia(source, size, channel_multiplier)
-    return load_checkpoint(source, size, channel_multiplier)
+    if not is_remote(source) or os.path.exists(source):
+        return load_file(source, size, channel_multiplier)
+    path = resolve_source(source)
+    try:
+        return load_file(path, size, channel_multiplier)
+    except SoatError:
+        try:  # is it the file, or the layout asked for?
+            load_file(path)
+        except SoatError as e:
+            raise SoatError(f"{e} (the cached download of {source}: delete {path} to download it again)") from None
+        raise
+
+
+def load_file(path: str, size: int | None = None,
+              channel_multiplier: int | None = None) -> tuple[StyleGAN2Weights, str]:
+    """A checkpoint file of any of the formats, refused before it is read when it cannot be one (a device,
+    a FIFO, a size no checkpoint has)."""
+    check_checkpoint_file(path)
+    if is_safetensors(path):
+        return load_safetensors(path, size, channel_multiplier)
+    if is_nvidia_pickle(path):
+        return load_nvidia(path, size, channel_multiplier)
+    return load_checkpoint(path, size, channel_multiplier)
 
 
 def resolve_source(source: str) -> str:
-    """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use); else ``source``."""
+    """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use, and kept only once
+    it loads); else ``source``."""
     if is_remote(source) and not os.path.exists(source):
-        return fetch(source, os.path.join(cache_dir(), "models"))
+        return fetch(source, cache_subdir("models"), check=load_file)
     return source
 
 
@@ -54,3 +72,16 @@ def convert(source: str, output: str, size: int | None = None, channel_multiplie
 def cache_dir() -> str:
     """Root of soat's caches (exports, engines): ``$SOAT_CACHE_DIR``, else ``~/.cache/soat``."""
     return os.environ.get("SOAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "soat")
+
+
+def cache_subdir(name: str) -> str:
+    """``cache_dir()/name``, created if missing; a cache root that is a file or not writable is one line."""
+    folder = os.path.join(cache_dir(), name)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, f"creating the cache folder {folder!r} (set SOAT_CACHE_DIR to a writable folder)") \
+            from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SoatError(f"the cache folder {folder!r} is not writable; set SOAT_CACHE_DIR to a writable folder")
+    return folder

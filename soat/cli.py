@@ -17,7 +17,7 @@ from typing import Callable
 
 from soat.commands import (cmd_bbox, cmd_blend, cmd_demo, cmd_expand, cmd_generate, cmd_info, cmd_merge, cmd_models,
                            cmd_panorama, cmd_shift, cmd_swap, cmd_translate)
-from soat.errors import SoatError
+from soat.errors import SoatError, os_error
 from soat.options import (Seeds, add_backend, add_checkpoint, add_device, add_dtype, add_force, add_layout,
                           finite_float, int_range, number, parse_seeds, seeds_arg)
 from soat.runtime.checks import SIGMA_INDEX
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: the system's reason, one line
+        print(f"soat: error: {os_error(e, 'the command')}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

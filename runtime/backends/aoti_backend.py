@@ -19,6 +19,11 @@ linked graph getting its input modulated by one ATen multiply and each handing t
 input. A package is loaded from the bytes checked against the manifest's sha256 (``_model``), so a
 folder replaced after ``soat.load`` gives an error, never a mix of two models.
 
+A package is trusted only as far as the manifest vouches for it: besides its sha256, its metadata must name the
+graph it stands for (packages of older exports, which name none, must take that graph's number of inputs), and
+anything libtorch's loader refuses, or the package raises when run, is one ``SoatError`` naming the graph and
+the file.
+
 The packages run single-threaded (no per-run CUDA event, so that a whole task can be captured into
 one CUDA graph), so the backend serializes its calls and package loads with a lock: a package's
 model instance is not safe to run from two threads at once.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -41,7 +47,7 @@ from ..backend import NodeByNode, execute_plan
 from ..capabilities import backend_spec
 from ..chain import Step
 from ..graphs import PlanStep, chain_index, graph_io
-from ..manifest import Manifest
+from ..manifest import GRAPH_ID_KEY, Manifest, graph_where
 
 
 @functools.cache
@@ -136,7 +142,12 @@ class AotiBackend(NodeByNode):
         args = [a.contiguous(memory_format=torch.channels_last if n in channels_last else torch.contiguous_format)
                 for n, a in zip(names, args)]
         with self._lock:  # the package and, on first use, its load
-            out = self._model(graph_id).run(args)
+            model = self._model(graph_id)
+            try:
+                out = model.run(args)
+            except RuntimeError as e:
+                raise SoatError(f"{graph_where(self.manifest, graph_id)}: the package failed to run "
+                                f"({_first_line(e)}); re-export the folder") from None
         return dict(zip(outputs, out))
 
     def _model(self, graph_id: str):
@@ -156,10 +167,31 @@ class AotiBackend(NodeByNode):
                     # (path, model name in the package, run single-threaded, runners, device index)
                     model = torch._C._aoti.AOTIModelPackageLoader(path, "model", True, 1, index)
                 except RuntimeError as e:
-                    raise SoatError(f"graph {graph_id!r} of export {self.manifest.folder!r} is not a package this "
-                                    f"torch can load ({str(e).splitlines()[0]}); re-export the folder") from None
-            self._models[graph_id] = model
+                    raise SoatError(f"{graph_where(self.manifest, graph_id)} is not a package this torch can load "
+                                    f"({_first_line(e)}); re-export the folder") from None
+            self._models[graph_id] = _checked(model, self.manifest, graph_id)
         return model
+
+
+def _checked(model, manifest: Manifest, graph_id: str):
+    """A loaded package once it is the graph the manifest lists: its metadata names that graph (packages of
+    exports made before the name was written: it takes that graph's number of inputs)."""
+    named = model.get_metadata().get(GRAPH_ID_KEY)
+    if named is not None and named != graph_id:
+        raise SoatError(f"{graph_where(manifest, graph_id)}: the package holds graph {named!r}; re-export the folder")
+    expected = len(graph_io(manifest.config, graph_id)[0])
+    try:  # the call spec: a pytree of ((inputs...), {}) in torch.utils._pytree's JSON
+        count = len(json.loads(model.get_call_spec()[0])[1]["children_spec"][0]["children_spec"])
+    except (ValueError, LookupError, TypeError, RuntimeError):
+        count = None
+    if count is not None and count != expected:
+        raise SoatError(f"{graph_where(manifest, graph_id)}: the package takes {count} inputs, the graph "
+                        f"{expected}; re-export the folder")
+    return model
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _modulate(x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:

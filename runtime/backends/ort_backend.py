@@ -10,18 +10,25 @@ graphs, the host never waits between nodes. With ``cuda_graphs`` (``soat.load``'
 graph replays from ONNX Runtime's own CUDA graph per input signature (``ort_cuda_graphs.py``);
 the first call of a new shape captures it, and ORT synchronizes its stream after each replay
 (so the host waits per node there).
+
+A graph file is trusted only as far as the manifest vouches for it: besides its sha256, its weights must be
+inside the file and finite, its inputs and outputs those of the graph it stands for (and its metadata name that
+graph, where it names one); anything ONNX Runtime refuses when loading or running it is one ``SoatError``
+naming the graph and the file.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import torch
 
 from ...errors import SoatError
 from ..backend import NodeByNode
-from ..capabilities import backend_spec, precision
-from ..graphs import graph_io, onnx_outputs, output_shape
-from ..manifest import Manifest
+from ..capabilities import ONNX_FORMAT, backend_spec, precision
+from ..graphs import graph_io, onnx_outputs, output_shape, signature
+from ..manifest import GRAPH_ID_KEY, Manifest, graph_where
 from .ort_cuda_graphs import OrtCudaGraphs, weak_method
 
 
@@ -86,7 +93,10 @@ class OrtBackend(NodeByNode):
         if self.device.type == "cuda":
             return self._run_cuda(session, graph_id, {n: inputs[n] for n in names})
         feeds = {n: inputs[n].detach().to(self.device, self.dtype).contiguous().numpy() for n in names}
-        results = session.run(list(onnx_outputs(self.config, graph_id)), feeds)
+        try:
+            results = session.run(list(onnx_outputs(self.config, graph_id)), feeds)
+        except Exception as e:  # ONNX Runtime's own exception types
+            raise self._refused(graph_id, "ONNX Runtime failed to run it", e) from None
         return {name: torch.from_numpy(r) for name, r in zip(outputs, results)}
 
     def _run_cuda(self, session, graph_id: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,7 +119,10 @@ class OrtBackend(NodeByNode):
         binding.bind_output(onnx_outputs(self.config, graph_id)[0], "cuda", idx, elem, shape, out.data_ptr())
         current = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(current)
-        session.run_with_iobinding(binding, self._run_options)
+        try:
+            session.run_with_iobinding(binding, self._run_options)
+        except Exception as e:  # ONNX Runtime's own exception types
+            raise self._refused(graph_id, "ONNX Runtime failed to run it", e) from None
         current.wait_stream(self._stream)
         return {graph_io(self.config, graph_id)[1][0]: out}
 
@@ -119,20 +132,59 @@ class OrtBackend(NodeByNode):
 
     def _session(self, graph_id: str):
         if graph_id not in self._sessions:
-            self._sessions[graph_id] = self.ort.InferenceSession(self._verified_bytes(graph_id),
-                                                                 providers=self._providers())
+            data = self._verified_bytes(graph_id)
+            try:
+                session = self.ort.InferenceSession(data, self._options(), providers=self._providers())
+            except Exception as e:  # ONNX Runtime's own exception types: a file that is not a loadable graph
+                raise self._refused(graph_id, "ONNX Runtime cannot load it", e) from None
+            self._sessions[graph_id] = self._checked(session, graph_id)
         return self._sessions[graph_id]
 
     def _graph_session(self, graph_id: str):
-        """A session of ``graph_id`` that captures CUDA graphs (one per ``gpu_graph_id``)."""
-        return self.ort.InferenceSession(self._verified_bytes(graph_id), providers=self._providers(cuda_graph=True))
+        """A session of ``graph_id`` that captures CUDA graphs (one per ``gpu_graph_id``). ONNX Runtime's errors
+        stay its own: ``OrtCudaGraphs`` takes them for a graph it cannot capture, which then runs in
+        ``_session``."""
+        session = self.ort.InferenceSession(self._verified_bytes(graph_id), self._options(),
+                                            providers=self._providers(cuda_graph=True))
+        return self._checked(session, graph_id)
 
     def _verified_bytes(self, graph_id: str) -> bytes:
         """The graph file's bytes, checked against the manifest's sha256: the session is built from exactly
         the bytes that were hashed, so a folder re-exported after it was checked cannot mix in another model."""
         data = self.manifest.graph_bytes(graph_id)
-        _check_finite_initializers(data, f"graph {graph_id!r} of export {self.manifest.folder!r}")
+        _check_weights(data, self._where(graph_id))
         return data
+
+    def _checked(self, session, graph_id: str):
+        """``session`` once its graph is the one the manifest lists: its metadata's graph id (where it has one),
+        its input and output names and the fixed sizes of its inputs (the manifest's shapes)."""
+        named = session.get_modelmeta().custom_metadata_map.get(GRAPH_ID_KEY)
+        if named is not None and named != graph_id:
+            raise SoatError(f"{self._where(graph_id)}: the file holds graph {named!r}; re-export the folder")
+        inputs, _ = signature(self.config, graph_id, ONNX_FORMAT)
+        found = {i.name: list(i.shape) for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
+        fits = list(found) == list(inputs) and outputs == list(onnx_outputs(self.config, graph_id)) and all(
+            len(found[n]) == len(dims) and all(f == d for f, d in zip(found[n], dims) if isinstance(d, int))
+            for n, dims in inputs.items())
+        if not fits:
+            raise SoatError(f"{self._where(graph_id)}: the file's inputs {found} and outputs {outputs} are not the "
+                            f"graph's ({dict(inputs)}, {list(onnx_outputs(self.config, graph_id))}); re-export the "
+                            "folder")
+        return session
+
+    def _options(self):
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 4  # errors come back as exceptions (and become one line), not as log lines
+        return options
+
+    def _where(self, graph_id: str) -> str:
+        return graph_where(self.manifest, graph_id)
+
+    def _refused(self, graph_id: str, what: str, e: Exception) -> SoatError:
+        reason = _ORT_CODE.sub(r"\1: ", _ORT_SOURCE.sub("", " ".join(str(e).split())))[:300] or type(e).__name__
+        return SoatError(f"{self._where(graph_id)}: {what} ({reason}); the file is not a graph soat exported. "
+                         "Re-export the folder")
 
     def _providers(self, cuda_graph: bool = False) -> list:
         if self.device.type != "cuda":
@@ -144,8 +196,14 @@ class OrtBackend(NodeByNode):
         return [("CUDAExecutionProvider", options)]
 
 
-def _check_finite_initializers(data: bytes, where: str) -> None:
-    """Refuse a graph whose weights hold NaN or inf (they make every image NaN), naming the tensor."""
+# ONNX Runtime's messages: "[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/x.h:46 void f(int, ...) What happened"
+_ORT_CODE = re.compile(r"\[ONNXRuntimeError\] : \d+ : (\w+) : ")
+_ORT_SOURCE = re.compile(r"/\S+\.(?:h|cc|cpp):\d+ (?:[\w:<>,&*\s]+\([^()]*\)\s*)?")
+
+
+def _check_weights(data: bytes, where: str) -> None:
+    """Refuse a graph whose weights live outside its file (external data: soat never writes it, and a path in it
+    may point anywhere) or hold NaN or inf (they make every image NaN), naming the tensor."""
     try:
         import onnx
         from onnx import numpy_helper
@@ -155,8 +213,28 @@ def _check_finite_initializers(data: bytes, where: str) -> None:
         model = onnx.load_from_string(data)
     except Exception:  # not an ONNX protobuf: ONNX Runtime reports that in its own words
         return
-    for init in model.graph.initializer:
-        values = numpy_helper.to_array(init)
+    for tensor in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise SoatError(f"{where}: weight {tensor.name!r} is stored outside the file (external data "
+                            f"{location!r}), which soat exports never do; the file was replaced. Re-export the "
+                            "folder")
+        try:
+            values = numpy_helper.to_array(tensor)
+        except Exception as e:  # a tensor whose bytes do not fit its type and shape
+            raise SoatError(f"{where}: weight {tensor.name!r} cannot be read ({type(e).__name__}); the file is "
+                            "corrupt. Re-export the folder") from None
         if values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise SoatError(f"{where}: weight {init.name!r} holds NaN or inf values; the export is corrupt or was "
+            raise SoatError(f"{where}: weight {tensor.name!r} holds NaN or inf values; the export is corrupt or was "
                             "made from a corrupt checkpoint. Export a good checkpoint again")
+
+
+def _tensors(graph) -> list:
+    """Every tensor a graph holds: its initializers and the tensors of its nodes' attributes, subgraphs included."""
+    found = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
+    for node in graph.node:
+        for attr in node.attribute:
+            found += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found += _tensors(sub)
+    return found

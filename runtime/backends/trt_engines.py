@@ -7,6 +7,10 @@ profile), its key (sha256 of those) and the engine file's sha256. An engine is l
 its record matches field by field, the engine file matches its sha256 (a truncated or swapped
 file does not) and, on RTX, TensorRT-RTX calls it valid on this GPU; otherwise it is rebuilt with
 a warning naming the reason (``soat engines --check`` refuses instead), never loaded blindly.
+
+Engines are written atomically (the engine, then its record, each under a temporary name then renamed), one
+builder at a time per engine: a builder holds ``<graph id>.<key>.lock`` and looks again once it has it, so
+processes that want the same missing engine build it once and the others use it.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import json
 import os
 from typing import Callable, Sequence
 
-from ...errors import SoatError
+from ...errors import SoatError, os_error
 from ..checkpoint import file_sha256
+from ..filelock import locked
 from ..manifest import Manifest
 from ..shape_plan import MAX_BATCH, Profile, profile_shapes
 from .trt_flavours import MODULES, Flavour, make_logger, write_atomic
@@ -145,15 +150,37 @@ def ensure_engine(flavour: Flavour, manifest: Manifest, graph_id: str, engine_di
         return engine_path, expected, "cached"
     if check:
         raise SoatError(f"the engine of {graph_id!r} ({os.path.basename(engine_path)}) is refused: {reason}")
-    plan = build_engine(flavour, manifest.graph_bytes(graph_id), graph_id, profile, manifest.dtype, targets)
-    write_engine(engine_path, record_path, plan, expected)
+    engine_folder(engine_dir)
+    with locked(engine_path[:-len(".engine")] + ".lock"):
+        if not force and stale_reason(engine_path, record_path, expected) is None:
+            return engine_path, expected, "cached"  # another process built it while this one waited
+        plan = build_engine(flavour, manifest.graph_bytes(graph_id), graph_id, profile, manifest.dtype, targets)
+        write_engine(engine_path, record_path, plan, expected)
     return engine_path, expected, "built" if reason == "no cached engine" else f"rebuilt: {reason}"
+
+
+def engine_folder(engine_dir: str, create: bool = True) -> str:
+    """The engine cache folder, created if missing (with ``create``); one that is a file, or cannot be made, is one
+    line."""
+    if os.path.lexists(engine_dir) and not os.path.isdir(engine_dir):
+        raise SoatError(f"{engine_dir!r} is not a folder, so no engine can be cached there; remove it (soat makes "
+                        "the engine folder itself)")
+    if not create:
+        return engine_dir
+    try:
+        os.makedirs(engine_dir, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, f"creating the engine folder {engine_dir!r}") from None
+    return engine_dir
 
 
 def write_engine(engine_path: str, record_path: str, plan: bytes, record: dict) -> None:
     """Engine first, then its record (with the engine's sha256 and size), each under a temporary name
     then ``os.replace``: a record always vouches for a whole file."""
-    os.makedirs(os.path.dirname(engine_path), exist_ok=True)
-    write_atomic(engine_path, plan)
-    full = dict(record, engine_sha256=hashlib.sha256(plan).hexdigest(), engine_bytes=len(plan))
-    write_atomic(record_path, json.dumps(full, indent=1).encode())
+    engine_folder(os.path.dirname(engine_path))
+    try:
+        write_atomic(engine_path, plan)
+        full = dict(record, engine_sha256=hashlib.sha256(plan).hexdigest(), engine_bytes=len(plan))
+        write_atomic(record_path, json.dumps(full, indent=1).encode())
+    except OSError as e:
+        raise os_error(e, f"writing the engine {engine_path!r}") from None

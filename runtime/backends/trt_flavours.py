@@ -18,6 +18,7 @@ Everything else (parse, profiles, build, the engine cache, execution) is written
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from typing import Sequence
@@ -221,6 +222,11 @@ def make_logger(trt):
 def write_atomic(path: str, data: bytes) -> None:
     """``data`` to ``path`` under a temporary name, then renamed: readers never see a partial file."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
