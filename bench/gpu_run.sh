@@ -8,7 +8,7 @@
 # invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti, and the lab probes aoti_probe
 # and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
 # TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
-# The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev
+# The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev libssl-dev libssl3
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
 # AOTI_PEERS= (empty) leaves the torch.compile peer out of the aoti step's table (it takes ~1.5 min).
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
