@@ -28,8 +28,7 @@ from ..runtime.checkpoint import file_sha256
 from ..runtime.filelock import locked, remove_unheld
 from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
-from ..runtime.graphs import MAPPING, STYLES, graph_io, run_plan, signature
-from ..runtime.capabilities import AOTI_FORMAT
+from ..runtime.graphs import MAPPING, STYLES, graph_io, linked_ids, run_plan, signature
 from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, MEAN_STYLES_FILE,
                                 NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs,
                                 shapes_record)
@@ -84,7 +83,7 @@ def finish_folder(folder: str, source: Source, graph_format: str, dtype: str, op
                     "format": graph_format, "channels_last": list(channels_last.get(gid, ())),
                     "shapes": shapes_record(signature(config, gid, graph_format))}
               for gid in export_graph_ids(config, graph_format)}
-    linked = graph_format == AOTI_FORMAT  # only AOTI folders hold the linked graphs
+    linked = set(linked_ids(config)) <= graphs.keys()  # the plan links styled convs where the folder holds their graphs
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "exporter": exporter_record(),
         "config": dataclasses.asdict(config), "dtype": dtype, "opset": opset,

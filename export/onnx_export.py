@@ -68,10 +68,9 @@ def export_source(source: Source, folder: str, dtype: str = "fp32", opset: int =
     call this inside their own temporary folders."""
     check_export_args(dtype, opset)
     config = source.weights.config
-    graph_sha = {}
+    graph_sha, torch_dtype = {}, precision(dtype).torch_dtype
     for gid in tqdm(graph_ids(config), desc="export", unit="graph", disable=not progress):
         path = os.path.join(folder, f"{gid}.onnx")
-        torch_dtype = precision(dtype).torch_dtype
         module = graph_module(source.weights, gid).to(device="cpu", dtype=torch_dtype).eval()
         _export_graph(module, config, gid, path, torch_dtype, opset)
         graph_sha[gid] = file_sha256(path)

@@ -43,6 +43,7 @@ from typing import Sequence
 import torch
 
 from ...errors import SoatError
+from ...triton_kernels.modulate import modulate_ref
 from ..backend import NodeByNode, execute_plan
 from ..capabilities import backend_spec
 from ..chain import Step
@@ -121,7 +122,7 @@ class AotiBackend(NodeByNode):
             return x, rgb
         first = chain_index(self.config, steps[0][0].id)
         return execute_plan(self.manifest.run_plan(first, first + len(steps)), steps, x, rgb, self.run_node,
-                            self._run_linked, _modulate)
+                            self._run_linked, modulate_ref)  # one ATen multiply before a run's first linked graph
 
     def _run_linked(self, step: PlanStep, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
                     next_style: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -192,8 +193,3 @@ def _checked(model, manifest: Manifest, graph_id: str):
 
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
-def _modulate(x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """A run's first linked graph takes its input modulated: one ATen multiply."""
-    return x * style[:, :, None, None]
