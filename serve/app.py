@@ -166,9 +166,8 @@ async def unless_disconnected(request: Request, work) -> Response | None:
         gone.cancel()
         if not task.done():
             task.cancel()
-    if task.cancelled():
-        return None
-    return task.result()
+            await asyncio.wait([task])  # a task is cancelled only once it has run to its end
+    return None if task.cancelled() else task.result()
 
 
 def exact_span(G: Generator, key: SpanKey) -> np.ndarray:

@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -410,6 +411,33 @@ def test_excess_range_requests_get_503_at_once(url):
         time.sleep(0.1)
     assert info(url)["open_ranges"] == 0, "abandoned range requests were not cancelled"
     assert httpx.get(url + "/api/panorama.png", params={"seed": 1, "x": 0, "w": 8}, timeout=TIMEOUT).status_code == 200
+
+
+def wait_for(base: str, ready) -> dict:
+    """/api/info once ``ready(info)`` holds (or after TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not ready(i := info(base)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return i
+
+
+def test_a_range_dropped_mid_way_logs_nothing_and_the_server_stays_healthy(url, G, caplog):
+    # uvicorn's loggers do not propagate to the root logger: listen to them too
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
+    for logger in loggers:
+        logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            sock = raw_get(url, "/api/panorama.png?seed=301&x=0&w=800")  # 100 spans: still open when dropped
+            assert wait_for(url, lambda i: i["open_ranges"] == 1)["open_ranges"] == 1
+            sock.close()
+            assert wait_for(url, lambda i: i["open_ranges"] == 0)["open_ranges"] == 0
+    finally:
+        for logger in loggers:
+            logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    r = httpx.get(url + "/api/panorama.png", params={"seed": 301, "x": 3, "w": 9}, timeout=TIMEOUT)
+    assert r.status_code == 200 and np.array_equal(decode(r.content), soat.to_uint8(G.panorama_columns(301, 3, 9))[0])
 
 
 def test_fifty_abandoned_wide_ranges_do_not_delay_a_new_stream(url):
