@@ -2,9 +2,11 @@
 
 Routes:
     ``GET /``                                 the viewer (``static/index.html``).
-    ``GET /api/info``                         the model's name (never its path or URL) and size, device,
-                                              dtype, version, limits, counters, the first tile's ETA and
-                                              the columns/s generated (all clients).
+    ``GET /api/info[?seed=S&x=X[&tile=T]]``   the model's name (never its path or URL) and size, device,
+                                              dtype, version, limits, counters, the batch policy's measured
+                                              times, the columns/s generated (all clients) and the first
+                                              tile's ETA: of a stream opened now at S, X (the tile there,
+                                              if queued, by its place in the queue), else at a new place.
     ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
                                               pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
     ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
@@ -16,9 +18,10 @@ the model is never entered twice at once. Streams go through the ``SpanBatcher``
 encoded by a pool of ``encoders`` threads (Pillow releases the GIL while it encodes).
 
 PNG ranges are computed span by span (each span alone, as ``panorama_columns`` does, so the
-pixels are exact), and only one range span at a time is handed to the worker (requests
-take turns, first come first served), so stream batches wait for at most one range span.
-A range request is admitted only while fewer than ``max_ranges`` are open (and fewer than
+pixels are exact) and take turns with the stream batches on the worker (``batcher``): a range
+span, then a stream batch, while both wait, so a range completes while streams are busy and
+streams go on while a range is computed. Range requests take their turns first come, first
+served. A range request is admitted only while fewer than ``max_ranges`` are open (and fewer than
 ``max_ranges_per_client`` from its client address); otherwise it gets a 503 with
 ``Retry-After`` at once. A request whose client disconnects is cancelled after the span
 in progress: abandoned requests cost no more work. Streams are admitted the same way
@@ -40,7 +43,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 from urllib.parse import urlsplit
 
-import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -51,10 +53,9 @@ from starlette.websockets import WebSocket
 
 from ..errors import SoatError
 from ..runtime.checks import check_float, check_int, check_truncation
-from ..runtime.endless import SpanKey, column_pieces, span, spans, stitch
-from ..runtime.images import to_uint8
+from ..runtime.endless import SpanKey, column_pieces, spans, stitch
 from ..version import __version__
-from .batcher import SpanBatcher, SpanSource
+from .batcher import TARGET_BATCH_S, SpanBatcher, SpanSource
 from .guard import AllowedHosts, HostGuard
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
@@ -75,7 +76,8 @@ class Server:
 
     def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
                  encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans,
-                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S):
+                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
+                 target_batch_s: float = TARGET_BATCH_S):
         self.G = G
         self.truncation = truncation
         self.streams = Admission(max_streams, max_streams_per_client, "the server has {n} streams open; try later",
@@ -84,8 +86,11 @@ class Server:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
         self.encoder = ThreadPoolExecutor(encoders, thread_name_prefix="soat-encode")
         self.encoders = encoders
-        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, span_source=span_source)
-        self.ranges = RangeGate(max_ranges, max_ranges_per_client)
+        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, target_batch_s,
+                                   span_source=span_source)
+        self.ranges = Admission(max_ranges, max_ranges_per_client,
+                                "the server is computing {n} ranges; try again in a moment",
+                                "{n} ranges of this client are still being computed; wait for them")
 
     async def on_worker(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
@@ -129,28 +134,6 @@ class Admission:
                 del self.open[client]
 
 
-class RangeGate(Admission):
-    """Admission and turns for PNG range requests: bounded in total and per client, one span at a time."""
-
-    def __init__(self, max_open: int, max_per_client: int):
-        super().__init__(max_open, max_per_client, "the server is computing {n} ranges; try again in a moment",
-                         "{n} ranges of this client are still being computed; wait for them")
-        self._turn: asyncio.Lock | None = None
-
-    async def run(self, server: Server, fn, *args):
-        """``fn(*args)`` on the worker when this request's turn comes; a cancelled request gives up its
-        turn (or, if its span is being computed, releases the turn when that span is done)."""
-        if self._turn is None:
-            self._turn = asyncio.Lock()
-        async with self._turn:
-            future = asyncio.get_running_loop().run_in_executor(server.worker, fn, *args)
-            try:
-                return await asyncio.shield(future)
-            except asyncio.CancelledError:
-                await asyncio.wait([future])  # the worker cannot be interrupted: keep the turn until it is free
-                raise
-
-
 async def disconnected(request: Request) -> None:
     """Returns when the client of ``request`` (a GET, whose body is read) disconnects."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -170,18 +153,15 @@ async def unless_disconnected(request: Request, work) -> Response | None:
     return None if task.cancelled() else task.result()
 
 
-def exact_span(G: Generator, key: SpanKey) -> np.ndarray:
-    """One span's contributed columns computed alone (as ``panorama_columns`` does): ``[R, w, 3]`` uint8."""
-    return to_uint8(span(G, key))[0]
-
-
 def check_settings(truncation: float, max_batch: int, window_s: float, max_streams: int,
-                   max_streams_per_client: int, stream_idle_s: float, encoders: int) -> float:
+                   max_streams_per_client: int, stream_idle_s: float, encoders: int,
+                   target_batch_s: float = TARGET_BATCH_S) -> float:
     """The server's settings checked as the Python API checks its arguments; returns the truncation."""
     for name, value, lo in (("max_batch", max_batch, 1), ("max_streams", max_streams, 1),
                             ("max_streams_per_client", max_streams_per_client, 1), ("encoders", encoders, 0)):
         check_int(value, name, lo)
     check_float(window_s, "window_s", 0, MAX_WINDOW_S)
+    check_float(target_batch_s, "target_batch_s", 0)
     check_float(stream_idle_s, "stream_idle_s", MIN_IDLE_S)
     return check_truncation(truncation)
 
@@ -198,7 +178,8 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
                max_streams: int = 64, encoders: int | None = None, max_ranges: int = 16,
                max_ranges_per_client: int = 4, span_source: SpanSource = spans,
                max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
-               host: str = "127.0.0.1", allow_origin: Sequence[str] = ()) -> Starlette:
+               host: str = "127.0.0.1", allow_origin: Sequence[str] = (),
+               target_batch_s: float = TARGET_BATCH_S) -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
@@ -207,30 +188,43 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     for no frame for this long is closed. ``host``: the address the server listens on, and
     ``allow_origin``: more host names (or origins; ``*``: any), which the Host and Origin headers of
     every request must name (``guard``). ``span_source``: what computes the streams' span batches
-    (``SpanBatcher``; PNG ranges always compute each span alone)."""
+    (``SpanBatcher``; PNG ranges always compute each span alone). ``max_batch``, ``window_s`` and
+    ``target_batch_s`` set the batch policy (``batcher.BatchPolicy``): a batch predicted to take at most
+    ``target_batch_s`` takes every waiting span (up to ``max_batch``), a longer one is split where that
+    costs little more per span."""
     truncation = check_settings(truncation, max_batch, window_s, max_streams, max_streams_per_client, stream_idle_s,
-                                encoders or 0)
+                                encoders or 0, target_batch_s)
     encoders = encoders or max(1, min(8, os.cpu_count() or 1))
     server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client,
-                    span_source, max_streams_per_client, stream_idle_s)
+                    span_source, max_streams_per_client, stream_idle_s, target_batch_s)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
     async def info(request: Request) -> Response:
+        batcher = server.batcher
+        if "seed" in request.query_params:
+            try:
+                q = parse_stream_query(request.query_params, G.size)
+            except SoatError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            eta = batcher.tile_eta_s(q.seed, q.x, q.tile)
+        else:
+            eta = batcher.first_tile_eta_s()
+        batch_s = batcher.batch_s
         return JSONResponse({
             "version": __version__, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
             "backend": G.backend.name, "device": str(G.device), "dtype": str(G.dtype).replace("torch.", ""),
             "model": model_name(G.source), "truncation": truncation, "max_width": MAX_WIDTH, "max_tile": MAX_TILE,
             "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams.total,
             "max_streams": server.streams.max_open, "max_streams_per_client": server.streams.max_per_client,
-            "stream_idle_s": server.stream_idle_s, "max_batch": server.batcher.max_batch, "encoders": server.encoders,
-            "pending_spans": server.batcher.pending, "cached_spans": server.batcher.cached,
+            "stream_idle_s": server.stream_idle_s, "max_batch": batcher.max_batch, "encoders": server.encoders,
+            "pending_spans": batcher.pending, "cached_spans": batcher.cached,
             "open_ranges": server.ranges.total, "max_ranges": server.ranges.max_open,
-            "batch_ms": None if server.batcher.batch_s is None else round(1000 * server.batcher.batch_s, 2),
-            "first_tile_eta_s": server.batcher.first_tile_eta_s(),
-            "generated_columns_per_s": round(server.batcher.columns_per_s(), 1),
-            **server.batcher.stats,
+            "batch_size": batcher.batch_size, "batch_ms": None if batch_s is None else round(1000 * batch_s, 2),
+            "first_tile_eta_s": None if eta is None else round(eta, 2),
+            "generated_columns_per_s": round(batcher.columns_per_s(), 1),
+            **batcher.stats,
         })
 
     async def panorama_png(request: Request) -> Response:
@@ -248,8 +242,7 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
 
     async def _range_png(q) -> Response:
         pieces = column_pieces(G.size, q.x, q.w)
-        parts = [await server.ranges.run(server, exact_span, G, SpanKey(q.seed, p.index, truncation))
-                 for p in pieces]
+        parts = await server.batcher.alone([SpanKey(q.seed, p.index, truncation) for p in pieces])
         loop = asyncio.get_running_loop()
         png = await loop.run_in_executor(server.encoder, encode_image, stitch(G.size, pieces, parts, q.w), "png")
         return Response(png, media_type="image/png")

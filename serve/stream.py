@@ -105,7 +105,7 @@ async def _read(ws: WebSocket, credit: Credit) -> None:
 
 
 async def _write(ws: WebSocket, credit: Credit, server: Server, query: StreamQuery) -> None:
-    # Up to PIPELINE tiles of one stream are computed at once (their spans join one batch);
+    # Up to PIPELINE tiles of one stream are computed at once (their spans may share a batch);
     # they are sent strictly in order.
     inflight: deque[asyncio.Task] = deque()
     seq, column = 0, query.x
@@ -113,7 +113,7 @@ async def _write(ws: WebSocket, credit: Credit, server: Server, query: StreamQue
         while True:
             while len(inflight) < PIPELINE and (credit.unspent > 0 or not inflight):
                 await credit.take()
-                inflight.append(asyncio.create_task(_frame(server, query, seq, column)))
+                inflight.append(asyncio.create_task(_frame(server, query, seq, column, len(inflight))))
                 seq += 1
                 column += query.tile
             await ws.send_bytes(await inflight.popleft())
@@ -132,8 +132,8 @@ async def _close_when_idle(credit: Credit, idle_s: float) -> None:
         await asyncio.sleep(left)
 
 
-async def _frame(server: Server, query: StreamQuery, seq: int, column: int) -> bytes:
-    pieces, parts = await server.batcher.tile_parts(query.seed, column, query.tile)
+async def _frame(server: Server, query: StreamQuery, seq: int, column: int, rank: int) -> bytes:
+    pieces, parts = await server.batcher.tile_parts(query.seed, column, query.tile, rank)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(server.encoder, _encode_frame, server.G.size, pieces, parts, query, seq, column)
 

@@ -40,9 +40,12 @@ def G():
     return G
 
 
+GPU_LIKE = 60.0  # target_batch_s: every waiting span goes into one batch, as on a GPU (the CPU policy has its own tests)
+
+
 @pytest.fixture(scope="module")
 def url(G):
-    with background_server(create_app(G, max_batch=4, window_s=0.01)) as base:
+    with background_server(create_app(G, max_batch=4, window_s=0.01, target_batch_s=GPU_LIKE)) as base:
         yield base
 
 
@@ -331,6 +334,192 @@ def test_the_batcher_computes_spans_with_the_span_source_it_is_given(G):
         pixels = run(tile())
     assert pixels.shape == (SIZE, 2 * SIZE, 3) and (pixels == soat.to_uint8(torch.full((1, 3, 1, 1), 0.5))).all()
     assert calls == [[SpanKey(3, 0, 1.0), SpanKey(3, 1, 1.0)]]  # one batch, and the real spans were never computed
+
+
+# ---- the batch policy: sized to what the device gains (issue 29) --------------------------------
+def policy(graphs, per_span: bool, target_s: float = 0.25, **seconds):
+    """A ``BatchPolicy`` (max_batch 16) that has timed batches of the sizes given as ``b1=...``, ``b16=...``."""
+    from soat.serve.batcher import BatchPolicy
+    p = BatchPolicy(16, 0.004, target_s, graphs, per_span)
+    for size, s in seconds.items():
+        p.observe(int(size[1:]), s)
+    return p
+
+
+def test_the_policy_takes_one_span_a_batch_where_spans_cost_the_same_alone(G):
+    cpu = policy(G.cuda_graphs, True, b1=2.0, b4=8.4)  # a CPU: a batch costs its spans, whatever their number
+    assert [cpu.size(n) for n in (1, 2, 8, 40)] == [1, 1, 1, 1]
+    assert cpu.seconds(3) == pytest.approx(3 * 2.1, rel=0.05)
+    assert policy(G.cuda_graphs, True, b1=2.0).size(8) == 1  # one size timed: a CPU's spans cost the same per span
+
+
+def test_the_policy_takes_every_waiting_span_where_a_batch_is_quick(G):
+    gpu = policy(G.cuda_graphs, False, b1=0.020, b16=0.035)  # mostly a cost per call
+    assert [gpu.size(n) for n in (1, 5, 16, 40)] == [1, 5, 16, 16]
+    slow_gpu = policy(G.cuda_graphs, False, target_s=0.0, b1=0.020, b16=0.035)  # no batch is quick: still one call
+    assert slow_gpu.size(16) == 16
+    assert policy(G.cuda_graphs, False, b1=2.0).size(8) == 8  # one size timed off the CPU: the same cost per call
+    assert policy(G.cuda_graphs, True).size(8) == 8  # nothing timed yet: every waiting span
+
+
+def test_the_policy_splits_a_slow_batch_only_where_that_costs_little(G):
+    mixed = policy(G.cuda_graphs, True, b1=2.0, b8=9.0)  # 1 s a call + 1 s a span
+    assert mixed.size(8) == 4  # 2 calls of 4 cost 10 s, 10% more than one of 8 (9 s); 4 of 2 would cost 12 s
+    assert policy(G.cuda_graphs, True, target_s=10.0, b1=2.0, b8=9.0).size(8) == 8  # 9 s is quick enough
+
+
+def test_the_policy_times_padded_batches_and_not_captures():
+    from types import SimpleNamespace
+
+    from soat.runtime.cuda_graph_tasks import CudaGraphTasks
+
+    class OnGpu:  # a generator as the policy sees one on a GPU with a capturable backend (nothing is captured)
+        device, backend = torch.device("cuda"), SimpleNamespace(capturable=True)
+    p = policy(CudaGraphTasks(OnGpu(), True), False, target_s=0.0)
+    p.observe(16, 5.0)  # the first call of a size captures its CUDA graph: not timed
+    assert p.seconds(16) is None
+    for size, s in ((16, 0.040), (4, 5.0), (1, 5.0)):  # 16 timed; 4 and 1 captured
+        p.observe(size, s)
+    assert p.seconds(1) == pytest.approx(0.040)  # one size timed off the CPU: the same cost per call
+    p.observe(4, 0.025)
+    p.observe(1, 0.020)
+    assert p.seconds(3) == pytest.approx(0.025, rel=0.05)  # 3 spans run as a batch of 4
+    assert p.size(12) == 12  # 12 spans run padded to 16: splitting would cost more
+
+
+# ---- the CPU's story: one span a batch, abandoned spans dropped, ranges not starved, a true ETA ----
+ALIGNED = SIZE + SIZE // 2  # a tile of SIZE columns from ALIGNED + k * SIZE is exactly span k + 1
+
+
+class Recorded:
+    """The runtime's ``spans``, noting every key it computes (the server's span source)."""
+
+    def __init__(self):
+        self.keys: list = []
+
+    def __call__(self, G, keys):
+        from soat.runtime.endless import spans
+        self.keys.extend(keys)
+        return spans(G, keys)
+
+    def indices(self, seed: int) -> list[int]:
+        return [k.index for k in self.keys if k.seed == seed]
+
+
+@pytest.fixture(scope="module")
+def computed() -> Recorded:
+    return Recorded()
+
+
+@pytest.fixture(scope="module")
+def cpu_url(G, computed):
+    # target_batch_s=0: no batch is quick enough to take every waiting span, so the policy splits batches as on
+    # a CPU, where a span costs the same alone: one span a batch, whatever the load on this machine
+    with background_server(create_app(G, max_batch=4, window_s=0.01, target_batch_s=0.0,
+                                      span_source=computed)) as base:
+        yield base
+
+
+def aligned(base: str, seed: int, k: int = 0) -> str:
+    return ws_url(base, f"seed={seed}&x={ALIGNED + k * SIZE}&tile={SIZE}&format=png")
+
+
+def test_on_a_cpu_each_span_is_its_own_batch_and_tiles_come_one_by_one(cpu_url):
+    async def go():
+        async with connect(aligned(cpu_url, 30)) as ws:
+            await ws.recv()
+            return await frames(ws, 6)
+
+    before = info(cpu_url)
+    assert before["batch_size"] == 1 and before["batch_ms"] > 0  # the warm-up timed a span
+    got = run(go())
+    after = wait_idle(cpu_url)
+    assert [f[1] for f in got] == [ALIGNED + k * SIZE for k in range(6)]
+    assert after["spans"] - before["spans"] == after["batches"] - before["batches"] == 6
+    assert after["largest_batch"] == 1
+
+
+def test_spans_of_a_stream_that_left_are_dropped_and_shared_ones_stay(cpu_url, computed):
+    async def go():
+        left = await connect(aligned(cpu_url, 40))
+        shared = [await connect(aligned(cpu_url, 41)) for _ in range(2)]
+        for ws in (left, *shared):
+            await ws.recv()
+            await ws.send(json.dumps({"credit": 8}))
+        await asyncio.wait_for(left.recv(), TIMEOUT)
+        await left.close()  # the viewer moves on: its stream closes, and a new one opens elsewhere
+        async with connect(aligned(cpu_url, 42)) as moved:
+            await moved.recv()
+            await frames(moved, 1)
+        await asyncio.wait_for(shared[0].recv(), TIMEOUT)
+        await shared[0].close()  # one of two viewers of seed 41 leaves; the other stays
+        rest = [unpack_frame(await asyncio.wait_for(shared[1].recv(), TIMEOUT)) for _ in range(8)]
+        await shared[1].close()
+        return rest
+
+    rest = run(go())
+    assert [f[1] for f in rest] == [ALIGNED + k * SIZE for k in range(8)]  # shared spans kept, in order
+    assert wait_idle(cpu_url)["pending_spans"] == 0
+    left = computed.indices(40)
+    # the one tile received, and at most the two batches already taken when the stream left; never its other 5
+    assert sorted(left) == list(range(1, 1 + len(left))) and len(left) <= 3, left
+    assert sorted(computed.indices(41)) == list(range(1, 9))  # each shared span once
+
+
+def test_a_range_completes_while_a_stream_is_busy(cpu_url, G):
+    width = 5 * SIZE  # 6 spans, each computed alone
+
+    async def go():
+        arrivals: list[float] = []
+        async with connect(aligned(cpu_url, 50)) as ws, httpx.AsyncClient() as client:
+            await ws.recv()
+            await ws.send(json.dumps({"credit": MAX_CREDIT}))  # 32 spans of work: busy well past the range
+
+            async def receive():
+                while True:
+                    await ws.recv()
+                    arrivals.append(time.monotonic())
+
+            receiver = asyncio.create_task(receive())
+            while not arrivals:
+                await asyncio.sleep(0.01)
+            began = time.monotonic()
+            r = await client.get(cpu_url + "/api/panorama.png", params={"seed": 51, "x": 2, "w": width},
+                                 timeout=TIMEOUT)
+            ended = time.monotonic()
+            busy = (await client.get(cpu_url + "/api/info", timeout=TIMEOUT)).json()["pending_spans"]
+            receiver.cancel()
+        return r, busy, sum(began <= t <= ended for t in arrivals)
+
+    r, busy, during = run(go())
+    assert r.status_code == 200 and np.array_equal(decode(r.content), soat.to_uint8(G.panorama_columns(51, 2, width))[0])
+    assert busy > 0, "the stream ran out of work before the range was done: that shows no turn-taking"
+    spans = 6
+    # turns alternate: a stream batch (one span) between range spans, give or take the one in progress at each end
+    assert 1 <= during <= spans + 2, f"{during} stream tiles while the range's {spans} spans were computed"
+    wait_idle(cpu_url)
+
+
+def test_the_eta_follows_the_queue(cpu_url):
+    def eta(seed: int, x: int) -> float:
+        r = httpx.get(cpu_url + "/api/info", params={"seed": seed, "x": x, "tile": SIZE}, timeout=TIMEOUT)
+        return r.json()["first_tile_eta_s"]
+
+    async def go():
+        async with connect(aligned(cpu_url, 60)) as ws:
+            await ws.recv()
+            await frames(ws, 1)
+            await ws.send(json.dumps({"credit": 8}))
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+            return eta(60, ALIGNED + 2 * SIZE), eta(60, ALIGNED + 8 * SIZE), eta(60, ALIGNED + 40 * SIZE)
+
+    assert eta(0, 0) == 0  # seed 0's first span: computed at warm-up, cached
+    soon, later, nobody = run(go())
+    assert 0 <= soon < later, (soon, later)  # seven spans further back in the queue
+    assert nobody <= later  # a tile nobody asked for queues as a new stream's first: ahead of others' later tiles
+    r = httpx.get(cpu_url + "/api/info", params={"seed": "x"}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "seed='x' is not an integer" in r.json()["error"]
+    wait_idle(cpu_url)
 
 
 # ---- soat serve's command line: the port is checked before the model loads ----------------------
