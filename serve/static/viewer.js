@@ -4,16 +4,27 @@
 // Page query (kept up to date as the view moves): ?seed=S&x=COLUMN[&speed=COLUMNS_PER_S][&width=CANVAS_COLUMNS].
 //
 // Flow control: credit ({"credit": n}) is granted only while less than BUFFER_VIEWS canvases of
-// columns are ahead of the view. Playback never outruns the buffer: the speed eases towards
-// min(target, decoded columns ahead / LEAD_S), so it slows down smoothly before the buffer runs
-// dry instead of jumping. In auto mode (speed 0) the target is what the server delivers to
-// this page while it has credit (measured over RATE_WINDOW_S; first from /api/info).
-// A lost connection is retried with backoff and resumes at the first column not yet received.
+// columns are ahead of the view. Tiles land in a buffer as they arrive, however unevenly (one
+// at a time every few seconds on a CPU, dozens at once on a GPU), and are decoded off the main
+// thread; each requestAnimationFrame callback moves the view and draws it from the buffer, and
+// does nothing else (readouts are updated on a timer), so frames come at the display rate.
+// Playback never outruns the buffer: the speed eases towards min(target, decoded columns ahead /
+// LEAD_S), so it slows down smoothly before the buffer runs dry instead of jumping. In auto mode
+// (speed 0) the target is AUTO_SHARE of what the server delivers to this page while it has credit
+// (first from /api/info's batch time).
+// While tiles are owed, the page asks /api/info for the next tile's ETA (the server's measured
+// batch times and its queue) and counts it down. A lost connection is retried with backoff and
+// resumes at the first column not yet received.
 "use strict";
 
 const BUFFER_VIEWS = 2;
 const LEAD_S = 1.5; // seconds of decoded columns kept ahead of the right edge at full speed
-const RATE_WINDOW_S = 5; // readouts and the auto speed average over this many seconds
+const RATE_WINDOW_S = 5; // readouts and the auto speed average over this many seconds ...
+const RATE_MIN_TILES = 3; // ... or over the last few tiles where tiles come slower (a CPU)
+const AUTO_SHARE = 0.9; // auto speed: this share of the delivery rate, so the buffer fills rather than drains
+const FRAME_BUDGET_MS = 8; // a requestAnimationFrame callback longer than this counts as a slow frame
+const ETA_POLL_MS = 1000; // /api/info while tiles are owed (their ETA) ...
+const INFO_POLL_MS = 3000; // ... and otherwise
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const MIME = ["image/png", "image/jpeg", "image/webp"];
 const NO_RETRY = new Set([1003, 1008, 1009]); // the page's own mistake: retrying cannot help
@@ -21,7 +32,10 @@ const canvas = document.getElementById("view");
 const ctx = canvas.getContext("2d");
 const el = (id) => document.getElementById(id);
 
-const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [] }; // for tests and curious users
+// For tests and curious users: the overlay's states, the last /api/info, the last save, connections, resumed
+// columns, each tile's ETA as shown and when it came (etaChecks, the last 100), and rAF frame counts.
+const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [], etaChecks: [],
+                 frameStats: { frames: 0, slow: 0, panning: 0, stalled: 0, worst_ms: 0, budget_ms: FRAME_BUDGET_MS } };
 window.soatViewer = viewer;
 
 // ---- page query ---------------------------------------------------------------------------------
@@ -50,22 +64,50 @@ function overlay(text, detail = "") {
   el("overlay").classList.remove("hidden");
   el("overlay-text").textContent = text;
   el("overlay-detail").textContent = detail;
-  viewer.states.push(`${text} ${detail}`.trim());
+  const state = `${text} ${detail}`.trim();
+  if (viewer.states[viewer.states.length - 1] !== state) viewer.states.push(state);
+  if (viewer.states.length > 100) viewer.states.shift();
 }
 function describe(i) {
   const name = String(i.model).startsWith("random") ? `${i.model} (random weights: colored noise)` : i.model;
   return `${name} · ${i.size} px · ${i.backend} on ${i.device} · ${i.dtype}`;
 }
+// /api/info; with a session, first_tile_eta_s is the ETA of the tile at its next column (kept as s.eta).
 async function fetchInfo() {
-  const r = await fetch("/api/info", { cache: "no-store" });
+  const s = session;
+  const col = s ? s.nextCol : 0;
+  const where = s ? `?seed=${s.seed}&x=${col}` + (s.tile ? `&tile=${s.tile}` : "") : "";
+  const r = await fetch(`/api/info${where}`, { cache: "no-store" });
   if (!r.ok) throw new Error(`HTTP ${r.status}`);
   viewer.info = await r.json();
+  if (s && session === s && s.nextCol === col) s.eta = { col, s: viewer.info.first_tile_eta_s, at: performance.now() };
   el("model").textContent = describe(viewer.info);
   el("server-cps").textContent = Math.round(viewer.info.generated_columns_per_s).toLocaleString();
   return viewer.info;
 }
-function eta(i) {
-  return i.first_tile_eta_s == null ? "first tile: measuring…" : `first tile in about ${Math.max(0.1, i.first_tile_eta_s).toFixed(1)} s`;
+let infoTimer = null;
+let infoInFlight = false;
+let lastInfoAt = 0;
+function pollInfo() {
+  if (infoInFlight) return;
+  clearTimeout(infoTimer);
+  infoInFlight = true;
+  lastInfoAt = performance.now();
+  fetchInfo().catch(() => {}).finally(() => {
+    infoInFlight = false;
+    infoTimer = setTimeout(pollInfo, session && session.unspent > 0 ? ETA_POLL_MS : INFO_POLL_MS);
+  });
+}
+// Seconds until the next tile, counted down from the server's estimate (null: none for this tile yet).
+function etaLeft(s, now) {
+  const e = s.eta;
+  if (!e || e.col !== s.nextCol || e.s == null) return null;
+  return e.s - (now - e.at) / 1000;
+}
+function etaText(s, now, what) {
+  const left = etaLeft(s, now);
+  if (left === null) return s.eta && s.eta.s == null ? `${what}: measuring…` : `${what}: estimating…`;
+  return left >= 0 ? `${what} in about ${left.toFixed(1)} s` : `${what}: ${(-left).toFixed(1)} s later than estimated`;
 }
 
 // ---- one viewing session (seed + start column), across reconnections -----------------------------
@@ -76,7 +118,7 @@ let retryTimer = null;
 function start(seed, x) {
   if (session) session.tiles.forEach((t) => t.bitmap && t.bitmap.close());
   session = { seed, view: x, nextCol: x, nextSeq: 0, tiles: [], unspent: 0, maxCredit: 0, tile: 0, frames: 0,
-              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false };
+              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null };
   el("seed").value = String(seed);
   el("frames").textContent = "0";
   status("");
@@ -88,10 +130,9 @@ function connect(s) {
   if (ws) { ws.onclose = ws.onmessage = null; ws.close(); }
   s.unspent = 0;
   s.nextSeq = 0;
-  const loading = `Streaming seed ${s.seed}` + (s.nextCol ? ` from column ${s.nextCol.toLocaleString()}` : "");
-  if (!s.firstShown) overlay(`${loading}…`, viewer.info ? `${describe(viewer.info)} · ${eta(viewer.info)}` : "");
-  fetchInfo().then((i) => { if (session === s && !s.firstShown) overlay(`${loading}…`, `${describe(i)} · ${eta(i)}`); })
-    .catch(() => {});
+  s.eta = null;
+  if (!s.firstShown) loading(s, performance.now());
+  fetchInfo().then(() => { if (session === s && !s.firstShown) loading(s, performance.now()); }).catch(() => {});
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const sock = new WebSocket(`${proto}://${location.host}/api/stream?seed=${s.seed}&x=${s.nextCol}&format=jpeg`);
   sock.binaryType = "arraybuffer";
@@ -99,6 +140,11 @@ function connect(s) {
   viewer.connections += 1;
   sock.onmessage = (ev) => (typeof ev.data === "string" ? onText(s, JSON.parse(ev.data)) : onFrame(s, ev.data));
   sock.onclose = (ev) => onClose(s, sock, ev);
+}
+
+function loading(s, now) {
+  const where = `Streaming seed ${s.seed}` + (s.nextCol ? ` from column ${s.nextCol.toLocaleString()}` : "");
+  overlay(`${where}…`, viewer.info ? `${describe(viewer.info)} · ${etaText(s, now, "first tile")}` : "");
 }
 
 function onText(s, msg) {
@@ -144,14 +190,19 @@ function onFrame(s, data) {
     status(`unexpected frame seq=${seq} col=${col} (expected ${s.nextSeq}, ${s.nextCol})`, "error");
   }
   const now = performance.now();
+  if (s.eta && s.eta.col === col && s.eta.s != null) {
+    viewer.etaChecks.push({ seq, col, eta_s: s.eta.s, shown_at: s.eta.at, arrived_at: now });
+    if (viewer.etaChecks.length > 100) viewer.etaChecks.shift();
+  }
   s.nextSeq = seq + 1;
   s.nextCol = col + width;
-  s.busy.push([now, now - s.busyMark, width]); // delivery time while the server had our credit
+  s.busy.push([now - s.busyMark, width]); // delivery time while the server had our credit
   s.busyMark = now;
   s.unspent -= 1;
   s.frames += 1;
   s.arrivals.push([now, width]);
   el("frames").textContent = String(s.frames);
+  if (s.unspent > 0 && now - lastInfoAt > 250) pollInfo(); // the next tile's ETA
   const tile = { col, width, bitmap: null };
   s.tiles.push(tile); // in arrival order = column order; decoded asynchronously
   createImageBitmap(new Blob([data.slice(24)], { type: MIME[head.getUint8(20)] }))
@@ -185,25 +236,42 @@ function topUp(s) {
 // ---- playback -----------------------------------------------------------------------------------
 let paused = false;
 
-function windowed(list, now) {
-  while (list.length && now - list[0][0] > RATE_WINDOW_S * 1000) list.shift();
+// Arrivals [time, columns]: those of the last RATE_WINDOW_S, or the last RATE_MIN_TILES.
+function recent(list, now) {
+  while (list.length > RATE_MIN_TILES && now - list[0][0] > RATE_WINDOW_S * 1000) list.shift();
   return list;
 }
-function deliveryRate(s, now) { // columns/s the server delivers to this page while it has credit
-  const b = windowed(s.busy, now);
-  const ms = b.reduce((sum, e) => sum + e[1], 0);
-  if (b.length >= 2 && ms > 0) return (1000 * b.reduce((sum, e) => sum + e[2], 0)) / ms;
-  const i = viewer.info; // before two frames: what the server says one batch takes
-  return i && i.batch_ms ? (1000 * i.size) / i.batch_ms / Math.max(1, i.streams) : 0;
+// Columns/s of arrivals: the columns after the first over the time since it, less one mean interval while the
+// next may still be on its way, so the rate holds between tiles that come slowly and falls once they stop.
+function arrivalRate(list, now) {
+  const a = recent(list, now);
+  if (a.length < 2) return 0;
+  const stretch = a[a.length - 1][0] - a[0][0];
+  const elapsed = Math.max(stretch, now - a[0][0] - stretch / (a.length - 1));
+  return (1000 * a.slice(1).reduce((sum, e) => sum + e[1], 0)) / Math.max(elapsed, 1);
+}
+// Columns/s the server delivers to this page while it has credit: tiles over the time they were owed, over the
+// last RATE_WINDOW_S of such time; the tile being computed counts once it takes longer than the mean.
+function deliveryRate(s, now) {
+  const b = s.busy; // [ms the tile was owed, columns]
+  while (b.length > RATE_MIN_TILES && b.slice(1).reduce((sum, e) => sum + e[0], 0) >= RATE_WINDOW_S * 1000) b.shift();
+  const ms = b.reduce((sum, e) => sum + e[0], 0);
+  if (b.length >= 2 && ms > 0) {
+    const late = s.unspent > 0 ? Math.max(0, now - s.busyMark - ms / b.length) : 0;
+    return (1000 * b.reduce((sum, e) => sum + e[1], 0)) / (ms + late);
+  }
+  const i = viewer.info; // before two tiles: what the server's batches make, shared among its streams
+  return i && i.batch_ms ? (1000 * i.size * i.batch_size) / i.batch_ms / Math.max(1, i.streams) : 0;
 }
 function targetSpeed(s, now) {
   const manual = Number(el("speed").value);
-  return manual > 0 ? manual : 0.9 * deliveryRate(s, now);
+  return manual > 0 ? manual : AUTO_SHARE * deliveryRate(s, now);
 }
 
+// One display frame: move the view, draw it from the buffer, ask for more tiles. Nothing else runs here.
 let last = performance.now();
-let lastReadout = 0;
 function frame(now) {
+  const began = performance.now();
   const dt = Math.min((now - last) / 1000, 0.25);
   last = now;
   const s = session;
@@ -211,14 +279,23 @@ function frame(now) {
     const ahead = readyEnd(s) - (s.view + canvas.width); // decoded columns beyond the right edge
     const want = paused ? 0 : Math.min(targetSpeed(s, now), Math.max(0, ahead) / LEAD_S);
     s.v += (want - s.v) * Math.min(1, dt / 0.35); // ease: no jumps when tiles arrive or run out
+    const x0 = Math.floor(s.view);
     s.view = Math.max(s.view, Math.min(s.view + s.v * dt, readyEnd(s) - canvas.width));
     while (s.tiles.length && s.tiles[0].bitmap && s.tiles[0].col + s.tiles[0].width <= s.view) {
       s.tiles.shift().bitmap.close();
     }
     draw(s);
     topUp(s);
-    if (now - lastReadout > 500) readout(s, now);
+    if (s.v * dt >= 1) { // panning by a column or more this frame: the canvas must move
+      viewer.frameStats.panning += 1;
+      if (Math.floor(s.view) === x0) viewer.frameStats.stalled += 1;
+    }
   }
+  const took = performance.now() - began;
+  const stats = viewer.frameStats;
+  stats.frames += 1;
+  if (took > FRAME_BUDGET_MS) stats.slow += 1;
+  stats.worst_ms = Math.max(stats.worst_ms, took);
   requestAnimationFrame(frame);
 }
 
@@ -238,19 +315,18 @@ function draw(s) {
 }
 
 function readout(s, now) {
-  lastReadout = now;
-  const span = Math.min(RATE_WINDOW_S, Math.max(0.5, (now - (s.arrivals[0] ? s.arrivals[0][0] : now)) / 1000));
-  const got = windowed(s.arrivals, now).reduce((sum, a) => sum + a[1], 0);
-  const hist = windowed(s.shownHist, now);
+  const hist = recent(s.shownHist, now);
   hist.push([now, s.view]);
   const shown = hist.length > 1 ? (1000 * (s.view - hist[0][1])) / Math.max(1, now - hist[0][0]) : 0;
   const ahead = Math.max(0, readyEnd(s) - (s.view + canvas.width));
-  el("cps").textContent = Math.round(got / span).toLocaleString();
+  el("cps").textContent = Math.round(arrivalRate(s.arrivals, now)).toLocaleString();
   el("shown").textContent = Math.round(shown).toLocaleString();
   el("buffer").textContent = s.v > 1 ? (ahead / s.v).toFixed(1) : ahead > 0 ? "full" : "0";
+  el("eta").textContent = s.unspent > 0 ? etaText(s, now, "next tile") : "next tile: not asked for (buffer full)";
   el("column").textContent = Math.floor(s.view).toLocaleString();
   el("speed-value").textContent = Number(el("speed").value) > 0 ? `${el("speed").value} col/s`
     : `auto (${Math.round(targetSpeed(s, now))})`;
+  if (!s.firstShown) loading(s, now);
   keepUrl(s);
 }
 
@@ -322,9 +398,9 @@ document.addEventListener("keydown", (ev) => {
   else if (ev.key === "n") el("next").click();
   else if (ev.key === "r") el("random").click();
 });
-setInterval(() => fetchInfo().catch(() => {}), 3000);
+setInterval(() => { if (session) readout(session, performance.now()); }, 500);
 
 overlay("Connecting to the server…");
 const first = () => start(parseWhole(el("seed").value, 0, MAX_SAFE) ?? 0, fromQuery("x", 0, MAX_SAFE - 8192, 0));
-fetchInfo().then(first, first); // the loading state names the model and device from the start
+fetchInfo().then(first, first).finally(pollInfo); // the loading state names the model and device from the start
 requestAnimationFrame(frame);
