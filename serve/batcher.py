@@ -240,7 +240,8 @@ class SpanBatcher:
         self._in_hand: list[_Job] = []  # handed to the worker and not done, in order
         self._computing: dict[SpanKey, _Job] = {}  # spans in a batch: its job
         self._device_free = 0.0  # when the last finished batch left the device
-        self._range_spans = 0  # spans of open range requests not yet computed
+        self._range_spans = 0  # spans of open range requests not yet handed to the worker
+        self._last_handed = STREAM  # the kind of the last work handed to the worker
         self._runner: asyncio.Task | None = None
         self._done: deque[_Done] = deque()  # recent stream batches, for the generated rate
         self.stats = {"batches": 0, "spans": 0, "largest_batch": 0}
@@ -320,12 +321,15 @@ class SpanBatcher:
 
     def _queue_s(self, waiting: int, through: int) -> float:
         """Predicted seconds until the first ``through`` of ``waiting`` queued spans are computed, batch by batch,
-        with a range span between batches while range requests have spans to compute."""
+        with a range span before each batch while range requests have spans to compute, as turns alternate
+        (none before the first batch if a range span was the last work handed over)."""
         total, ranges, done = 0.0, self._range_spans, 0
+        range_turn = self._last_handed == STREAM
         while done < through:
+            if ranges and range_turn:
+                total, ranges = total + self.policy.seconds(1), ranges - 1
             n = self.policy.size(waiting - done)
-            total += self.policy.seconds(n) + (self.policy.seconds(1) if ranges else 0.0)
-            ranges, done = max(0, ranges - 1), done + n
+            total, done, range_turn = total + self.policy.seconds(n), done + n, True
         return total
 
     async def warm_up(self) -> None:
@@ -390,7 +394,7 @@ class SpanBatcher:
         try:
             for key in keys:
                 async with self.turns.turn(RANGE):
-                    job = self._hand_over(1)
+                    job = self._hand_over(1, RANGE)
                     self._range_spans, handed = self._range_spans - 1, handed + 1
                     future = loop.run_in_executor(self.worker, _exact_span, self.G, key)
                     try:
@@ -422,10 +426,11 @@ class SpanBatcher:
             del self._queue[key]
         return batch
 
-    def _hand_over(self, n: int) -> _Job:
-        """``n`` spans go to the worker now."""
+    def _hand_over(self, n: int, kind: str) -> _Job:
+        """``n`` spans of a ``kind`` turn go to the worker now."""
         job = _Job(self.policy.seconds(n) or 0.0, time.monotonic())
         self._in_hand.append(job)
+        self._last_handed = kind
         return job
 
     def _done_with(self, job: _Job) -> None:
@@ -435,7 +440,7 @@ class SpanBatcher:
             self._in_hand[0].start = max(self._in_hand[0].start, time.monotonic())
 
     async def _launch_on_worker(self, batch: list[SpanKey]) -> _Launched:
-        job = self._hand_over(len(batch))
+        job = self._hand_over(len(batch), STREAM)
         self._computing.update(dict.fromkeys(batch, job))
         try:
             return await asyncio.get_running_loop().run_in_executor(self.worker, self._launch, batch)
