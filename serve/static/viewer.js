@@ -13,7 +13,7 @@
 // (speed 0) the target is AUTO_SHARE of what the server delivers to this page while it has credit
 // (first from /api/info's batch time).
 // While tiles are owed, the page asks /api/info for the next tile's ETA (the server's measured
-// batch times and its queue) and counts it down. A lost connection is retried with backoff and
+// batch times and its queue) after each tile and every ETA_POLL_MS, and counts it down. A lost connection is retried with backoff and
 // resumes at the first column not yet received.
 "use strict";
 
@@ -24,7 +24,8 @@ const RATE_MIN_TILES = 3; // ... or over the last few tiles where tiles come slo
 const AUTO_SHARE = 0.9; // auto speed: this share of the delivery rate, so the buffer fills rather than drains
 const FRAME_BUDGET_MS = 8; // a requestAnimationFrame callback longer than this counts as a slow frame
 const ETA_POLL_MS = 1000; // /api/info while tiles are owed (their ETA) ...
-const INFO_POLL_MS = 3000; // ... and otherwise
+const INFO_POLL_MS = 3000; // ... and otherwise;
+const ETA_GAP_MS = 250; // after a tile, the next one's ETA is asked for at once, but not more often than this
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 const MIME = ["image/png", "image/jpeg", "image/webp"];
 const NO_RETRY = new Set([1003, 1008, 1009]); // the page's own mistake: retrying cannot help
@@ -89,14 +90,20 @@ let infoTimer = null;
 let infoInFlight = false;
 let lastInfoAt = 0;
 function pollInfo() {
-  if (infoInFlight) return;
   clearTimeout(infoTimer);
   infoInFlight = true;
   lastInfoAt = performance.now();
   fetchInfo().catch(() => {}).finally(() => {
     infoInFlight = false;
-    infoTimer = setTimeout(pollInfo, session && session.unspent > 0 ? ETA_POLL_MS : INFO_POLL_MS);
+    const s = session;
+    if (s && s.unspent > 0 && !(s.eta && s.eta.col === s.nextCol)) pollSoon(); // a tile came meanwhile
+    else infoTimer = setTimeout(pollInfo, s && s.unspent > 0 ? ETA_POLL_MS : INFO_POLL_MS);
   });
+}
+function pollSoon() { // the next tile's ETA, as soon as ETA_GAP_MS after the last request
+  if (infoInFlight) return; // its end asks again if the next tile changed meanwhile
+  clearTimeout(infoTimer);
+  infoTimer = setTimeout(pollInfo, Math.max(0, ETA_GAP_MS - (performance.now() - lastInfoAt)));
 }
 // Seconds until the next tile, counted down from the server's estimate (null: none for this tile yet).
 function etaLeft(s, now) {
@@ -202,7 +209,7 @@ function onFrame(s, data) {
   s.frames += 1;
   s.arrivals.push([now, width]);
   el("frames").textContent = String(s.frames);
-  if (s.unspent > 0 && now - lastInfoAt > 250) pollInfo(); // the next tile's ETA
+  if (s.unspent > 0) pollSoon();
   const tile = { col, width, bitmap: null };
   s.tiles.push(tile); // in arrival order = column order; decoded asynchronously
   createImageBitmap(new Blob([data.slice(24)], { type: MIME[head.getUint8(20)] }))
