@@ -30,6 +30,12 @@ def _label(name: str, value: Any, shown: str | None) -> str:
     return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
 
 
+def spelled(name: str, value: str) -> str:
+    """An option set to ``value`` as the caller writes it: ``--backend aoti`` where ``name`` is a command-line
+    flag, ``backend='aoti'`` in Python."""
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
+
+
 def _bounds(lo, hi) -> str:
     if lo is not None and hi is not None:
         return f" from {lo} to {hi}"

@@ -80,9 +80,9 @@ def task_seeds(args: argparse.Namespace, count: int) -> list[int]:
 def check_task(args: argparse.Namespace) -> None:
     """Checks shared by the task commands, before loading: the output, the models, the codes file."""
     check_output_file(args.output, args.force)
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     if getattr(args, "checkpoint2", None):
-        check_checkpoint(args.checkpoint2, "--checkpoint2")
+        check_checkpoint(args.checkpoint2, "--checkpoint2", args.backend)
     if getattr(args, "codes", None) and not os.path.isfile(args.codes):
         raise SoatError(f"--codes {args.codes}: file not found")
 
@@ -105,7 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if seeds is None:
         seeds = parse_seeds("0-7") if not args.codes else None
     check_output_folder(args.output, args.force, SeedFiles(seeds) if seeds is not None else [])
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     if args.codes and not os.path.isfile(args.codes):
         raise SoatError(f"--codes {args.codes}: file not found")
     G = load_model(args)
@@ -127,7 +127,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from soat.runtime.chain import build_chain
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     import soat
     G = soat.load(args.checkpoint, backend=args.backend, size=args.size, channel_multiplier=args.channel_multiplier)
     c = G.config
