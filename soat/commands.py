@@ -144,13 +144,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from soat.runtime.registry import REGISTRY
-    from soat.runtime.sources import cache_dir
-    folder = os.path.join(cache_dir(), "models")
+    from soat.runtime.registry import OFFLINE_ENV, REGISTRY, cached_path
+    from soat.runtime.sources import MODELS, cache_dir, model_path
+    if args.path:
+        print(model_path(args.path))
+        return 0
+    folder = os.path.join(cache_dir(), MODELS)
     print(f"pretrained models (downloaded on first use into {folder}):")
     for e in REGISTRY.values():
-        mark = "cached" if os.path.isfile(os.path.join(folder, e.filename)) else ""
+        mark = "cached" if os.path.isfile(cached_path(e.name, folder)) else ""
         print(f"  {e.name:<15} {e.size:>5}px  {e.description}  {mark}".rstrip())
+    print(f"A file downloaded elsewhere goes where `soat models --path NAME` says; with --offline ({OFFLINE_ENV}=1) "
+          "nothing is downloaded.")
     return 0
 
 
