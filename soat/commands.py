@@ -39,6 +39,13 @@ def load_model(args: argparse.Namespace, checkpoint: str | None = None):
                      size=args.size, channel_multiplier=args.channel_multiplier)
 
 
+def centre_truncation(G, args: argparse.Namespace) -> None:
+    """Where the command truncates random styles, sample sigma_bar now under a progress bar of its own (once per
+    model: it is cached), so that the first image's progress is not charged with it."""
+    if args.truncation != 1 and not getattr(args, "codes", None):
+        G.mean_styles(progress=True)
+
+
 def read_codes(G, args: argparse.Namespace) -> torch.Tensor | None:
     """The flat codes of ``--codes`` for ``G`` (``[N, total]``), or None."""
     if not getattr(args, "codes", None):
@@ -115,6 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output_folder(args.output, args.force, SeedFiles(seeds))
     os.makedirs(args.output, exist_ok=True)
     from soat.runtime.images import save_png
+    centre_truncation(G, args)
     with torch.no_grad(), tqdm(total=len(seeds), desc="generate", unit="img") as bar:
         for batch in batched(seeds, GENERATE_BATCH):  # z, styles and images per small batch, never all at once
             images = G.generate(styles_for(G, args, batch, codes), noise=args.noise)
@@ -169,6 +177,7 @@ def prepared(args: argparse.Namespace, count: int, boxes: dict[str, tuple] | Non
     G = load_model(args)
     if boxes:
         check_boxes(boxes, G.size)
+    centre_truncation(G, args)
     return G, styles_per_seed(G, args, seeds)
 
 
@@ -189,6 +198,7 @@ def cmd_panorama(args: argparse.Namespace) -> int:
     (seed,) = task_seeds(args, 1)
     check_task(args)
     G = load_model(args)
+    centre_truncation(G, args)
     styles = G.panorama_styles(args.n, seed=seed, truncation=args.truncation)
     save(G.panorama(styles, noise=args.noise, progress=True), args.output)
     return 0
@@ -222,6 +232,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_task(args)
     G1, G2 = load_model(args), load_model(args, args.checkpoint2)
     # as in the reference, both style lists come from generator 2's mapping network
+    centre_truncation(G2, args)
     a, b = styles_per_seed(G2, args, seeds)
     save(soat.translate(G1, G2, a, b, num_swap=args.num_swap, alpha=args.alpha, early_alpha=args.early_alpha,
                         noise=args.noise), args.output)
