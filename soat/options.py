@@ -187,8 +187,14 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help="precision (default fp32)")
 
 
-def add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default=AUTO, choices=BACKEND_CHOICES, help=BACKEND_HELP)
+def add_backend(p: argparse.ArgumentParser, differentiable: bool = False) -> None:
+    """``--backend``; ``differentiable``: only the backends whose outputs carry gradients (inversion)."""
+    if differentiable:
+        choices = (AUTO, *(b.name for b in _DIFFERENTIABLE))
+        text = f"{AUTO} ({_WEIGHTS_AUTO}), " + _backend_clauses(_DIFFERENTIABLE)
+    else:
+        choices, text = BACKEND_CHOICES, BACKEND_HELP
+    p.add_argument("--backend", default=AUTO, choices=choices, help=text)
 
 
 def add_force(p: argparse.ArgumentParser) -> None:

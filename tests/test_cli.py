@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,7 +19,7 @@ import soat
 from soat import commands
 from soat.cli import build_parser, main, parse_seeds
 from soat.errors import SoatError
-from soat.runtime.capabilities import BACKEND_CHOICES
+from soat.runtime.capabilities import AUTO, BACKEND_CHOICES, BACKENDS
 
 SMALL = ["--size", "32", "--channel-multiplier", "1"]
 TINY = ["--size", "8", "--channel-multiplier", "1"]
@@ -302,6 +303,21 @@ def test_install_hint_fits_how_soat_was_installed(monkeypatch):
     assert install_hint("serve") == "pip install 'soat[serve]'"
 
 
+def test_invert_on_the_fast_path_with_its_warning_as_one_line(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(img)
+    argv = ["invert", str(img), "-o", str(tmp_path / "c.pt"), "--checkpoint", "random:8", *TINY, "--steps", "2",
+            "--backend", "fast", "--dtype", "bf16"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "LPIPS is off" in line]  # 8 px: too small for LPIPS
+    assert len(warned) == 1 and warned[0].startswith("soat: warning: LPIPS is off") and "UserWarning" not in err
+    codes = soat.load_codes(tmp_path / "c.pt", soat.load("random:8", size=8, channel_multiplier=1))
+    assert codes.shape == (1, 2560) and torch.equal(codes, codes.bfloat16().float())  # fitted in bf16
+    assert main([*argv[:-4], "--backend", "onnxruntime", "--force"]) == 2
+    one_line_error(capsys, "invalid choice: 'onnxruntime'")
+
+
 def test_models_path_says_where_a_file_goes(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path))
     assert main(["models", "--path", "soat-church"]) == 0
@@ -348,8 +364,10 @@ def test_enumerated_options_have_choices_and_one_seed_syntax():
         assert "--checkpoint" in actions or name == "models", name
         if "--dtype" in actions:
             assert set(actions["--dtype"].choices) == {"fp32", "fp16", "bf16"}, name
-        if "--backend" in actions:
-            assert tuple(actions["--backend"].choices) == BACKEND_CHOICES, name
+        if "--backend" in actions:  # inversion needs gradients: the differentiable backends of the table
+            differentiable = (AUTO, *(b.name for b in BACKENDS if b.differentiable))
+            want = differentiable if name == "invert" else BACKEND_CHOICES
+            assert tuple(actions["--backend"].choices) == want, name
         if "--channel-multiplier" in actions:
             assert list(actions["--channel-multiplier"].choices) == [1, 2], name
         if "--size" in actions:
