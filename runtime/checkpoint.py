@@ -229,7 +229,8 @@ def read_torch_file(path: str) -> object:
     if not os.path.exists(path):
         raise SoatError(f"checkpoint not found: {path!r}; give the path of a .pt file (or 'random' for the built-in model)")
     if os.path.isdir(path):
-        raise SoatError(f"{path!r} is a folder; give a checkpoint file, or an export folder with backend='onnxruntime'")
+        raise SoatError(f"{path!r} is a folder without a manifest.json, so not an export folder; give a checkpoint "
+                        "file, or a folder written by `soat export`")
     check_pickle_structure(path, repr(path))
     try:
         # rosinality's train.py stores its argparse.Namespace beside the weights: a plain container, allowed

@@ -22,12 +22,20 @@ from ..errors import SoatError
 
 MAX_SEED = 2 ** 32 - 1  # NumPy's RandomState (the panorama sampler, NVIDIA's scripts) takes seeds below 2**32
 RANDOM_SOURCE = re.compile(r"^random(?::([0-9]+))?$")
+# a mistyped random model (Random:3, random-3, random3, random:abc); not a file name such as random.pt or randomly
+_RANDOM_LIKE = re.compile(r"^random(?:[^a-z/.\\].*)?$", re.IGNORECASE)
 SIGMA_INDEX = "an integer sigma index"  # what num_blend (--num-blend) is
 
 
 def _label(name: str, value: Any, shown: str | None) -> str:
     text = shown if shown is not None else f"{name}={value!r}"
     return text if len(text) <= 80 else f"{text[:60]}...({len(text)} characters)"
+
+
+def spelled(name: str, value: str) -> str:
+    """An option set to ``value`` as the caller writes it: ``--backend aoti`` where ``name`` is a command-line
+    flag, ``backend='aoti'`` in Python."""
+    return f"{name} {value}" if name.startswith("--") else f"{name}={value!r}"
 
 
 def _bounds(lo, hi) -> str:
@@ -91,13 +99,13 @@ def check_seed(value: Any, name: str = "seed", hi: int = MAX_SEED, shown: str | 
 
 
 def random_seed(source: str, name: str = "source") -> int | None:
-    """The seed of ``random[:SEED]`` (0 for ``random``), None for any other source. Something that starts
-    with ``random:`` and is not a file is refused unless SEED is an integer from 0 to ``MAX_SEED``."""
+    """The seed of ``random[:SEED]`` (0 for ``random``), None for any other source. Something written like the
+    random model (``Random:3``, ``random-3``, ``random:abc``) that is not a file is refused with the right form."""
     m = RANDOM_SOURCE.match(source)
     if m is None:
-        if source.startswith("random:") and not os.path.exists(source):
-            raise SoatError(f"{name}={source!r}: the random model is random or random:SEED, with SEED an integer "
-                            f"from 0 to {MAX_SEED}")
+        if _RANDOM_LIKE.match(source) and not os.path.exists(source):
+            raise SoatError(f"{name}={source!r} is neither a file nor the random model, which is written random or "
+                            f"random:SEED (SEED an integer from 0 to {MAX_SEED}, e.g. random:3)")
         return None
     digits = m.group(1) or "0"
     if len(digits) > len(str(MAX_SEED)) or int(digits) > MAX_SEED:

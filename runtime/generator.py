@@ -15,7 +15,7 @@ from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .graphs import MAPPING, STYLES
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
-from .styles import StyleArg, check_styles, mean_style_z, mean_w, truncate, unflatten_styles
+from .styles import StyleArg, cached_mean_w, check_styles, mean_style_z, mean_w, truncate, unflatten_styles
 from .cuda_graph_tasks import CudaGraphTasks
 
 # the tasks Generator.warmup can run, with how many style lists each takes
@@ -112,21 +112,31 @@ class Generator:
         """``z [B, 512]`` -> sigma list (``3L - 4`` entries ``[B, C_k]``) with truncation in sigma space."""
         return self.styles_from_w(self.w(z), truncation)
 
-    def mean_styles(self) -> list[torch.Tensor]:
+    def mean_styles(self, progress: bool = False) -> list[torch.Tensor]:
         """The mean style sigma_bar, ``[1, C_k]`` each, cached: affine(w_avg) when the checkpoint
         carries a mean latent (so psi-truncated images equal NVIDIA's), else affine(mean of w over
         50,000 z); ``mean_source`` says which.
 
         The z are drawn from a private generator, so the global RNG is untouched; to
-        reproduce a notebook's sigma_bar exactly, call ``estimate_mean_styles(z)``.
+        reproduce a notebook's sigma_bar exactly, call ``estimate_mean_styles(z)``. Their mean w is
+        kept in soat's cache folder per model, backend, precision and device type (``cached_mean_w``),
+        so only the first use of a model pays for it (``progress``: with a progress bar of its own).
         """
         if self._mean_styles is None and self._w_avg is not None:
             self._mean_styles = self.styles_from_w(self._w_avg.reshape(1, -1))
         if self._mean_styles is None and self._missing_mean:
             raise SoatError(self._missing_mean)
         if self._mean_styles is None:
-            self.estimate_mean_styles(mean_style_z(self.config.style_dim))
+            w = cached_mean_w(self._sampled_mean_key(), self.config.style_dim,
+                              lambda: mean_w(self.w, mean_style_z(self.config.style_dim), progress))
+            self._mean_styles = self.styles_from_w(w.to(self.dtype))
         return self._mean_styles
+
+    def _sampled_mean_key(self) -> str | None:
+        """What the sampled mean w is a function of (None: weights without a fingerprint are not cached)."""
+        if not self.fingerprint:
+            return None
+        return f"{self.fingerprint}|{self.backend.name}|{self.dtype}|{self.device.type}|torch {torch.__version__}"
 
     def estimate_mean_styles(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Set sigma_bar to the per-entry mean of sigma over the given ``z [N, 512]`` (the reference's rule)."""
@@ -176,10 +186,14 @@ class Generator:
     def warmup(self, task: str, batch: int = 1, **arguments: Any) -> None:
         """Run ``task`` once at ``batch`` on the mean style, so that its CUDA graph is captured now
         (a service's start-up) rather than on the first request. ``arguments``: the task's other
-        arguments (``box=...`` for ``blend_bbox``; the graph is per argument value)."""
+        arguments (``box=...`` for ``blend_bbox``; the graph is per argument value). Off CUDA nothing is
+        ever captured, so there it only checks ``task`` and ``batch`` (it used to run the task, and
+        sample sigma_bar first, for nothing)."""
         if task not in WARMUP_STYLE_LISTS:
             raise SoatError(f"task={task!r} cannot be warmed up; use one of {', '.join(WARMUP_STYLE_LISTS)}")
         batch = check_int(batch, "batch", 1)
+        if self.device.type != "cuda":
+            return
         styles = [s.expand(batch, -1).contiguous() for s in self.mean_styles()]
         getattr(self, task)(*[styles] * WARMUP_STYLE_LISTS[task], **arguments)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import SoatError
+from ..errors import SoatError, install_hint
 from .styles import flatten_styles
 
 PRIOR_SAMPLES = 10_000
@@ -37,6 +37,9 @@ LPIPS_WEIGHT = 20.0
 MIN_SIDE = 8
 LPIPS_MIN_SIDE = 16  # VGG16's fourth max-pool, before relu5_3, needs 16 px
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, the backbone LPIPS_vgg expects
+VGG16_URL = "https://download.pytorch.org/models/" + VGG16_FILE
+VGG16_BYTES = 553_433_881
+VGG16_SHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"  # its name carries the first 8
 VAR_FLOOR = 1e-12  # a sigma entry that never varies (a zero affine row) must not divide by zero
 
 ImageArg = Union[str, os.PathLike, Image.Image, torch.Tensor, Sequence[Union[str, os.PathLike, Image.Image]]]
@@ -161,16 +164,18 @@ def load_targets(images: ImageArg, size: int) -> torch.Tensor:
 # ---- perceptual loss ---------------------------------------------------------------------------
 
 def _lpips_problem(weights: str, side: int) -> str | None:
-    """Why LPIPS cannot run (without a download, on ``side`` px images), or None."""
+    """Why LPIPS cannot run (without a download, on ``side`` px images) and what to do, or None."""
     if side < LPIPS_MIN_SIDE:
         return f"LPIPS_vgg needs images of at least {LPIPS_MIN_SIDE} px, the loss here is at {side} px"
+    problems = []
     try:
         import lpips  # noqa: F401  (optional dependency)
     except ImportError as e:
-        return f"the lpips package cannot be imported ({e}); pip install lpips"
+        problems.append(f"the lpips package cannot be imported ({e}): {install_hint('lpips')}")
     if not os.path.isfile(weights):
-        return f"no VGG16 weights at {weights}"
-    return None
+        problems.append(f"no VGG16 weights at {weights}: put {VGG16_FILE} there ({VGG16_BYTES:,} bytes, SHA-256 "
+                        f"{VGG16_SHA256}, from {VGG16_URL})")
+    return "; ".join(problems) or None
 
 
 @functools.lru_cache(maxsize=4)
@@ -197,8 +202,8 @@ def perceptual_loss(lpips: Any, device: torch.device, side: int = LOSS_SIZE) -> 
     """Resolve the ``lpips`` option into ``f(generated, target) -> [B]`` distances on ``side`` px images, or None.
 
     ``"auto"``: LPIPS_vgg when the lpips package and ``<torch hub>/checkpoints/vgg16-397923af.pth``
-    are present, else one warning and None; ``False``/``"off"``: None; a path: the VGG16 weights
-    file (required); a callable: used as the perceptual distance.
+    are present, else one warning (saying what is missing and where it goes) and None; ``False``/``"off"``:
+    None; a path: the VGG16 weights file (required); a callable: used as the perceptual distance.
     """
     if callable(lpips):
         return lpips
@@ -208,9 +213,8 @@ def perceptual_loss(lpips: Any, device: torch.device, side: int = LOSS_SIZE) -> 
         weights = os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILE)
         problem = _lpips_problem(weights, side)
         if problem:
-            warnings.warn(f"LPIPS is off ({problem}): inverting with MSE + prior only, which fits colours but "
-                          "blurs detail. Install lpips and put the VGG16 weights there, or pass lpips=PATH",
-                          stacklevel=4)
+            warnings.warn(f"LPIPS is off, so inverting with MSE + prior only, which fits colours but blurs detail: "
+                          f"{problem}", stacklevel=4)
             return None
         return _load_lpips(weights, str(device))
     if isinstance(lpips, (str, os.PathLike)):

@@ -32,7 +32,8 @@ from ..errors import SoatError
 from .chain import TO_RGB, build_chain, style_channels
 from .checkpoint import file_sha256
 from .config import GeneratorConfig
-from .capabilities import AOTI_FORMAT, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
+from .capabilities import AOTI_FORMAT, AUTO, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
+from .checks import spelled
 from .graphs import (PlanStep, graph_ids, graph_io, linked_id, linked_ids,
                      run_plan, signature, Signature)
 
@@ -148,8 +149,9 @@ def graph_outputs(config: GeneratorConfig, graph_id: str, graph_format: str) -> 
     return tuple(signature(config, graph_id, graph_format)[1])
 
 
-def read_manifest(folder: str) -> Manifest:
-    """Read and verify an export folder (format, fields, chain, every file's sha256)."""
+def _manifest_json(folder: str) -> tuple[dict, str]:
+    """``folder``'s manifest as JSON, of a known format version with exactly its fields (no file checked yet),
+    and how errors name it."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
         raise SoatError(f"{folder!r} is not an export folder: it has no {MANIFEST}. "
@@ -163,8 +165,32 @@ def read_manifest(folder: str) -> Manifest:
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise SoatError(f"{where} is not a SOAT export manifest (format must be {FORMAT!r})")
     _check_version(m.get("format_version"), where)
-    v1 = m["format_version"] == 1
     _check_fields(m, FIELDS[m["format_version"]], where)
+    return m, where
+
+
+def _graph_format(m: dict, where: str) -> str:
+    """The one graph format of every graph a manifest lists (format 1: onnx)."""
+    formats = {ONNX_FORMAT} if m["format_version"] == 1 else {g.get("format") if isinstance(g, dict) else None
+                                                              for g in m["graphs"].values()}
+    if len(formats) != 1 or not formats <= set(GRAPH_SUFFIX):
+        raise SoatError(f"{where}: graph formats {sorted(map(str, formats))} must be one of {sorted(GRAPH_SUFFIX)}, "
+                        "the same for every graph; re-export the folder")
+    return next(iter(formats))
+
+
+def export_graph_format(source: str) -> str | None:
+    """The graph format (``onnx``, ``aoti``) the manifest of the export folder ``source`` states, read without
+    checking its files; None where ``source`` is not a folder holding a manifest."""
+    if not (os.path.isdir(source) and os.path.isfile(os.path.join(source, MANIFEST))):
+        return None
+    return _graph_format(*_manifest_json(source))
+
+
+def read_manifest(folder: str) -> Manifest:
+    """Read and verify an export folder (format, fields, chain, every file's sha256)."""
+    m, where = _manifest_json(folder)
+    v1 = m["format_version"] == 1
     source = m["source"]
     if not isinstance(source, dict) or not all(isinstance(source.get(k), str) for k in ("name", "fingerprint")):
         raise SoatError(f"{where}: source {json.dumps(source)[:80]} must be an object with string 'name' and 'fingerprint'; "
@@ -176,12 +202,7 @@ def read_manifest(folder: str) -> Manifest:
     if m["chain"] != chain_record(config) or m["style_channels"] != style_channels(config):
         raise SoatError(f"{where}: the chain does not match the {config.size}px layout of its config; "
                         "the manifest was edited. Re-export the folder")
-    formats = {ONNX_FORMAT} if v1 else {g.get("format") if isinstance(g, dict) else None
-                                        for g in m["graphs"].values()}
-    if len(formats) != 1 or not formats <= set(GRAPH_SUFFIX):
-        raise SoatError(f"{where}: graph formats {sorted(map(str, formats))} must be one of {sorted(GRAPH_SUFFIX)}, "
-                        "the same for every graph; re-export the folder")
-    (graph_format,) = formats
+    graph_format = _graph_format(m, where)
     dtypes = export_precisions(graph_format)
     if m["dtype"] not in dtypes:
         raise SoatError(f"{where}: dtype {m['dtype']!r} is not one of {dtypes}")
@@ -283,14 +304,36 @@ def _plan_problem(config: GeneratorConfig, nodes, plan: tuple[PlanStep, ...], gr
     return None if has_x else "ends without the features x"
 
 
+def export_backend(source: str, backend: str, name: str = "backend") -> str:
+    """The backend that runs ``source``. For an export folder, ``auto`` stands for the first backend of the graph
+    format its manifest states (``capabilities.BACKENDS``: onnxruntime for onnx, aoti for aoti) and a backend that
+    does not run that format is refused; anything else keeps ``backend``. ``name`` is how the caller spells the
+    option (``backend`` in Python, ``--backend`` on the command line)."""
+    graph_format = export_graph_format(source)
+    if graph_format is not None and backend == AUTO:
+        return _format_backends(graph_format)[0]
+    if graph_format is not None:
+        _check_runs_format(source, graph_format, backend, name)
+    return backend
+
+
 def check_format(manifest: Manifest, backend: str) -> None:
     """A backend runs exports of its own graph format only (``capabilities.BACKENDS``)."""
+    _check_runs_format(manifest.folder, manifest.graph_format, backend, "backend")
+
+
+def _format_backends(graph_format: str) -> list[str]:
+    return [b.name for b in BACKENDS if b.graph_format == graph_format]
+
+
+def _check_runs_format(folder: str, graph_format: str, backend: str, name: str) -> None:
+    takes = _format_backends(graph_format)
+    if backend in takes:
+        return
     want = backend_spec(backend).graph_format
-    if manifest.graph_format != want:
-        takes = [b.name for b in BACKENDS if b.graph_format == manifest.graph_format]
-        raise SoatError(f"export {manifest.folder!r} holds {manifest.graph_format} graphs, which backend={backend!r} "
-                        f"does not run; load it with backend={takes[0]!r}"
-                        + (f", or export it with `soat export ... --format {want}`" if want else ""))
+    raise SoatError(f"export {folder!r} holds {graph_format} graphs, which {spelled(name, backend)} does not run; "
+                    f"leave {name} out or use {spelled(name, takes[0])}"
+                    + (f", or export it with `soat export ... --format {want}`" if want else ""))
 
 
 def load_mean_styles(manifest: Manifest) -> torch.Tensor | None:

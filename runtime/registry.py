@@ -26,6 +26,11 @@ downloading it on first use:
 
 The file is then read by soat's usual loaders (restricted unpickling for ``.pt``/``.pkl``),
 never by ``pickle.load``. Names are listed by ``soat models`` / :data:`REGISTRY`.
+
+Bring your own file: a file downloaded elsewhere and put at ``cached_path`` (``soat models --path NAME``) is
+used as if soat had downloaded it: checked against the entry's size and SHA-256 where they are published, and
+recorded like a download once it loads. With ``SOAT_OFFLINE=1`` (``--offline``) nothing is downloaded: a name
+not in the cache is one error naming the file, its size and SHA-256 where known, and the path to put it at.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ DEADLINE_S = 4 * 3600.0  # the longest a whole download may take (an interrupted
 MIN_RATE = 16 * 1024  # bytes/s, averaged over RATE_WINDOW_S: slower transfers are stopped
 RATE_WINDOW_S = 60.0
 STATE_SUFFIX = ".json"  # beside the .part: the first response's validator and length
+OFFLINE_ENV = "SOAT_OFFLINE"  # 1: never download (soat's --offline sets it for the command)
 
 _NGC = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
 _ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/"
@@ -133,17 +139,54 @@ def entry_for(source: str) -> Entry:
                  source)
 
 
+def cached_path(source: str, models_dir: str) -> str:
+    """Where the file of a registry name or URL lives in ``models_dir`` (downloaded there, or put there by hand)."""
+    return os.path.join(models_dir, entry_for(source).filename)
+
+
+def _offline() -> bool:
+    """``SOAT_OFFLINE=1``: never download (unset, empty or 0: download on first use)."""
+    value = os.environ.get(OFFLINE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise SoatError(f"{OFFLINE_ENV}={value!r} must be 1 (never download) or 0")
+    return value == "1"
+
+
+def _expected_bytes(entry: Entry) -> str:
+    """What a file of ``entry`` must be, as far as the entry knows: its size and SHA-256 where published."""
+    known = ([f"{entry.nbytes:,} bytes"] if entry.nbytes is not None else []) \
+        + ([f"SHA-256 {entry.sha256}"] if entry.sha256 is not None else [])
+    return ", ".join(known) or "size and SHA-256 not published; recorded when it first loads"
+
+
+def _put_by_hand(entry: Entry, path: str) -> str:
+    """How to bring the file without soat's download: where it goes and what it must be."""
+    return (f"put {entry.filename} ({_expected_bytes(entry)}) at {path} (download it from {entry.url}), or pass "
+            "the file's path instead of the name")
+
+
+def _yourself(entry: Entry) -> str:
+    return f"download it yourself and pass its path (or put it where `soat models --path {entry.name}` says)"
+
+
 def fetch(source: str, models_dir: str, progress: bool = True, timeout: float = TIMEOUT_S,
           check: Callable[[str], object] | None = None) -> str:
-    """Local path of a registry name or URL, downloading it into ``models_dir`` first when needed.
+    """Local path of a registry name or URL, downloading it into ``models_dir`` first when needed (never with
+    ``SOAT_OFFLINE=1``).
 
     ``check(path)`` (soat's loader) must accept a finished download before it becomes the cached file: one that
-    raises ``SoatError`` is removed and the error names it."""
+    raises ``SoatError`` is removed and the error names it. A file put into the cache by hand must pass it too
+    before it is recorded."""
     entry = entry_for(source)
-    path = os.path.join(models_dir, entry.filename)
+    path = cached_path(source, models_dir)
     if os.path.isfile(path):
         _check_recorded(entry, path)
+        if check is not None and not os.path.exists(_record_path(path)):
+            _adopt(entry, path, check, progress)
         return path
+    if _offline():
+        raise SoatError(f"{entry.name} is not in the cache and {OFFLINE_ENV}=1 (--offline) forbids downloading it: "
+                        + _put_by_hand(entry, path))
     try:
         os.makedirs(models_dir, exist_ok=True)
     except OSError as e:
@@ -155,7 +198,7 @@ def fetch(source: str, models_dir: str, progress: bool = True, timeout: float = 
             return path
         part = path + ".part"
         try:
-            total = _download(entry, part, progress, timeout)
+            total = _download(entry, path, progress, timeout)
             digest = _check_complete(entry, part, total)
             if check is not None:
                 _check_loads(entry, part, check)
@@ -179,6 +222,23 @@ def _download_lock(entry: Entry, path: str, progress: bool):
         print(f"waiting for another process downloading {entry.name} ...", file=sys.stderr, flush=True)
     with locked(lock):
         yield
+
+
+def _adopt(entry: Entry, path: str, check: Callable[[str], object], progress: bool) -> None:
+    """A file put into the cache by hand (no record beside it): once it loads, record its size and SHA-256 as a
+    download's, so that every later use is checked against them."""
+    with _download_lock(entry, path, progress):
+        if os.path.exists(_record_path(path)):  # another process recorded it meanwhile
+            return
+        try:
+            check(path)
+        except SoatError as e:
+            raise SoatError(f"{path}, put into the cache for {entry.name}, is not a model soat can read ({e}); "
+                            f"replace it with {entry.filename} from {entry.url} ({_expected_bytes(entry)})") from None
+        try:
+            _write_record(path, sha256_file(path), os.path.getsize(path))
+        except OSError as e:
+            raise os_error(e, f"recording {path}") from None
 
 
 # ---- download ---------------------------------------------------------------------------------
@@ -207,25 +267,26 @@ class _Pace:
             if rate < MIN_RATE:
                 raise SoatError(f"download of {self.entry.name} is too slow ({rate:,.0f} bytes/s over the last "
                                 f"{now - self.mark:.0f} s, below the minimum {MIN_RATE:,}); run the same command "
-                                "again to resume, or download the file yourself and pass its path")
+                                f"again to resume, or {_yourself(self.entry)}")
             self.mark, self.mark_got = now, self.got
 
     def _late(self):
         raise SoatError(f"download of {self.entry.name} did not finish within {DEADLINE_S:,.0f} s "
-                        f"({self.got:,} bytes received); run the same command again to resume, or download the "
-                        "file yourself and pass its path")
+                        f"({self.got:,} bytes received); run the same command again to resume, or "
+                        + _yourself(self.entry))
 
 
-def _download(entry: Entry, part: str, progress: bool, timeout: float) -> int | None:
-    """Download ``entry.url`` into ``part``, continuing a previous partial download where that is safe; returns
-    the declared size (None: a chunked body, complete when its last chunk came)."""
+def _download(entry: Entry, path: str, progress: bool, timeout: float) -> int | None:
+    """Download ``entry.url`` into ``path.part``, continuing a previous partial download where that is safe;
+    returns the declared size (None: a chunked body, complete when its last chunk came)."""
+    part = path + ".part"
     pace = _Pace(entry, timeout)
     state = _read_state(entry, part)
     have = os.path.getsize(part) if os.path.isfile(part) else 0
     if have and (not (state.get("validator") or entry.sha256) or have > (state.get("total") or have)):
         have = 0  # nothing says the server's file is the one the part began (no hash would catch a splice)
     for _ in range(3):  # a later try from zero, when the answer could not continue the part
-        response = _request(entry, have, state, pace)
+        response = _request(entry, path, have, state, pace)
         if response is None:  # 416: the range starts at or past the end of the server's file
             have, state = 0, {}
             continue
@@ -235,7 +296,7 @@ def _download(entry: Entry, part: str, progress: bool, timeout: float) -> int | 
                 if not have:
                     raise SoatError(f"{entry.url} answered {response.status} with Content-Range "
                                     f"{response.headers.get('Content-Range')!r} to a request for the whole file; "
-                                    "download it yourself and pass its path")
+                                    + _yourself(entry))
                 have, state = 0, {}
                 continue
             _check_body(entry, response)
@@ -247,13 +308,13 @@ def _download(entry: Entry, part: str, progress: bool, timeout: float) -> int | 
         break
     else:
         raise SoatError(f"download of {entry.name}: {entry.url} keeps answering with ranges that do not continue "
-                        "the file; download it yourself and pass its path")
+                        "the file; " + _yourself(entry))
     return total
 
 
-def _request(entry: Entry, have: int, state: dict, pace: _Pace):
-    """The response to a GET of the file (from byte ``have``, only if unchanged since ``state``'s validator);
-    None for 416 (the range starts past the end)."""
+def _request(entry: Entry, path: str, have: int, state: dict, pace: _Pace):
+    """The response to a GET of the file for ``path`` (from byte ``have``, only if unchanged since ``state``'s
+    validator); None for 416 (the range starts past the end)."""
     request = urllib.request.Request(entry.url, headers={"User-Agent": "soat", "Accept-Encoding": "identity"})
     if have:
         request.add_header("Range", f"bytes={have}-")
@@ -266,11 +327,12 @@ def _request(entry: Entry, have: int, state: dict, pace: _Pace):
         if e.code == 416 and have:
             e.close()
             return None
-        raise SoatError(f"download of {entry.name} failed: HTTP {e.code} {e.reason} from {entry.url}") from None
+        raise SoatError(f"download of {entry.name} failed: HTTP {e.code} {e.reason} from {entry.url}; "
+                        + _put_by_hand(entry, path)) from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise SoatError(f"download of {entry.name} failed: {reason} ({entry.url}); "
-                        "run again to resume, or download the file yourself and pass its path") from None
+        raise SoatError(f"download of {entry.name} failed: {reason} ({entry.url}); run again to resume, or "
+                        + _put_by_hand(entry, path)) from None
 
 
 def _body_start(entry: Entry, response, have: int, state: dict) -> int | None:
@@ -299,11 +361,11 @@ def _check_body(entry: Entry, response) -> None:
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise SoatError(f"{entry.url} sent the file encoded (Content-Encoding: {encoding}) although soat asked for "
-                        "it as is; download it yourself and pass its path")
+                        "it as is; " + _yourself(entry))
     if entry.nbytes is None and not getattr(response, "chunked", False) and not (
             response.headers.get("Content-Length") or response.headers.get("Content-Range")):
         raise SoatError(f"{entry.url} did not say how long the file is (no Content-Length), so a cut transfer "
-                        "could not be told from a whole one; download it yourself and pass its path")
+                        "could not be told from a whole one; " + _yourself(entry))
 
 
 def _validator(response) -> dict:
@@ -383,7 +445,7 @@ def _check_loads(entry: Entry, part: str, check: Callable[[str], object]) -> Non
         what = "a web page (a login or a quota page?)" if head.startswith((b"<!doctype html", b"<html")) else \
             f"not a model soat can read ({e})"
         raise SoatError(f"download of {entry.name} from {entry.url} is complete ({size:,} bytes) but {what}; "
-                        "removed it. Run again to download it again, or download it yourself and pass its path") \
+                        "removed it. Run again to download it again, or " + _yourself(entry)) \
             from None
 
 

@@ -12,9 +12,11 @@ from .config import GeneratorConfig
 from .checkpoint import check_checkpoint_file, load_checkpoint
 from .nvidia import is_nvidia_pickle, load_nvidia
 from .random_model import random_weights
-from .registry import fetch, is_remote
+from .registry import cached_path, fetch, is_remote
 from .safetensors_format import SUFFIX, is_safetensors, load_safetensors, save_safetensors
 from .weights import StyleGAN2Weights
+
+MODELS = "models"  # the cache folder of registry names and URLs (downloaded, or put there by hand)
 
 
 def load_weights(source: str, size: int | None = None,
@@ -55,8 +57,13 @@ def resolve_source(source: str) -> str:
     """A registry name or URL -> its file in ``cache_dir()/models`` (downloaded on first use, and kept only once
     it loads); else ``source``."""
     if is_remote(source) and not os.path.exists(source):
-        return fetch(source, cache_subdir("models"), check=load_file)
+        return fetch(source, cache_subdir(MODELS), check=load_file)
     return source
+
+
+def model_path(source: str) -> str:
+    """Where the file of a registry name or URL goes in the cache (``soat models --path NAME``)."""
+    return cached_path(source, os.path.join(cache_dir(), MODELS))
 
 
 def convert(source: str, output: str, size: int | None = None, channel_multiplier: int | None = None) -> str:

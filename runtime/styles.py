@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import SoatError
 from .cudagraph import first_nonfinite
+from .images import atomic_output
+from .sources import cache_dir, cache_subdir
 
 StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]
 
@@ -60,6 +67,7 @@ def truncate(styles: Sequence[torch.Tensor], mean: Sequence[torch.Tensor], psi: 
 
 MEAN_STYLE_SAMPLES = 50_000
 MEAN_STYLE_SEED = 0x50A7
+MEAN_W_CACHE = "mean_w"  # the cache folder of sampled mean latents
 
 
 def mean_style_z(style_dim: int) -> torch.Tensor:
@@ -68,11 +76,35 @@ def mean_style_z(style_dim: int) -> torch.Tensor:
     return torch.randn(MEAN_STYLE_SAMPLES, style_dim, generator=torch.Generator().manual_seed(MEAN_STYLE_SEED))
 
 
-def mean_w(w_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+def mean_w(w_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, progress: bool = False) -> torch.Tensor:
     """The mean of ``w_of(z)`` over ``z [N, 512]``, ``[1, 512]`` float64, summed in chunks of 4096 (so the
-    Generator and the exporter get the same centre to the last bits)."""
+    Generator and the exporter get the same centre to the last bits); ``progress``: a bar of its own."""
     total = None
-    for chunk in torch.split(z, 4096):
-        part = w_of(chunk).double().sum(0, keepdim=True)
-        total = part if total is None else total + part
+    with tqdm(total=z.shape[0], desc="truncation centre (mean w, once per model)", unit="z", unit_scale=True,
+              disable=not progress) as bar:
+        for chunk in torch.split(z, 4096):
+            part = w_of(chunk).double().sum(0, keepdim=True)
+            total = part if total is None else total + part
+            bar.update(chunk.shape[0])
     return total / z.shape[0]
+
+
+def cached_mean_w(key: str | None, style_dim: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """A sampled mean w (``compute()``, ``[1, style_dim]`` float64), kept as ``cache_dir()/mean_w/<hash of key>.npy``:
+    it is a function of ``key`` alone (the model's fingerprint, backend, precision, device type and torch version)
+    and costs 10-20 s on two CPU cores. A missing or unreadable file is computed again; a cache folder that cannot
+    be written only costs the next process the same time. ``key`` None: computed, not kept."""
+    if key is None:
+        return compute()
+    name = hashlib.sha256(f"{key}|{MEAN_STYLE_SAMPLES}|{MEAN_STYLE_SEED}".encode()).hexdigest()[:32] + ".npy"
+    path = os.path.join(cache_dir(), MEAN_W_CACHE, name)
+    with contextlib.suppress(OSError, ValueError, EOFError):
+        kept = np.load(path, allow_pickle=False)
+        if kept.dtype == np.float64 and kept.shape == (1, style_dim) and np.isfinite(kept).all():
+            return torch.from_numpy(kept)
+    w = compute()
+    with contextlib.suppress(OSError, SoatError):
+        cache_subdir(MEAN_W_CACHE)
+        with atomic_output(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, w.detach().cpu().numpy())
+    return w

@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+from ..errors import SoatError, install_hint, print_error
 from ..options import BACKEND_HELP, add_dtype, add_layout, finite_float
 from ..runtime.capabilities import AUTO, BACKEND_CHOICES
 
@@ -66,40 +67,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model and serve until interrupted; 2 on a usage error (a busy port before any model loads)."""
+    """Load the model and serve until interrupted. A usage error (a busy port, before any model loads) raises
+    ``SoatError``, which ``soat.cli.main`` reports as every command's: ``soat: error: ...``, exit status 2."""
     try:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        print(f"soat serve needs the serve extra ({exc.name} is missing): pip install 'soat[serve]'", file=sys.stderr)
-        return 2
-    from ..errors import SoatError
+        raise SoatError(f"soat serve needs the serve extra ({exc.name} is missing): {install_hint('serve')}") from None
     from .replica import ReplicaOptions
 
     if args.max_batch is None:
         args.max_batch = 64 if str(args.device).startswith("cuda") else 16
     for flag, lo in (("max_batch", 1), ("encoders", 0), ("workers", 1)):
         if getattr(args, flag) < lo:
-            print(f"soat serve: --{flag.replace('_', '-')}={getattr(args, flag)} must be >= {lo}", file=sys.stderr)
-            return 2
-    try:
-        options = ReplicaOptions.from_args(args)
-        scale = _scale(args)
-        if args.ray:
-            if args.workers != 1:
-                raise SoatError("--workers is for plain soat serve; with --ray use --replicas")
-            return _run_ray(options, args, scale)
-        sock = listen_socket(args.host, args.port, reuse_port=args.workers > 1)
-    except SoatError as exc:
-        print(f"soat serve: {exc}", file=sys.stderr)
-        return 2
+            raise SoatError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= {lo}")
+    options = ReplicaOptions.from_args(args)
+    scale = _scale(args)
+    if args.ray:
+        if args.workers != 1:
+            raise SoatError("--workers is for plain soat serve; with --ray use --replicas")
+        return _run_ray(options, args, scale)
+    sock = listen_socket(args.host, args.port, reuse_port=args.workers > 1)
     if args.workers > 1:
         return _run_workers(options, args.host, sock, args.workers)
-    try:
-        G = options.load()
-    except SoatError as exc:
-        print(f"soat serve: {exc}", file=sys.stderr)
-        return 2
+    G = options.load()
     serve_on(options, G, sock, f"soat serve: {G!r}")
     return 0
 
@@ -108,7 +99,6 @@ def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.sock
     """A TCP socket bound to ``host:port`` (not yet listening), or a SoatError naming the problem.
 
     Bound before the model loads, so a busy or invalid port is reported at once."""
-    from ..errors import SoatError
     if isinstance(port, bool) or not 0 <= port <= 65535:
         raise SoatError(f"--port={port} is out of range; allowed: 0 <= port <= 65535")
     try:
@@ -156,9 +146,14 @@ def serve_on(options: ReplicaOptions, G: Generator, sock: socket.socket, banner:
 
 
 def _worker(options, host: str, port: int, ready) -> None:
-    """One of ``--workers``: its own model copy, a socket sharing the port (SO_REUSEPORT)."""
-    sock = listen_socket(host, port, reuse_port=True)
-    G = options.load()
+    """One of ``--workers``: its own model copy, a socket sharing the port (SO_REUSEPORT). Its error is one line,
+    as the parent's."""
+    try:
+        sock = listen_socket(host, port, reuse_port=True)
+        G = options.load()
+    except SoatError as exc:
+        print_error(exc)
+        sys.exit(2)
     serve_on(options, G, sock, "", ready.release)  # the parent prints the URL once all are up
 
 
@@ -177,8 +172,7 @@ def _run_workers(options, host: str, sock: socket.socket, n: int) -> int:
             if ready.acquire(timeout=0.5):
                 up += 1
             elif any(proc.exitcode is not None for proc in procs):
-                print("soat serve: a worker failed to start (its error is above)", file=sys.stderr)
-                return 2
+                raise SoatError("a worker of soat serve failed to start (its error is above)")
         print(f"soat serve: {n} workers, each {options.checkpoint} on {options.device}, at http://{host}:{port}/",
               file=sys.stderr, flush=True)
         while all(proc.is_alive() for proc in procs):
@@ -196,7 +190,6 @@ def _run_workers(options, host: str, sock: socket.socket, n: int) -> int:
 
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:
     """``(replicas, (min, max) or None, gpus_per_replica)`` from the Ray flags, checked."""
-    from ..errors import SoatError
     if not args.ray:
         for flag in ("replicas", "autoscale", "gpus_per_replica"):
             if getattr(args, flag) is not None:
@@ -222,8 +215,7 @@ def _run_ray(options, args: argparse.Namespace, scale) -> int:
     try:
         from .ray_app import serve_forever
     except ImportError as exc:
-        print(f"soat serve --ray needs the ray extra ({exc.name} is missing): pip install 'soat[ray]'",
-              file=sys.stderr)
-        return 2
-    serve_forever(options, args.host, args.port, *scale)  # SoatError: caught in run()
+        raise SoatError(f"soat serve --ray needs the ray extra ({exc.name} is missing): {install_hint('ray')}") \
+            from None
+    serve_forever(options, args.host, args.port, *scale)  # SoatError: reported by soat.cli.main
     return 0

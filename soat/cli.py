@@ -5,22 +5,27 @@ One convention everywhere: ``--checkpoint MODEL``; seeds as ``--seeds 0-7,9`` (a
 takes exactly two seeds, a task on one image or the panorama sampler one); ``-o`` is a ``.png`` file
 for one image and a folder for several; an existing output is replaced only with ``--force``.
 Arguments and output paths are checked before a model is loaded; every user mistake is one line
-``soat: error: ...`` and exit status 2.
+``soat: error: ...`` and exit status 2 (a mistyped command or choice names the nearest one), and every
+warning one line ``soat: warning: ...``. Every command that takes a model takes ``--offline`` (no download).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import os
 import sys
-from typing import Callable
+import warnings
+from typing import Callable, Iterator
 
 from soat.commands import (cmd_bbox, cmd_blend, cmd_demo, cmd_expand, cmd_generate, cmd_info, cmd_merge, cmd_models,
                            cmd_panorama, cmd_shift, cmd_swap, cmd_translate)
-from soat.errors import SoatError, os_error
+from soat.errors import SoatError, os_error, print_error
 from soat.options import (Seeds, add_backend, add_checkpoint, add_device, add_dtype, add_force, add_layout,
                           finite_float, int_range, number, parse_seeds, seeds_arg)
 from soat.runtime.checks import SIGMA_INDEX
+from soat.runtime.registry import OFFLINE_ENV
 from soat.version import __version__
 
 DEFAULT_MODEL = "random"
@@ -36,6 +41,16 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage block; main() prints it and returns 2
         raise _UsageError(message)
+
+    def _check_value(self, action: argparse.Action, value: object) -> None:
+        """argparse's choice check, naming the nearest choice of a mistyped one (``soat generat``)."""
+        if action.choices is not None and value not in action.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices], n=1)
+            if close:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r}; did you mean {close[0]!r}? "
+                                                     f"(choose from {choices})")
+        super()._check_value(action, value)
 
 
 def _model_options(p: argparse.ArgumentParser, noise_default: str | None = "fixed") -> None:
@@ -56,9 +71,9 @@ def _task(sub, name: str, fn: Callable, help: str, output: str, seeds: int, defa
           noise_default: str | None = "fixed") -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
     _model_options(p, noise_default)
-    what = {1: "one seed", 2: "exactly two seeds, one per image"}[seeds]
+    what, examples = {1: ("one seed", "3"), 2: ("exactly two seeds, one per image", "0,5 or 4-5")}[seeds]
     p.add_argument("--seeds", type=seeds_arg, default=parse_seeds(default_seeds), metavar="SEEDS",
-                   help=f"{what}, in the seed syntax (e.g. 3 or 0,5 or 4-5; default {default_seeds})")
+                   help=f"{what}, in the seed syntax (e.g. {examples}; default {default_seeds})")
     p.add_argument("-o", "--output", default=output, metavar="PNG", help=f"output .png file (default {output})")
     add_force(p)
     p.set_defaults(func=fn)
@@ -92,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the pretrained models --checkpoint accepts by name",
                        description="List the pretrained StyleGAN2 checkpoints that --checkpoint NAME downloads "
-                                   "on first use, and which are already cached.")
+                                   "on first use, and which are already cached; --path NAME says where a file "
+                                   "downloaded elsewhere goes.")
+    p.add_argument("--path", metavar="NAME",
+                   help="print where the file of NAME (a name or an https:// URL) goes in the cache, and nothing else")
     p.set_defaults(func=cmd_models)
 
     p = _task(sub, "blend", cmd_blend, "blend two images at every layer", "blend.png", 2, "0,1")
@@ -153,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_optional_tools(sub)
+    for p in sub.choices.values():
+        if any("--checkpoint" in a.option_strings for a in p._actions):
+            p.add_argument("--offline", action="store_true",
+                           help=f"never download (as {OFFLINE_ENV}=1): a model not in the cache is an error saying "
+                                "where to put its file")
     return parser
 
 
@@ -171,17 +194,41 @@ def _add_optional_tools(sub) -> None:
         adder(sub).set_defaults(func=command)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, as errors are (no file, line or source)."""
+    print(f"soat: warning: {message}", file=sys.stderr if file is None else file)
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """``--offline``: ``SOAT_OFFLINE=1`` for the command (the registry and any worker process read it)."""
+    if not on:
+        yield
+        return
+    before = os.environ.get(OFFLINE_ENV)
+    os.environ[OFFLINE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(OFFLINE_ENV, None)
+        else:
+            os.environ[OFFLINE_ENV] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # --help, --version
             return e.code if isinstance(e.code, int) else 0
-        code = args.func(args)
+        with warnings.catch_warnings(), _offline(getattr(args, "offline", False)):
+            warnings.showwarning = _show_warning  # restored by catch_warnings
+            code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe (soat info | head) is reported here
         return code
     except (SoatError, _UsageError) as e:
-        print(f"soat: error: {e}", file=sys.stderr)
+        print_error(e)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -191,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except OSError as e:  # a full disk, a folder made read-only meanwhile: the system's reason, one line
-        print(f"soat: error: {os_error(e, 'the command')}", file=sys.stderr)
+        print_error(os_error(e, "the command"))
         return 1
 
 

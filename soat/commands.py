@@ -39,6 +39,13 @@ def load_model(args: argparse.Namespace, checkpoint: str | None = None):
                      size=args.size, channel_multiplier=args.channel_multiplier)
 
 
+def centre_truncation(G, args: argparse.Namespace) -> None:
+    """Where the command truncates random styles, sample sigma_bar now under a progress bar of its own (once per
+    model: it is cached), so that the first image's progress is not charged with it."""
+    if args.truncation != 1 and not getattr(args, "codes", None):
+        G.mean_styles(progress=True)
+
+
 def read_codes(G, args: argparse.Namespace) -> torch.Tensor | None:
     """The flat codes of ``--codes`` for ``G`` (``[N, total]``), or None."""
     if not getattr(args, "codes", None):
@@ -80,9 +87,9 @@ def task_seeds(args: argparse.Namespace, count: int) -> list[int]:
 def check_task(args: argparse.Namespace) -> None:
     """Checks shared by the task commands, before loading: the output, the models, the codes file."""
     check_output_file(args.output, args.force)
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     if getattr(args, "checkpoint2", None):
-        check_checkpoint(args.checkpoint2, "--checkpoint2")
+        check_checkpoint(args.checkpoint2, "--checkpoint2", args.backend)
     if getattr(args, "codes", None) and not os.path.isfile(args.codes):
         raise SoatError(f"--codes {args.codes}: file not found")
 
@@ -105,7 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if seeds is None:
         seeds = parse_seeds("0-7") if not args.codes else None
     check_output_folder(args.output, args.force, SeedFiles(seeds) if seeds is not None else [])
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     if args.codes and not os.path.isfile(args.codes):
         raise SoatError(f"--codes {args.codes}: file not found")
     G = load_model(args)
@@ -115,6 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         check_output_folder(args.output, args.force, SeedFiles(seeds))
     os.makedirs(args.output, exist_ok=True)
     from soat.runtime.images import save_png
+    centre_truncation(G, args)
     with torch.no_grad(), tqdm(total=len(seeds), desc="generate", unit="img") as bar:
         for batch in batched(seeds, GENERATE_BATCH):  # z, styles and images per small batch, never all at once
             images = G.generate(styles_for(G, args, batch, codes), noise=args.noise)
@@ -127,7 +135,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from soat.runtime.chain import build_chain
-    check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint, backend=args.backend)
     import soat
     G = soat.load(args.checkpoint, backend=args.backend, size=args.size, channel_multiplier=args.channel_multiplier)
     c = G.config
@@ -144,13 +152,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from soat.runtime.registry import REGISTRY
-    from soat.runtime.sources import cache_dir
-    folder = os.path.join(cache_dir(), "models")
+    from soat.runtime.registry import OFFLINE_ENV, REGISTRY, cached_path
+    from soat.runtime.sources import MODELS, cache_dir, model_path
+    if args.path:
+        print(model_path(args.path))
+        return 0
+    folder = os.path.join(cache_dir(), MODELS)
     print(f"pretrained models (downloaded on first use into {folder}):")
     for e in REGISTRY.values():
-        mark = "cached" if os.path.isfile(os.path.join(folder, e.filename)) else ""
+        mark = "cached" if os.path.isfile(cached_path(e.name, folder)) else ""
         print(f"  {e.name:<15} {e.size:>5}px  {e.description}  {mark}".rstrip())
+    print(f"A file downloaded elsewhere goes where `soat models --path NAME` says; with --offline ({OFFLINE_ENV}=1) "
+          "nothing is downloaded.")
     return 0
 
 
@@ -164,6 +177,7 @@ def prepared(args: argparse.Namespace, count: int, boxes: dict[str, tuple] | Non
     G = load_model(args)
     if boxes:
         check_boxes(boxes, G.size)
+    centre_truncation(G, args)
     return G, styles_per_seed(G, args, seeds)
 
 
@@ -184,6 +198,7 @@ def cmd_panorama(args: argparse.Namespace) -> int:
     (seed,) = task_seeds(args, 1)
     check_task(args)
     G = load_model(args)
+    centre_truncation(G, args)
     styles = G.panorama_styles(args.n, seed=seed, truncation=args.truncation)
     save(G.panorama(styles, noise=args.noise, progress=True), args.output)
     return 0
@@ -217,6 +232,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_task(args)
     G1, G2 = load_model(args), load_model(args, args.checkpoint2)
     # as in the reference, both style lists come from generator 2's mapping network
+    centre_truncation(G2, args)
     a, b = styles_per_seed(G2, args, seeds)
     save(soat.translate(G1, G2, a, b, num_swap=args.num_swap, alpha=args.alpha, early_alpha=args.early_alpha,
                         noise=args.noise), args.output)

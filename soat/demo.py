@@ -105,6 +105,8 @@ def run_demo(out_dir: str, checkpoint: str = "random:0", checkpoint2: str | None
     kw = dict(size=size, channel_multiplier=channel_multiplier, device=device, dtype=dtype)
     G = soat.load(checkpoint, **kw)
     G2 = soat.load(checkpoint2, **kw) if checkpoint2 else None
+    for model in [m for m in (G, G2) if m is not None]:
+        model.mean_styles(progress=True)  # the tasks truncate: sigma_bar under its own bar, not the first task's
     entries = []
     with torch.no_grad():
         for name, caption, make in tqdm(demo_tasks(G, G2), desc="demo", unit="task"):

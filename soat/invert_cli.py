@@ -8,31 +8,37 @@ import os
 import torch
 
 from .errors import SoatError
-from .options import (CHECKPOINT_HELP, add_checkpoint, add_device, add_force, add_layout, check_checkpoint,
-                      check_output_file, finite_float, int_range)
+from .options import (CHECKPOINT_HELP, add_backend, add_checkpoint, add_device, add_dtype, add_force, add_layout,
+                      check_checkpoint, check_output_file, finite_float, int_range)
 from .runtime.codes import save_codes
+from .runtime.manifest import export_graph_format
 from .runtime.images import atomic_output, save_png
+from .runtime.inversion import VGG16_FILE
 from .loader import load
 from .runtime.sources import convert
 
 
 # ---- soat invert -------------------------------------------------------------------------------
 def add_invert_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``soat invert IMAGE... -o codes.pt [--steps N] [--checkpoint MODEL]``."""
+    """``soat invert IMAGE... -o codes.pt [--steps N] [--checkpoint MODEL] [--backend fast --dtype bf16]``: the
+    fast path (``--backend fast``, ``auto`` for fp16/bf16) inverts too, its kernels running their torch references
+    where gradients flow."""
     p = sub.add_parser("invert", help="fit sigma codes to photos (GAN inversion)",
                        description="Invert images into sigma space; the codes file feeds --codes of the tasks.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format and mode)")
     p.add_argument("-o", "--output", required=True, metavar="CODES.pt", help="codes file to write (.pt)")
     add_checkpoint(p)
+    add_backend(p, differentiable=True)
     add_layout(p)
     add_device(p)
+    add_dtype(p)
     p.add_argument("--steps", type=int_range(1, 1_000_000), default=1000, help="optimisation steps (default 1000)")
     p.add_argument("--prior-weight", type=finite_float, default=1e-3,
                    help="Gaussian prior weight, 0 = off (default 1e-3)")
     p.add_argument("--lr", type=finite_float, default=0.05, help="peak learning rate (default 0.05)")
     p.add_argument("--lpips", default="auto",
-                   help="'auto' (LPIPS when the lpips package and VGG16 weights are on disk), 'off', "
-                        "or the path of vgg16-397923af.pth")
+                   help=f"'auto' (LPIPS when the lpips package is installed and {VGG16_FILE} is in torch hub's "
+                        f"checkpoints folder; nothing is downloaded), 'off', or the path of {VGG16_FILE}")
     p.add_argument("--preview", metavar="PNG", help="also write the reconstructed images here (.png)")
     add_force(p)
     return p
@@ -45,8 +51,12 @@ def cmd_invert(args: argparse.Namespace) -> int:
     missing = [im for im in args.images if not os.path.isfile(im)]
     if missing:
         raise SoatError(f"image not found: {missing[0]}")
-    check_checkpoint(args.checkpoint)
-    G = load(args.checkpoint, device=args.device, size=args.size, channel_multiplier=args.channel_multiplier)
+    if export_graph_format(args.checkpoint) is not None:
+        raise SoatError(f"--checkpoint {args.checkpoint} is an export folder, whose graphs give no gradients; invert "
+                        "with the checkpoint it was exported from")
+    check_checkpoint(args.checkpoint, backend=args.backend)
+    G = load(args.checkpoint, backend=args.backend, device=args.device, dtype=args.dtype, size=args.size,
+             channel_multiplier=args.channel_multiplier)
     codes = G.invert(args.images, steps=args.steps, lpips=args.lpips, prior_weight=args.prior_weight, lr=args.lr,
                      progress=True)
     with atomic_output(args.output) as tmp:

@@ -18,7 +18,8 @@ from .runtime.checks import check_device, check_source
 from .runtime.config import check_layout
 from .runtime.capabilities import AUTO, BACKEND_CHOICES, EXPORT_BACKENDS, backend_spec, check_runs, precision
 from .runtime.generator import Generator
-from .runtime.manifest import Manifest, check_format, check_matches, load_mean_styles, load_noise, read_manifest
+from .runtime.manifest import (Manifest, check_format, check_matches, export_backend, load_mean_styles, load_noise,
+                               read_manifest)
 from .runtime.sources import load_weights
 
 _UNSET = object()
@@ -48,7 +49,8 @@ def load(source: str | os.PathLike = "random", backend: str = AUTO, device: str 
         backend: one of ``capabilities.BACKENDS`` (``torch``: the reference arithmetic, ``fast``:
             shared-weight convs and fused Triton layer kernels, ``onnxruntime`` / ``tensorrt``: an ONNX
             export folder, a checkpoint being exported into the cache first, ``aoti``: an AOTInductor
-            export folder) or ``auto`` (``fast`` for fp16/bf16, ``torch`` for fp32).
+            export folder) or ``auto``: for an export folder the backend of the graph format its manifest
+            states (``onnxruntime`` or ``aoti``), else ``fast`` for fp16/bf16 and ``torch`` for fp32.
         device: ``cpu`` or ``cuda``.
         dtype: ``fp32``, ``fp16`` or ``bf16``.
         size, channel_multiplier: the layout; inferred from a checkpoint (given values are
@@ -71,7 +73,7 @@ def load(source: str | os.PathLike = "random", backend: str = AUTO, device: str 
     dev, dt = check_device(device), parse_dtype(dtype)
     if not isinstance(cuda_graphs, bool):
         raise SoatError(f"cuda_graphs={cuda_graphs!r} must be True or False")
-    backend = resolve_backend(backend, dt)
+    backend = resolve_backend(export_backend(source, backend), dt)
     check_runs(backend, dt)
     if backend in EXPORT_BACKENDS:
         return _load_export(source, backend, dev, dt, size, channel_multiplier, cuda_graphs)

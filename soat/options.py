@@ -16,16 +16,24 @@ from .errors import SoatError
 from .runtime.config import SUPPORTED_SIZES
 from .runtime.capabilities import AUTO, BACKEND_CHOICES, BACKENDS, PRECISION_NAMES
 from .runtime.checks import MAX_SEED, check_device, check_float, check_int, check_seed, random_seed
+from .runtime.manifest import export_backend
 from .runtime.registry import REGISTRY, entry_for, is_remote
 
 DTYPE_CHOICES = PRECISION_NAMES
 CHECKPOINT_HELP = ("model: a registry name (" + ", ".join(REGISTRY) + "; downloaded once), an https:// URL, "
                    "a rosinality/SOAT .pt, an NVIDIA .pkl, a soat .safetensors, an export folder, "
                    "or random[:SEED] for the embedded random-weights model")
-# one clause per backend, from the table: "torch (the reference arithmetic in plain torch), ..."
-BACKEND_HELP = (f"{AUTO} (fast for fp16/bf16, else torch), "
-                + ", ".join(f"{b.name} ({b.summary})" for b in BACKENDS)
-                + "; an export backend given a checkpoint exports it into the cache first")
+_WEIGHTS_AUTO = "fast for fp16/bf16, else torch"
+_DIFFERENTIABLE = tuple(b for b in BACKENDS if b.differentiable)
+
+
+def _backend_clauses(specs) -> str:
+    """One clause per backend, from the table: "torch (the reference arithmetic in plain torch), ..."."""
+    return ", ".join(f"{b.name} ({b.summary})" for b in specs)
+
+
+BACKEND_HELP = (f"{AUTO} (an export folder's own backend, named by its manifest; else {_WEIGHTS_AUTO}), "
+                + _backend_clauses(BACKENDS) + "; an export backend given a checkpoint exports it into the cache first")
 _SEED_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 _LOOKUPS = 1024  # output names looked up one by one; more are matched against the folder's listing
 
@@ -137,10 +145,13 @@ def int_range(lo: int, hi: int | None = None, what: str = "an integer"):
     return number(int, lo, hi, what)
 
 
-def check_checkpoint(source: str, flag: str = "--checkpoint") -> str:
-    """A model source that can be loaded: an existing path, random[:SEED], a registry name or a URL."""
+def check_checkpoint(source: str, flag: str = "--checkpoint", backend: str | None = None) -> str:
+    """A model source that can be loaded: an existing path, random[:SEED], a registry name or a URL; with the
+    command's ``backend``, an export folder must be of a format that backend runs (``--backend auto`` picks it)."""
     if random_seed(source, flag) is not None:
         return source
+    if backend is not None:
+        export_backend(source, backend, "--backend")
     if os.path.exists(source) or is_remote(source):
         return source
     raise SoatError(f"checkpoint not found: {source!r} ({flag} takes {CHECKPOINT_HELP})")
@@ -176,8 +187,14 @@ def add_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help="precision (default fp32)")
 
 
-def add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default=AUTO, choices=BACKEND_CHOICES, help=BACKEND_HELP)
+def add_backend(p: argparse.ArgumentParser, differentiable: bool = False) -> None:
+    """``--backend``; ``differentiable``: only the backends whose outputs carry gradients (inversion)."""
+    if differentiable:
+        choices = (AUTO, *(b.name for b in _DIFFERENTIABLE))
+        text = f"{AUTO} ({_WEIGHTS_AUTO}), " + _backend_clauses(_DIFFERENTIABLE)
+    else:
+        choices, text = BACKEND_CHOICES, BACKEND_HELP
+    p.add_argument("--backend", default=AUTO, choices=choices, help=text)
 
 
 def add_force(p: argparse.ArgumentParser) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,7 +19,7 @@ import soat
 from soat import commands
 from soat.cli import build_parser, main, parse_seeds
 from soat.errors import SoatError
-from soat.runtime.capabilities import BACKEND_CHOICES
+from soat.runtime.capabilities import AUTO, BACKEND_CHOICES, BACKENDS
 
 SMALL = ["--size", "32", "--channel-multiplier", "1"]
 TINY = ["--size", "8", "--channel-multiplier", "1"]
@@ -90,7 +92,7 @@ def test_info_prints_layout_and_survives_a_closed_pipe(capsys):
 def test_info_offers_only_what_it_uses():
     sub = subparsers()["info"]
     flags = {s for a in sub._actions for s in a.option_strings}
-    assert flags == {"-h", "--help", "--checkpoint", "--backend", "--size", "--channel-multiplier"}
+    assert flags == {"-h", "--help", "--checkpoint", "--backend", "--size", "--channel-multiplier", "--offline"}
 
 
 @pytest.mark.parametrize("argv, size", [
@@ -225,6 +227,10 @@ def test_bench_help_names_the_tasks(capsys):
     (["generate", "--truncation", "nan"], "finite"),
     (["generate", "--checkpoint", "random:99999999999999999999999"], "seed of the random model"),
     (["generate", "--checkpoint", "missing.pt"], "checkpoint not found"),
+    (["generate", "--checkpoint", "random:abc"], "neither a file nor the random model, which is written random or "
+                                                 "random:SEED"),
+    (["generate", "--checkpoint", "Random:3"], "e.g. random:3"),
+    (["info", "--checkpoint", "random-3"], "e.g. random:3"),
     (["generate", "-o", "x.png"], "folder"),
     (["blend", "--seeds", "1"], "exactly 2 seeds"),
     (["blend", "--seeds", "1-3"], "exactly 2 seeds"),
@@ -244,6 +250,8 @@ def test_bench_help_names_the_tasks(capsys):
     (["bench", "--dtypes", "fp64"], "fp64"),
     (["bench", "--batches", "0"], "batch sizes"),
     (["frobnicate"], "invalid choice"),
+    (["generat"], "invalid choice: 'generat'; did you mean 'generate'?"),
+    (["blend", "--dtype", "fp61"], "did you mean 'fp16'?"),
     ([], "required"),
 ])
 def test_user_errors_are_one_line_and_status_2(argv, says, capsys, tmp_path, monkeypatch, no_load):
@@ -278,6 +286,56 @@ def test_errors_after_loading_are_one_line_too(capsys, tmp_path):
     one_line_error(capsys, "checkpoint not found")
 
 
+def test_serve_without_its_extra_says_how_to_add_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn fails as where it is not installed
+    assert main(["serve"]) == 2
+    one_line_error(capsys, "soat serve needs the serve extra (uvicorn is missing)", "pip install -e '.[serve]'")
+
+
+def test_install_hint_fits_how_soat_was_installed(monkeypatch):
+    from soat.errors import install_hint
+    assert install_hint("serve").endswith("pip install -e '.[serve]'")  # here: an editable install of a checkout
+
+    class Wheel:
+        def read_text(self, name):
+            return None  # a wheel's metadata has no direct_url.json
+    monkeypatch.setattr("importlib.metadata.distribution", lambda name: Wheel())
+    assert install_hint("serve") == "pip install 'soat[serve]'"
+
+
+def test_invert_on_the_fast_path_with_its_warning_as_one_line(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(img)
+    argv = ["invert", str(img), "-o", str(tmp_path / "c.pt"), "--checkpoint", "random:8", *TINY, "--steps", "2",
+            "--backend", "fast", "--dtype", "bf16"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "LPIPS is off" in line]  # 8 px: too small for LPIPS
+    assert len(warned) == 1 and warned[0].startswith("soat: warning: LPIPS is off") and "UserWarning" not in err
+    codes = soat.load_codes(tmp_path / "c.pt", soat.load("random:8", size=8, channel_multiplier=1))
+    assert codes.shape == (1, 2560) and torch.equal(codes, codes.bfloat16().float())  # fitted in bf16
+    assert main([*argv[:-4], "--backend", "onnxruntime", "--force"]) == 2
+    one_line_error(capsys, "invalid choice: 'onnxruntime'")
+
+
+def test_models_path_says_where_a_file_goes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path))
+    assert main(["models", "--path", "soat-church"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path / 'models' / 'soat-church.pt'}\n"
+    assert main(["models"]) == 0
+    assert "soat models --path NAME" in capsys.readouterr().out
+    assert main(["models", "--path", "soat-chruch"]) == 2
+    one_line_error(capsys, "'soat-chruch' is neither a model name")
+
+
+def test_offline_flag_lasts_for_the_command(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("SOAT_OFFLINE", raising=False)
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path))  # nothing cached: offline must refuse
+    assert main(["info", "--checkpoint", "soat-church", "--offline"]) == 2
+    one_line_error(capsys, "soat-church is not in the cache and SOAT_OFFLINE=1 (--offline)", "soat-church.pt")
+    assert "SOAT_OFFLINE" not in os.environ
+
+
 # ---- the parser's contract ---------------------------------------------------------------------
 def subparsers() -> dict[str, argparse.ArgumentParser]:
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
@@ -306,12 +364,25 @@ def test_enumerated_options_have_choices_and_one_seed_syntax():
         assert "--checkpoint" in actions or name == "models", name
         if "--dtype" in actions:
             assert set(actions["--dtype"].choices) == {"fp32", "fp16", "bf16"}, name
-        if "--backend" in actions:
-            assert tuple(actions["--backend"].choices) == BACKEND_CHOICES, name
+        if "--backend" in actions:  # inversion needs gradients: the differentiable backends of the table
+            differentiable = (AUTO, *(b.name for b in BACKENDS if b.differentiable))
+            want = differentiable if name == "invert" else BACKEND_CHOICES
+            assert tuple(actions["--backend"].choices) == want, name
         if "--channel-multiplier" in actions:
             assert list(actions["--channel-multiplier"].choices) == [1, 2], name
         if "--size" in actions:
             assert 0 not in actions["--size"].choices, name
+
+
+TASK_SEEDS = {"blend": 2, "merge": 2, "bbox": 2, "swap": 2, "translate": 2, "panorama": 1, "expand": 1, "shift": 1}
+
+
+@pytest.mark.parametrize("name", list(TASK_SEEDS))
+def test_seed_examples_in_help_fit_the_task(name):
+    """Every example a task's --seeds help gives is a valid --seeds for it (two seeds only for two-image tasks)."""
+    action = next(a for a in subparsers()[name]._actions if "--seeds" in a.option_strings)
+    examples = re.search(r"e\.g\. (.*?);", action.help).group(1).split(" or ")
+    assert examples and all(len(parse_seeds(e)) == TASK_SEEDS[name] for e in examples), action.help
 
 
 @pytest.mark.parametrize("text, seeds", [("0-3,7", [0, 1, 2, 3, 7]), ("5", [5]), ("4294967295", [4294967295])])

@@ -7,6 +7,7 @@ level apart on at most 0.1% of them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -131,19 +132,12 @@ def test_columns_read_the_panorama_geometry_from_the_manifest(soat_cpp, export_d
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "c.png").exists()
 
 
-SERVICE_CMAKE = """cmake_minimum_required(VERSION 3.18)
-project(service LANGUAGES CXX)
-set(CMAKE_CXX_STANDARD 17)
-find_package(soat REQUIRED)
-add_executable(service main.cpp)
-target_link_libraries(service PRIVATE soat::soat)
-"""
-SERVICE_MAIN = """#include <soat/soat.h>
-int main(int argc, char** argv) {
-  soat::Generator G(argv[1]);
-  soat::save_png(G.generate(G.styles(G.seed_z({3}), 0.7)), argv[2]);
-}
-"""
+def readme_service() -> tuple[str, str]:
+    """The README's embedding example, compiled as it stands: its ``CMakeLists.txt`` and ``main.cpp`` blocks."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        section = f.read().split("### C++ embedding", 1)[1]
+    cmake, main = (re.search(rf"```{lang}\n(.*?)```", section, re.S).group(1) for lang in ("cmake", "cpp"))
+    return cmake, main
 
 
 def _run(cmd) -> None:
@@ -156,16 +150,22 @@ def _pixels(path) -> np.ndarray:
 
 
 def test_a_service_links_the_installed_package(soat_cpp, export_dir, tmp_path):
-    """The README's embedding: `cmake --install`, then a project of its own with find_package(soat) and
-    soat::soat; its image and the installed soat-cpp's equal the build tree's soat-cpp."""
+    """The README's embedding: `cmake --install`, then the README's own project (find_package(soat), soat::soat);
+    its image and the installed soat-cpp's equal the build tree's soat-cpp."""
     prefix, app = tmp_path / "prefix", tmp_path / "service"
     _run(["cmake", "--install", BUILD, "--prefix", prefix])
     app.mkdir()
-    (app / "CMakeLists.txt").write_text(SERVICE_CMAKE)
-    (app / "main.cpp").write_text(SERVICE_MAIN)
+    cmake, main = readme_service()
+    (app / "CMakeLists.txt").write_text(cmake)
+    (app / "main.cpp").write_text(main)
     _run(["cmake", "-S", app, "-B", app / "build", f"-DCMAKE_PREFIX_PATH={prefix};{torch.utils.cmake_prefix_path}"])
     _run(["cmake", "--build", app / "build"])
-    _run([app / "build" / "service", export_dir, tmp_path / "service.png"])
+    _run([app / "build" / "my_service", export_dir, tmp_path / "service.png"])
+    usage = subprocess.run([str(app / "build" / "my_service")], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: my_service")
+    broken = subprocess.run([str(app / "build" / "my_service"), str(tmp_path / "none"), str(tmp_path / "x.png")],
+                            capture_output=True, text=True)
+    assert broken.returncode == 1 and len(broken.stderr.splitlines()) == 1 and "no manifest.json" in broken.stderr
     _run([prefix / "bin" / "soat-cpp", "generate", export_dir, "--seed", "3", "-o", tmp_path / "installed.png"])
     _run([soat_cpp, "generate", export_dir, "--seed", "3", "-o", tmp_path / "build.png"])
     want = _pixels(tmp_path / "build.png")

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import os
 import re
+import socket
 import threading
 
 import pytest
@@ -215,3 +216,71 @@ def test_cli_checkpoint_by_name(server, cache, model_bytes, monkeypatch, tmp_pat
     out = tmp_path / "x.safetensors"
     assert main(["convert", "--checkpoint", entry.name, "-o", str(out)]) == 0
     assert soat.load(str(out)).fingerprint == soat.load(entry.name).fingerprint
+
+
+# ---- bring your own file: offline, and files put into the cache by hand --------------------------
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection (urllib's and any other socket's) fails the test: offline means none is tried."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was touched")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def test_offline_names_the_file_and_a_file_put_there_by_hand_loads(server, cache, model_bytes, monkeypatch,
+                                                                   no_network, capsys):
+    from soat.cli import main
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    entry = register(monkeypatch, server, "byo.safetensors", model_bytes, nbytes=len(model_bytes), sha256=digest)
+    monkeypatch.setenv("SOAT_OFFLINE", "1")
+    with pytest.raises(SoatError) as e:
+        soat.load(entry.name)
+    path = cache / "byo.safetensors"
+    assert f"not in the cache and SOAT_OFFLINE=1 (--offline) forbids downloading it: put byo.safetensors " \
+           f"({len(model_bytes):,} bytes, SHA-256 {digest}) at {path}" in str(e.value)
+    assert main(["models", "--path", entry.name]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    path.write_bytes(model_bytes[:-1] + b"\0")  # a wrong file where the registry publishes the hash: refused
+    with pytest.raises(SoatError, match="does not match its SHA-256"):
+        soat.load(entry.name)
+    path.write_bytes(model_bytes)
+    assert soat.load(entry.name).fingerprint == soat.load("random:3", size=8, channel_multiplier=1).fingerprint
+    assert (cache / "byo.safetensors.sha256").read_text().split()[:2] == [digest, str(len(model_bytes))]
+    assert server.requests == []
+
+
+def test_a_file_put_by_hand_is_recorded_once_it_loads(server, cache, model_bytes, monkeypatch, no_network):
+    """Where nothing is published, a file put by hand must load before it is recorded like a download."""
+    entry = register(monkeypatch, server, "hand.safetensors", model_bytes)
+    cache.mkdir(parents=True)
+    path, record = cache / "hand.safetensors", cache / "hand.safetensors.sha256"
+    path.write_bytes(b"not a model")
+    with pytest.raises(SoatError, match=rf"{re.escape(str(path))}, put into the cache for test-hand.safetensors, is "
+                                        r"not a model soat can read .*; replace it with hand.safetensors from http"):
+        soat.load(entry.name)
+    assert not record.exists()
+    path.write_bytes(model_bytes)
+    assert soat.load(entry.name).size == 8
+    assert record.read_text().split()[:2] == [hashlib.sha256(model_bytes).hexdigest(), str(len(model_bytes))]
+    path.write_bytes(model_bytes[:-1] + b"\0")  # changed after it was recorded
+    with pytest.raises(SoatError, match="does not match its SHA-256"):
+        soat.load(entry.name)
+
+
+def test_unreachable_server_says_where_the_file_goes(cache, model_bytes, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = Entry("test-gone", f"http://127.0.0.1:{port}/gone.pt", "gone.pt", 8, "test model", "tests")
+    monkeypatch.setitem(REGISTRY, entry.name, entry)
+    with pytest.raises(SoatError, match=rf"download of test-gone failed: .*; run again to resume, or put gone.pt "
+                                        rf"\(size and SHA-256 not published; recorded when it first loads\) at "
+                                        rf"{re.escape(str(cache / 'gone.pt'))} \(download it from http"):
+        soat.load(entry.name)
+
+
+def test_offline_takes_1_or_0(cache, monkeypatch):
+    monkeypatch.setenv("SOAT_OFFLINE", "yes")
+    with pytest.raises(SoatError, match=r"SOAT_OFFLINE='yes' must be 1 \(never download\) or 0"):
+        soat.load("soat-church")

@@ -200,6 +200,23 @@ def test_tampered_export_is_refused(export_dir, tmp_path, tamper, message):
     assert message in str(err.value)
 
 
+def test_an_export_folder_needs_no_backend(export_dir, tmp_path, capsys, monkeypatch):
+    """The manifest says which backend runs a folder; a backend that cannot is one line naming the one that can,
+    spelled as the caller spells it (before any model loads, on the command line)."""
+    from soat.cli import main
+    assert soat.load(export_dir).backend.name == "onnxruntime"
+    out = tmp_path / "e.png"
+    assert main(["expand", "--checkpoint", export_dir, "--seeds", "3", "-o", str(out)]) == 0 and out.exists()
+    with pytest.raises(soat.SoatError, match=r"holds onnx graphs, which backend='torch' does not run; leave backend "
+                                             r"out or use backend='onnxruntime'$"):
+        soat.load(export_dir, backend="torch")
+    monkeypatch.setattr(soat, "load", lambda *a, **k: pytest.fail("loaded before the arguments were checked"))
+    assert main(["blend", "--checkpoint", export_dir, "--backend", "fast", "-o", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"soat: error: export {export_dir!r} holds onnx graphs, which --backend fast does not run; leave "
+                   "--backend out or use --backend onnxruntime\n")
+
+
 def test_load_checks_dtype_and_layout_against_the_export(export_dir):
     with pytest.raises(soat.SoatError, match="is fp32 but dtype='fp16'"):
         soat.load(export_dir, backend="onnxruntime", dtype="fp16")

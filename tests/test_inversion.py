@@ -17,7 +17,7 @@ from PIL import Image
 
 import soat
 from soat.runtime.codes import load_codes, save_codes
-from soat.runtime.inversion import (LPIPS_WEIGHT, PRIOR_SAMPLES, PRIOR_SEED, VGG16_FILE, inversion_loss,
+from soat.runtime.inversion import (LPIPS_WEIGHT, PRIOR_SAMPLES, PRIOR_SEED, VGG16_FILE, VGG16_SHA256, inversion_loss,
                                     load_targets, lr_schedule, perceptual_loss, sigma_prior)
 from soat.invert_cli import add_invert_parser, cmd_invert
 from soat.runtime.styles import flatten_styles
@@ -145,6 +145,16 @@ def test_lpips_options(g8, tmp_path, monkeypatch):
             g8.invert(torch.zeros(1, 3, 8, 8), lpips=False, **bad)
 
 
+def test_lpips_off_says_what_is_missing_and_where_it_goes(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.warns(UserWarning) as record:
+        assert perceptual_loss("auto", torch.device("cpu"), 16) is None
+    (message,) = [str(w.message) for w in record]
+    assert message.startswith("LPIPS is off, so inverting with MSE + prior only")
+    assert f"no VGG16 weights at {tmp_path / 'checkpoints' / VGG16_FILE}: put {VGG16_FILE} there (553,433,881 " \
+           f"bytes, SHA-256 {VGG16_SHA256}, from https://download.pytorch.org/models/{VGG16_FILE})" in message
+
+
 def test_lpips_backbone_is_read_from_the_weights_file(tmp_path):
     """Where lpips is installed: the VGG16 file's tensors become LPIPS' backbone, with nothing downloaded."""
     lpips = pytest.importorskip("lpips")
@@ -188,6 +198,16 @@ def test_prior_pulls_codes_towards_the_mean(g32, fits):
     assert (near < 0.5 * free).all(), (near, free)
     with torch.no_grad():
         assert (psnr(g32.generate(codes[1e-3]), target) > 18).all()
+
+
+def test_fast_path_inversion_matches_the_torch_path(g32, fits):
+    """The fast backend inverts too (gradients flow through its kernels' torch references): a few steps from the
+    same start give the torch path's codes to 1e-4."""
+    target, _ = fits
+    fast = soat.load("random:1", size=32, channel_multiplier=1, backend="fast")
+    codes = {G.backend.name: G.invert(target, steps=5, lpips=False) for G in (g32, fast)}
+    assert not torch.equal(codes["fast"], sigma_prior(fast).mean)  # the codes moved: gradients reached them
+    assert rel_err(codes["fast"], codes["torch"]) < 1e-4
 
 
 def test_batched_inversion_equals_one_at_a_time(g8):

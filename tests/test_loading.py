@@ -320,3 +320,40 @@ def test_stored_mean_styles_are_checked():
                         (torch.full((1, total), float("nan")), "NaN or inf")):
         with pytest.raises(soat.SoatError, match=needle):
             Generator(G.backend, G.config, G.fixed_noise, mean_styles=bad)
+
+
+# ---- the sampled truncation centre and warm-up ------------------------------------------------------
+
+def test_sampled_centre_is_computed_once_per_model_backend_and_precision(tmp_path, monkeypatch):
+    from soat.runtime import generator, styles
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(styles, "MEAN_STYLE_SAMPLES", 300)  # a cheap centre (the file's key names the count)
+    want = soat.flatten_styles(soat.load("random:4", size=8, channel_multiplier=1).mean_styles())
+    (kept,) = (tmp_path / "mean_w").iterdir()
+
+    def resample(*args, **kwargs):
+        raise AssertionError("sampled again")
+    with monkeypatch.context() as m:
+        m.setattr(generator, "mean_w", resample)
+        again = soat.load("random:4", size=8, channel_multiplier=1)
+        assert torch.equal(soat.flatten_styles(again.mean_styles()), want) and again.mean_source == "sampled"
+    soat.load("random:4", size=8, channel_multiplier=1, backend="fast").mean_styles()  # another backend: its own
+    assert len(list((tmp_path / "mean_w").iterdir())) == 2
+    kept.write_bytes(b"not an array")  # a broken file is sampled again, to the same bits
+    assert torch.equal(soat.flatten_styles(soat.load("random:4", size=8, channel_multiplier=1).mean_styles()), want)
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(kept))  # a cache that cannot be written costs time, never a result
+    assert torch.equal(soat.flatten_styles(soat.load("random:4", size=8, channel_multiplier=1).mean_styles()), want)
+
+
+def test_warmup_off_cuda_checks_its_arguments_and_runs_nothing(monkeypatch):
+    G = soat.load("random:4", size=8, channel_multiplier=1)
+
+    def ran(*args, **kwargs):
+        raise AssertionError("warmup ran something on the CPU")
+    monkeypatch.setattr(G, "generate", ran)
+    monkeypatch.setattr(G, "mean_styles", ran)
+    G.warmup("generate", batch=8)
+    with pytest.raises(soat.SoatError, match="task='panorama' cannot be warmed up"):
+        G.warmup("panorama")
+    with pytest.raises(soat.SoatError, match="batch=0"):
+        G.warmup("generate", batch=0)

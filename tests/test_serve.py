@@ -129,11 +129,9 @@ def test_cli_parser_and_usage_errors(capsys):
     cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--checkpoint", "/nonexistent/g.pt", "--port", "9"])
     assert (args.host, args.port, args.device, args.dtype, args.truncation) == ("127.0.0.1", 9, "cpu", "fp32", 0.7)
-    assert args.func(args) == 2
-    assert "/nonexistent/g.pt" in capsys.readouterr().err
-    args = parser.parse_args(["serve", "--max-batch", "0"])
-    assert cli.run(args) == 2
-    assert "--max-batch=0" in capsys.readouterr().err
+    code, err = serve_cli(capsys, "--port", "9")
+    assert code == 2 and len(err) == 1 and err[0].startswith("soat: error: ") and "/nonexistent/g.pt" in err[0]
+    assert serve_cli(capsys, "--max-batch", "0") == (2, ["soat: error: --max-batch=0 must be >= 1"])
 
 
 # ---- the stream ------------------------------------------------------------------------------
@@ -526,17 +524,18 @@ def test_the_eta_follows_the_queue(cpu_url):
 def serve_cli(capsys, *flags: str) -> tuple[int, list[str]]:
     """``soat serve FLAGS`` in this process: exit status and stderr lines (a bad checkpoint would fail
     later, so an error about the port shows that the port was checked before loading)."""
-    from soat.serve import cli
-    parser = argparse.ArgumentParser(prog="soat")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--checkpoint", "/nonexistent/g.pt", *flags])
-    return cli.run(args), capsys.readouterr().err.strip().splitlines()
+    from soat.cli import main
+    return main(["serve", "--checkpoint", "/nonexistent/g.pt", *flags]), capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_cli_invalid_port_is_one_line_and_exit_2(capsys, port):
     assert serve_cli(capsys, "--port", port) == (
-        2, [f"soat serve: --port={port} is out of range; allowed: 0 <= port <= 65535"])
+        2, [f"soat: error: --port={port} is out of range; allowed: 0 <= port <= 65535"])
+
+
+def test_cli_errors_share_soat_s_one_line(capsys):
+    assert serve_cli(capsys, "--workers", "0") == (2, ["soat: error: --workers=0 must be >= 1"])
 
 
 def test_cli_busy_port_is_one_line_and_exit_2_before_loading(capsys):
@@ -546,7 +545,7 @@ def test_cli_busy_port_is_one_line_and_exit_2_before_loading(capsys):
         busy.listen()
         port = busy.getsockname()[1]
         assert serve_cli(capsys, "--port", str(port)) == (
-            2, [f"soat serve: port {port} on 127.0.0.1 is in use by another program; choose another with --port"])
+            2, [f"soat: error: port {port} on 127.0.0.1 is in use by another program; choose another with --port"])
 
 
 def test_cli_prints_the_url_only_once_listening():

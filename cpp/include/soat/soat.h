@@ -4,6 +4,9 @@
 //   auto s = G.styles(G.seed_z({7}), 0.7);             // z (as `soat generate --seeds 7`) -> sigma list, truncated
 //   soat::save_png(G.generate(s), "out.png");         // [B, 3, R, R] in [-1, 1]
 //
+// A whole service around these lines (its CMakeLists.txt and main.cpp, which tests/test_cpp.py builds against the
+// installed package): README.md, "C++ embedding".
+//
 // Tasks: generate, blend (horizontal/vertical), merge_extension, expand and the endless panorama's
 // columns(seed, start, width); the feature ops between graphs are ATen calls, and runs of layers go as the
 // manifest's plan says (format 5: consecutive styled convs through the export's linked graphs, no modulation
