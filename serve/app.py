@@ -8,12 +8,14 @@ Routes:
     ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
                                               pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
     ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
+    ``GET /metrics``                          Prometheus metrics (``metrics``).
 Malformed or out-of-range queries get a 400 with ``{"error": message}``; a range request beyond the
 limits below gets a 503 with ``Retry-After``.
 
 Every generator call runs on one worker thread, so the event loop stays responsive and
 the model is never entered twice at once. Streams go through the ``SpanBatcher``; tiles are
-encoded by a pool of ``encoders`` threads (Pillow releases the GIL while it encodes).
+stitched and encoded by a pool of ``encoders`` threads, JPEG tiles on the GPU instead where nvJPEG
+runs (``encoders.frame_encoder``: ``jpeg_encoder``).
 
 PNG ranges are computed span by span (each span alone, as ``panorama_columns`` does, so the
 pixels are exact), and only one range span at a time is handed to the worker (requests
@@ -55,10 +57,12 @@ from ..runtime.endless import SpanKey, column_pieces, span, spans, stitch
 from ..runtime.images import to_uint8
 from ..version import __version__
 from .batcher import SpanBatcher, SpanSource
+from .encoders import frame_encoder
 from .guard import AllowedHosts, HostGuard
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
-from .stream import close_with_error, serve_stream
+from .stream import LiveStreams, refuse, serve_stream
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
@@ -75,7 +79,8 @@ class Server:
 
     def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
                  encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans,
-                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S):
+                 max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
+                 jpeg_encoder: str = "auto"):
         self.G = G
         self.truncation = truncation
         self.streams = Admission(max_streams, max_streams_per_client, "the server has {n} streams open; try later",
@@ -84,13 +89,18 @@ class Server:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
         self.encoder = ThreadPoolExecutor(encoders, thread_name_prefix="soat-encode")
         self.encoders = encoders
-        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, span_source=span_source)
+        self.frames = frame_encoder(jpeg_encoder, G.device, self.encoder)
+        self.live = LiveStreams()
+        self.metrics = ServerMetrics(G.device, lambda: (self.streams.total, self.batcher.pending))
+        self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, span_source=span_source,
+                                   on_batch=self.metrics.batch_done)
         self.ranges = RangeGate(max_ranges, max_ranges_per_client)
 
     async def on_worker(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     def close(self) -> None:
+        self.frames.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
         self.encoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
@@ -199,7 +209,7 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
                max_streams: int = 64, encoders: int | None = None, max_ranges: int = 16,
                max_ranges_per_client: int = 4, span_source: SpanSource = spans,
                max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
-               host: str = "127.0.0.1", allow_origin: Sequence[str] = ()) -> Starlette:
+               host: str = "127.0.0.1", allow_origin: Sequence[str] = (), jpeg_encoder: str = "auto") -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
@@ -208,12 +218,15 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     for no frame for this long is closed. ``host``: the address the server listens on, and
     ``allow_origin``: more host names (or origins; ``*``: any), which the Host and Origin headers of
     every request must name (``guard``). ``span_source``: what computes the streams' span batches
-    (``SpanBatcher``; PNG ranges always compute each span alone)."""
+    (``SpanBatcher``; PNG ranges always compute each span alone). ``jpeg_encoder``: auto, libjpeg-turbo
+    or nvjpeg (``encoders``).
+
+    ``app.state.drain(timeout_s, abandon)``: stop the streams (``stream.LiveStreams.drain``)."""
     truncation = check_settings(truncation, max_batch, window_s, max_streams, max_streams_per_client, stream_idle_s,
                                 encoders or 0)
     encoders = encoders or max(1, min(8, os.cpu_count() or 1))
     server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client,
-                    span_source, max_streams_per_client, stream_idle_s)
+                    span_source, max_streams_per_client, stream_idle_s, jpeg_encoder)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -226,6 +239,7 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
             "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams.total,
             "max_streams": server.streams.max_open, "max_streams_per_client": server.streams.max_per_client,
             "stream_idle_s": server.stream_idle_s, "max_batch": server.batcher.max_batch, "encoders": server.encoders,
+            "jpeg_encoder": server.frames.name,
             "pending_spans": server.batcher.pending, "cached_spans": server.batcher.cached,
             "open_ranges": server.ranges.total, "max_ranges": server.ranges.max_open,
             "batch_ms": None if server.batcher.batch_s is None else round(1000 * server.batcher.batch_s, 2),
@@ -257,31 +271,39 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
 
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
+        client = ws.client.host if ws.client else "?"
         try:
             query = parse_stream_query(ws.query_params, G.size)
         except SoatError as exc:
-            await close_with_error(ws, CLOSE_POLICY, str(exc))
+            await refuse(ws, server, CLOSE_POLICY, str(exc), client)
             return
-        client = ws.client.host if ws.client else "?"
         refusal = server.streams.refusal(client)
         if refusal is not None:
-            await close_with_error(ws, CLOSE_BUSY, refusal)
+            await refuse(ws, server, CLOSE_BUSY, refusal, client, query)
             return
         with server.streams.admitted(client):
-            await serve_stream(ws, server, query)
+            await serve_stream(ws, server, query, client)
+
+    async def metrics(request: Request) -> Response:
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         if truncation != 1:
             await server.on_worker(G.mean_styles)  # sigma_bar once, before the first request
         await server.batcher.warm_up()  # CUDA graphs captured; a batch timed for /api/info's ETA
+        refresher = asyncio.create_task(server.metrics.keep_fresh())
         yield
+        refresher.cancel()
         server.close()
 
     routes = [Route("/", index), Route("/api/info", info), Route("/api/panorama.png", panorama_png),
-              WebSocketRoute("/api/stream", stream), Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
+              WebSocketRoute("/api/stream", stream), Route("/metrics", metrics),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
+    app.state.drain = server.live.drain
+    return app
 
 
 def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info"):
