@@ -15,7 +15,8 @@
 # websockets, simplejpeg, prometheus-client: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
 # nvJPEG (serve's --jpeg-encoder nvjpeg) comes through torchvision: the image's own if it has one, else put
 # torchvision==0.26.0 (PyPI's build is +cu130, matching torch 2.11+cu130, and bundles libnvjpeg.so.13; 7.5 MB)
-# into .whl with the same pip download.
+# into .whl with the same pip download (or ../shared/tools/stage-wheels torchvision==0.26.0: one batch, into
+# /tmp/site). The device line "nvJPEG:" says whether it runs.
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
 # onnxruntime-gpu==1.31.1 prints the calls; end the last one with `export PYTHONPATH=/tmp/site &&
 # bash bench/gpu_run.sh`). Every step is bounded, prints line by line and writes under $OUT as it
