@@ -5,14 +5,18 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti, and the lab probes aoti_probe
+# invert ort serve encode serve_crowd big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti, and the lab probes aoti_probe
 # and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
 # TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev libssl-dev libssl3
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.
 # AOTI_PEERS= (empty) leaves the torch.compile peer out of the aoti step's table (it takes ~1.5 min).
 # .whl holds the soat wheel and the server's wheels the GPU image lacks (starlette, uvicorn,
-# websockets: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
+# websockets, simplejpeg, prometheus-client: `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`).
+# nvJPEG (serve's --jpeg-encoder nvjpeg) comes through torchvision: the image's own if it has one, else put
+# torchvision==0.26.0 (PyPI's build is +cu130, matching torch 2.11+cu130, and bundles libnvjpeg.so.13; 7.5 MB)
+# into .whl with the same pip download (or ../shared/tools/stage-wheels torchvision==0.26.0: one batch, into
+# /tmp/site). The device line "nvJPEG:" says whether it runs.
 # Uses onnxruntime-gpu from /tmp/site when it was staged there (../shared/tools/stage-wheels
 # onnxruntime-gpu==1.31.1 prints the calls; end the last one with `export PYTHONPATH=/tmp/site &&
 # bash bench/gpu_run.sh`). Every step is bounded, prints line by line and writes under $OUT as it
@@ -29,7 +33,7 @@ cd /tmp  # away from the checkout, whose soat/ folder would shadow the installed
 SOAT="python3 -m soat"
 BATCHES=${BATCHES:-1,8,32}
 TASK_LIST=generate,blend,merge_extension,blend_bbox,expand,patch_swap,panorama_stream
-STEPS=${STEPS:-tests peaks profile latency tput peers invert ort serve big}
+STEPS=${STEPS:-tests peaks profile latency tput peers invert ort serve encode serve_crowd big}
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 filtered() { grep --line-buffered -v "bench:" | tee -a "$OUT/log.txt"; }
 
@@ -37,6 +41,8 @@ log "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/log.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/log.txt"
 python3 -c "import onnxruntime as o; o.preload_dlls(); print('onnxruntime', o.__version__, o.get_available_providers())" \
+  2>&1 | tail -1 | tee -a "$OUT/log.txt"
+python3 -c "import torch; from soat.serve.encoders import nvjpeg_problem as p; print('nvJPEG:', p(torch.device('cuda')) or 'runs')" \
   2>&1 | tail -1 | tee -a "$OUT/log.txt"
 
 peaks() {
@@ -57,6 +63,9 @@ tests() {
   log "GPU tests: task CUDA graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
   timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_task_graphs.py" \
     "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+  log "GPU tests: nvJPEG tiles against the exact pixels"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_serve_ops.py" -k nvjpeg -rs 2>&1 | tail -5 \
+    | tee -a "$OUT/log.txt"
 }
 
 latency() {
@@ -149,6 +158,25 @@ EOF
   done
   timeout 150 python3 -m soat.bench.serve_load --serve "--device cuda --dtype fp16 --workers ${RATE_WORKERS:-1}" --port 8810 \
     --clients 50 --rate 240 --processes 10 --warmup 6 --seconds 12 --json "$OUT/serve50.json" 2>&1 | grep -v INFO | tee -a "$OUT/log.txt"
+}
+
+encode() {
+  log "the host cost of a frame (stitch, JPEG, header): Pillow (before) and libjpeg-turbo (now) in 1-16 threads; nvJPEG batches"
+  timeout "${ENCODE_S:-240}" python3 -m soat.bench.frame_encode --size 256 --threads 1,2,4,8,16 --device cuda \
+    --json "$OUT/frame_encode.json" 2>&1 | tee -a "$OUT/log.txt"
+}
+
+serve_crowd() {
+  # one server per JPEG encoder: 16 unthrottled clients in 8 processes (issue 30: >= 850 new tiles/s), then
+  # 100 viewers panning like people in 16 processes (p99 frame latency <= 50 ms, first tile <= 250 ms)
+  log "soat serve (256 px fp16), per JPEG encoder: 16 unthrottled clients, then a crowd of 100 panning viewers"
+  local enc
+  for enc in ${CROWD_ENCODERS:-nvjpeg libjpeg-turbo}; do
+    timeout "${CROWD_S:-300}" python3 -m soat.bench.serve_load --port 8820 \
+      --serve "--device cuda --dtype fp16 --jpeg-encoder $enc ${CROWD_FLAGS:-}" \
+      --clients 16 --processes 8 --warmup 6 --seconds 15 --crowd "${CROWD:-100}" --crowd-processes 16 \
+      --json "$OUT/crowd_$enc.json" 2>&1 | grep -v INFO | tee -a "$OUT/log.txt"
+  done
 }
 
 ray_scale() {

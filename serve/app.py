@@ -10,12 +10,14 @@ Routes:
     ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
                                               pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
     ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
+    ``GET /metrics``                          Prometheus metrics (``metrics``).
 Malformed or out-of-range queries get a 400 with ``{"error": message}``; a range request beyond the
 limits below gets a 503 with ``Retry-After``.
 
 Every generator call runs on one worker thread, so the event loop stays responsive and
 the model is never entered twice at once. Streams go through the ``SpanBatcher``; tiles are
-encoded by a pool of ``encoders`` threads (Pillow releases the GIL while it encodes).
+stitched and encoded by a pool of ``encoders`` threads, JPEG tiles on the GPU instead where nvJPEG
+runs (``encoders.frame_encoder``: ``jpeg_encoder``).
 
 PNG ranges are computed span by span (each span alone, as ``panorama_columns`` does, so the
 pixels are exact) and take turns with the stream batches on the worker (``batcher``): a range
@@ -56,10 +58,12 @@ from ..runtime.checks import check_float, check_int, check_truncation
 from ..runtime.endless import SpanKey, column_pieces, spans, stitch
 from ..version import __version__
 from .batcher import TARGET_BATCH_S, SpanBatcher, SpanSource
+from .encoders import frame_encoder
 from .guard import AllowedHosts, HostGuard
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
                        parse_panorama_query, parse_stream_query)
-from .stream import close_with_error, serve_stream
+from .stream import LiveStreams, refuse, serve_stream
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
@@ -77,7 +81,7 @@ class Server:
     def __init__(self, G: Generator, truncation: float, max_batch: int, window_s: float, max_streams: int,
                  encoders: int, max_ranges: int, max_ranges_per_client: int, span_source: SpanSource = spans,
                  max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
-                 target_batch_s: float = TARGET_BATCH_S):
+                 target_batch_s: float = TARGET_BATCH_S, jpeg_encoder: str = "auto"):
         self.G = G
         self.truncation = truncation
         self.streams = Admission(max_streams, max_streams_per_client, "the server has {n} streams open; try later",
@@ -86,8 +90,11 @@ class Server:
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="soat-generator")
         self.encoder = ThreadPoolExecutor(encoders, thread_name_prefix="soat-encode")
         self.encoders = encoders
+        self.frames = frame_encoder(jpeg_encoder, G.device, self.encoder)
+        self.live = LiveStreams()
+        self.metrics = ServerMetrics(G.device, lambda: (self.streams.total, self.batcher.pending))
         self.batcher = SpanBatcher(G, self.worker, truncation, max_batch, window_s, target_batch_s,
-                                   span_source=span_source)
+                                   span_source=span_source, on_batch=self.metrics.batch_done)
         self.ranges = Admission(max_ranges, max_ranges_per_client,
                                 "the server is computing {n} ranges; try again in a moment",
                                 "{n} ranges of this client are still being computed; wait for them")
@@ -96,6 +103,7 @@ class Server:
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
 
     def close(self) -> None:
+        self.frames.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
         self.encoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
@@ -179,7 +187,7 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
                max_ranges_per_client: int = 4, span_source: SpanSource = spans,
                max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
                host: str = "127.0.0.1", allow_origin: Sequence[str] = (),
-               target_batch_s: float = TARGET_BATCH_S) -> Starlette:
+               target_batch_s: float = TARGET_BATCH_S, jpeg_encoder: str = "auto") -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
@@ -191,12 +199,14 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     (``SpanBatcher``; PNG ranges always compute each span alone). ``max_batch``, ``window_s`` and
     ``target_batch_s`` set the batch policy (``batcher.BatchPolicy``): a batch predicted to take at most
     ``target_batch_s`` takes every waiting span (up to ``max_batch``), a longer one is split where that
-    costs little more per span."""
+    costs little more per span. ``jpeg_encoder``: auto, libjpeg-turbo or nvjpeg (``encoders``).
+
+    ``app.state.drain(timeout_s, abandon)``: stop the streams (``stream.LiveStreams.drain``)."""
     truncation = check_settings(truncation, max_batch, window_s, max_streams, max_streams_per_client, stream_idle_s,
                                 encoders or 0, target_batch_s)
     encoders = encoders or max(1, min(8, os.cpu_count() or 1))
     server = Server(G, truncation, max_batch, window_s, max_streams, encoders, max_ranges, max_ranges_per_client,
-                    span_source, max_streams_per_client, stream_idle_s, target_batch_s)
+                    span_source, max_streams_per_client, stream_idle_s, target_batch_s, jpeg_encoder)
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -219,6 +229,7 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
             "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams.total,
             "max_streams": server.streams.max_open, "max_streams_per_client": server.streams.max_per_client,
             "stream_idle_s": server.stream_idle_s, "max_batch": batcher.max_batch, "encoders": server.encoders,
+            "jpeg_encoder": server.frames.name,
             "pending_spans": batcher.pending, "cached_spans": batcher.cached,
             "open_ranges": server.ranges.total, "max_ranges": server.ranges.max_open,
             "batch_size": batcher.batch_size, "batch_ms": None if batch_s is None else round(1000 * batch_s, 2),
@@ -249,31 +260,39 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
 
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
+        client = ws.client.host if ws.client else "?"
         try:
             query = parse_stream_query(ws.query_params, G.size)
         except SoatError as exc:
-            await close_with_error(ws, CLOSE_POLICY, str(exc))
+            await refuse(ws, server, CLOSE_POLICY, str(exc), client)
             return
-        client = ws.client.host if ws.client else "?"
         refusal = server.streams.refusal(client)
         if refusal is not None:
-            await close_with_error(ws, CLOSE_BUSY, refusal)
+            await refuse(ws, server, CLOSE_BUSY, refusal, client, query)
             return
         with server.streams.admitted(client):
-            await serve_stream(ws, server, query)
+            await serve_stream(ws, server, query, client)
+
+    async def metrics(request: Request) -> Response:
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
         if truncation != 1:
             await server.on_worker(G.mean_styles)  # sigma_bar once, before the first request
         await server.batcher.warm_up()  # CUDA graphs captured; a batch timed for /api/info's ETA
+        refresher = asyncio.create_task(server.metrics.keep_fresh())
         yield
+        refresher.cancel()
         server.close()
 
     routes = [Route("/", index), Route("/api/info", info), Route("/api/panorama.png", panorama_png),
-              WebSocketRoute("/api/stream", stream), Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
+              WebSocketRoute("/api/stream", stream), Route("/metrics", metrics),
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
+    app.state.drain = server.live.drain
+    return app
 
 
 def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info"):

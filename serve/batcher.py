@@ -218,12 +218,14 @@ class SpanBatcher:
         depth: batches launched and not yet on the host (more than 1 helps only on CUDA).
         span_source: ``(G, keys) -> [1, 3, R, w]`` images in [-1, 1], one per key: computes a batch
             (default: the runtime's ``spans``; a load test passes a free one).
+        on_batch: called with ``(spans, seconds)`` of each batch on the host (the server's metrics).
     """
 
     def __init__(self, G: Generator, worker: Executor, truncation: float, max_batch: int = 16,
                  window_s: float = 0.004, target_s: float = TARGET_BATCH_S, capacity: int = 256, depth: int = 2,
-                 span_source: SpanSource = spans):
+                 span_source: SpanSource = spans, on_batch: Callable[[int, float], None] = lambda spans, seconds: None):
         self.G = G
+        self.on_batch = on_batch
         self.span_source = span_source
         self.worker = worker
         self.truncation = truncation
@@ -498,6 +500,7 @@ class SpanBatcher:
         self.stats["batches"] += 1
         self.stats["spans"] += len(batch)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        self.on_batch(len(batch), launched.ready - started)
         self._settle(batch, pieces)
 
     def _settle(self, batch: list[SpanKey], pieces: list[np.ndarray] | None = None, exc: Exception | None = None):

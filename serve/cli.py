@@ -2,23 +2,37 @@
 
 ``--ray`` runs the same app as a Ray Serve deployment (``ray_app``, the ``ray`` extra); Ray is
 imported only then.
+
+Stopping: SIGTERM (or Ctrl-C) drains. The server stops accepting connections, answers
+``/api/ready`` with 503, lets every stream send the frames it has started and closes it with
+1012 (the viewer reconnects and resumes at its column), waits up to ``--drain-s`` for that, gives
+connections still open ``SHUTDOWN_GRACE_S`` more, and exits with status 0 (a generator batch in
+progress finishes first). With ``--workers N`` the parent passes SIGTERM on to every worker, each
+drains, and a worker still running ``SHUTDOWN_GRACE_S`` after the drain time is killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import os
+import signal
 import socket
 import sys
 from typing import TYPE_CHECKING
 
 from ..errors import SoatError, install_hint, print_error
-from ..options import BACKEND_HELP, add_dtype, add_layout, finite_float
+from ..options import BACKEND_HELP, add_dtype, add_layout, finite_float, number
 from ..runtime.capabilities import AUTO, BACKEND_CHOICES
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
     from .replica import ReplicaOptions
+
+DRAIN_S = 10.0  # default --drain-s
+MAX_DRAIN_S = 600.0
+SHUTDOWN_GRACE_S = 5.0  # after the drain: connections still open get this long before they are cut
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -39,6 +53,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="most spans in one generator call (default 64 on CUDA, else 16)")
     p.add_argument("--encoders", type=int, default=0,
                    help="threads encoding tiles per process (default: the CPU count, at most 8)")
+    p.add_argument("--jpeg-encoder", default="auto",  # checked with the other options (encoders.check_jpeg_encoder)
+                   help="who encodes JPEG tiles: nvjpeg on the generator's GPU (needs torchvision), libjpeg-turbo "
+                        "on the encoder threads; auto (default): nvjpeg where it runs, else libjpeg-turbo")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes sharing the port, each with its own copy of the model on --device "
                         "(default 1; more when one Python process cannot feed the GPU)")
@@ -48,10 +65,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "such as https://viewer.example.com (repeatable; * answers any). Without it only --host, "
                         "localhost and loopback addresses are answered (with --host 0.0.0.0 also any IP address "
                         "and this machine's name); other sites' pages get 403")
+    p.add_argument("--max-streams", type=int, default=None,
+                   help="streams one server process holds open (default 64); more are refused with code 1013")
     p.add_argument("--max-streams-per-client", type=int, default=None,
                    help="streams one client address may hold open (default 16; behind a reverse proxy every "
                         "client has its address); a stream that asks for no frame for 60 s is closed")
     p.add_argument("--port", type=int, default=8765, help="port, 0 to 65535 (0: any free port; default 8765)")
+    p.add_argument("--drain-s", type=number(float, 0, MAX_DRAIN_S), default=DRAIN_S,
+                   help=f"on SIGTERM or Ctrl-C, how long open streams may take to send the frames they started "
+                        f"before they are closed (code 1012: reconnect) and the server exits (default {DRAIN_S:g})")
     ray = p.add_argument_group("scale-out on Ray Serve (needs the ray extra)")
     ray.add_argument("--ray", action="store_true",
                      help="deploy on the Ray cluster of RAY_ADDRESS or `ray start` (else a local Ray instance)")
@@ -70,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted. A usage error (a busy port, before any model loads) raises
     ``SoatError``, which ``soat.cli.main`` reports as every command's: ``soat: error: ...``, exit status 2."""
     try:
+        import prometheus_client  # noqa: F401
+        import simplejpeg  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -89,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_ray(options, args, scale)
     sock = listen_socket(args.host, args.port, reuse_port=args.workers > 1)
     if args.workers > 1:
-        return _run_workers(options, args.host, sock, args.workers)
+        return _run_workers(options, args.host, sock, args.workers, args.drain_s)
     G = options.load()
-    serve_on(options, G, sock, f"soat serve: {G!r}")
+    serve_on(options, G, sock, f"soat serve: {G!r}", drain_s=args.drain_s)
     return 0
 
 
@@ -120,14 +144,17 @@ def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.sock
     return sock
 
 
-def serve_on(options: ReplicaOptions, G: Generator, sock: socket.socket, banner: str, on_listening=None) -> None:
-    """Serve ``G`` on the bound ``sock`` until interrupted; once it accepts connections, print
-    ``banner`` and the URL (unless ``banner`` is empty) and call ``on_listening``."""
+def serve_on(options: ReplicaOptions, G: Generator, sock: socket.socket, banner: str, on_listening=None,
+             drain_s: float = DRAIN_S) -> None:
+    """Serve ``G`` on the bound ``sock`` until SIGTERM or Ctrl-C, then drain (module docstring) for up to
+    ``drain_s``; once it accepts connections, print ``banner`` and the URL (unless ``banner`` is empty) and
+    call ``on_listening``."""
     import uvicorn
 
     from .app import uvicorn_server
     from .replica import local_identity
     host, port = sock.getsockname()[:2]
+    app = options.app(G, local_identity())
 
     class Announcing(uvicorn.Server):
         async def startup(self, sockets=None):
@@ -138,14 +165,40 @@ def serve_on(options: ReplicaOptions, G: Generator, sock: socket.socket, banner:
                 if on_listening is not None:
                     on_listening()
 
-    server = uvicorn_server(options.app(G, local_identity()), host, port)
+        async def shutdown(self, sockets=None):
+            for listening in self.servers:  # no new connections while the open streams finish
+                listening.close()
+            left = await app.drain(drain_s, lambda: self.force_exit)  # a second Ctrl-C cuts it short
+            if left:
+                print(f"soat serve: {left} streams still open after {drain_s:g} s of draining; closing them",
+                      file=sys.stderr, flush=True)
+            await super().shutdown(sockets)
+
+    _log_streams()
+    config = uvicorn_server(app, host, port).config
+    config.timeout_graceful_shutdown = SHUTDOWN_GRACE_S
+    # uvicorn raises the signal it stopped on again once it is done; after a drain SIGTERM is a clean exit
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        Announcing(server.config).run(sockets=[sock])
+        Announcing(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _worker(options, host: str, port: int, ready) -> None:
+def _log_streams() -> None:
+    """Print the server's INFO lines (one per stream, ``metrics``) to stderr as uvicorn prints its own."""
+    from uvicorn.logging import DefaultFormatter
+    logger = logging.getLogger("soat.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _worker(options, host: str, port: int, ready, drain_s: float) -> None:
     """One of ``--workers``: its own model copy, a socket sharing the port (SO_REUSEPORT). Its error is one line,
     as the parent's."""
     try:
@@ -154,16 +207,23 @@ def _worker(options, host: str, port: int, ready) -> None:
     except SoatError as exc:
         print_error(exc)
         sys.exit(2)
-    serve_on(options, G, sock, "", ready.release)  # the parent prints the URL once all are up
+    serve_on(options, G, sock, "", ready.release, drain_s)  # the parent prints the URL once all are up
 
 
-def _run_workers(options, host: str, sock: socket.socket, n: int) -> int:
+def _run_workers(options, host: str, sock: socket.socket, n: int, drain_s: float) -> int:
     import multiprocessing as mp
+    import shutil
+    import tempfile
     import time
+
+    from .metrics import MULTIPROCESS_DIR
     port = sock.getsockname()[1]  # the parent keeps its bound socket (not listening) so the port stays ours
+    # the workers' metrics go to files there, and a scrape of any worker answers for all (metrics)
+    os.environ[MULTIPROCESS_DIR] = metrics_dir = tempfile.mkdtemp(prefix="soat-metrics-")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: pass it on, then wait
     ctx = mp.get_context("spawn")
     ready = ctx.Semaphore(0)
-    procs = [ctx.Process(target=_worker, args=(options, host, port, ready), daemon=True) for _ in range(n)]
+    procs = [ctx.Process(target=_worker, args=(options, host, port, ready, drain_s), daemon=True) for _ in range(n)]
     for proc in procs:
         proc.start()
     try:
@@ -182,10 +242,15 @@ def _run_workers(options, host: str, sock: socket.socket, n: int) -> int:
         return 0
     finally:
         for proc in procs:
-            proc.terminate()
+            proc.terminate()  # SIGTERM: each worker drains
+        deadline = time.monotonic() + drain_s + SHUTDOWN_GRACE_S
         for proc in procs:
-            proc.join(10)
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:

@@ -1,4 +1,4 @@
-"""The wire format of ``soat serve``: query parameters, stream frames, client messages, images.
+"""The wire format of ``soat serve``: query parameters, stream frames, client messages, close codes, images.
 
 Stream frames are binary WebSocket messages: a 24-byte little-endian header, then the
 encoded image (``[R, width]`` pixels, RGB)::
@@ -16,6 +16,16 @@ Before the first frame the server sends one JSON text message
 close caused by the client. Clients send JSON text ``{"credit": n}``: the server
 sends a frame only against a credit, and never holds more than ``MAX_CREDIT``
 unspent, so a slow client is never queued more frames than it asked for.
+
+A stream ends with a WebSocket close code (``CLOSE_*`` below): 1003, 1008, 1009 for a client's
+mistake (do not retry); 1011 when the generator failed; 1013 when the server or this client holds
+too many streams (retry later); 1000 when it asked for no frame for a while; 1012 when the server
+drains (SIGTERM): the frames it had started were all sent first, and the client resumes by
+reconnecting with ``x`` = the last frame's first column + its width (the close reason names that
+column).
+
+JPEG frames are encoded with libjpeg-turbo (simplejpeg: quality ``JPEG_QUALITY`` and 4:2:0 chroma,
+the quantisation and Huffman tables Pillow wrote) or, on a GPU, with nvJPEG (``encoders``).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+import simplejpeg
 from PIL import Image
 
 from ..errors import SoatError
@@ -49,6 +60,7 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_BUSY = 1013  # too many streams: try again later
 CLOSE_IDLE = 1000  # a stream that asked for no frame for a while: closed normally, reconnect to go on
+CLOSE_RECONNECT = 1012  # the server drains (restarts): every started frame was sent; reconnect at the next column
 CLOSE_REASON_BYTES = 123  # the most a WebSocket close frame carries
 
 
@@ -141,8 +153,9 @@ def parse_credit(text: str, unspent: int) -> int:
     return n
 
 
-def pack_frame(seq: int, column: int, width: int, fmt: str, payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, seq, column, width, FORMATS[fmt]) + payload
+def frame_header(seq: int, column: int, width: int, fmt: str) -> bytes:
+    """The 24-byte header of a frame; the encoded image follows it."""
+    return HEADER.pack(MAGIC, seq, column, width, FORMATS[fmt])
 
 
 def unpack_frame(message: bytes) -> tuple[int, int, int, str, bytes]:
@@ -155,13 +168,17 @@ def unpack_frame(message: bytes) -> tuple[int, int, int, str, bytes]:
 
 
 def encode_image(pixels: np.ndarray, fmt: str, fast: bool = False) -> bytes:
-    """``[H, W, 3]`` uint8 -> PNG / JPEG / WebP bytes (``fast``: cheapest PNG compression)."""
+    """``[H, W, 3]`` uint8 -> PNG / JPEG / WebP bytes (``fast``: cheapest PNG compression).
+
+    JPEG goes straight from the array through libjpeg-turbo, which runs without the GIL; Pillow
+    (PNG, WebP) first copies the pixels into an image of its own."""
+    if fmt == "jpeg":
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(pixels), quality=JPEG_QUALITY, colorspace="RGB",
+                                      colorsubsampling="420", fastdct=False)
     buf = io.BytesIO()
     image = Image.fromarray(pixels)
     if fmt == "png":
         image.save(buf, format="PNG", compress_level=1 if fast else 6)
-    elif fmt == "jpeg":
-        image.save(buf, format="JPEG", quality=JPEG_QUALITY)
     else:
         image.save(buf, format="WEBP", quality=JPEG_QUALITY)
     return buf.getvalue()

@@ -4,11 +4,12 @@
 Ray Serve replica. Both load the generator once with ``ReplicaOptions.load`` and serve
 ``create_app`` wrapped in ``ReplicaApp``, which adds:
 
-    ``GET /api/health``  liveness: 200 ``{"status": "ok", "replica": ..., "host": ..., "pid": ...}``
-                         while the event loop answers.
+    ``GET /healthz``, ``GET /api/health``  liveness: 200 ``{"status": "ok", "replica": ..., "host": ...,
+                         "pid": ...}`` while the event loop answers.
     ``GET /api/ready``   readiness: 200 ``{"ready": true, ...}`` once the replica computes a
                          column (seed 0, column 0) through the generator within
-                         ``probe_timeout_s``, else 503 ``{"ready": false, "error": ...}``.
+                         ``probe_timeout_s``, else 503 ``{"ready": false, "error": ...}``; 503 too
+                         once it drains (``drain``).
 
 and names the replica in an ``x-soat-replica`` header on every HTTP response and WebSocket
 handshake, so a client (or a test) can tell which replica served it. Nothing here needs Ray.
@@ -30,11 +31,13 @@ from ..runtime.capabilities import AUTO, backend_spec, check_runs, precision
 from ..runtime.checks import check_device, check_source
 from ..runtime.config import check_layout
 from .app import STREAM_IDLE_S, STREAMS_PER_CLIENT, check_settings, create_app
+from .encoders import check_jpeg_encoder
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
 
 REPLICA_HEADER = b"x-soat-replica"
+LIVENESS_PATHS = ("/healthz", "/api/health")  # the usual name, and the one Ray deployments were told of
 PROBE_TIMEOUT_S = 30.0  # longer queues than this on one replica count as not ready
 _PROBE = ("/api/panorama.png", "seed=0&x=0&w=1")  # one column: a cached span after the first probe
 
@@ -58,6 +61,7 @@ class ReplicaOptions:
     stream_idle_s: float = STREAM_IDLE_S  # a stream that asks for no frame this long is closed
     host: str = "127.0.0.1"  # the address clients use (soat serve --host): Host and Origin headers must name it
     allow_origin: tuple[str, ...] = ()  # more names (or origins) they may name; "*": any (soat serve --allow-origin)
+    jpeg_encoder: str = "auto"  # auto, libjpeg-turbo or nvjpeg (encoders.frame_encoder; soat serve --jpeg-encoder)
 
     def __post_init__(self):
         """Every value checked when the options are built, as the Python API checks its arguments (the device
@@ -71,6 +75,7 @@ class ReplicaOptions:
         check_layout(self.size, self.channel_multiplier)
         check_settings(self.truncation, self.max_batch, self.window_s, self.max_streams, self.max_streams_per_client,
                        self.stream_idle_s, self.encoders)
+        check_jpeg_encoder(self.jpeg_encoder)
 
     @classmethod
     def from_mapping(cls, args: Mapping[str, object]) -> "ReplicaOptions":
@@ -99,7 +104,7 @@ class ReplicaOptions:
         return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams,
                                      self.encoders or None, max_streams_per_client=self.max_streams_per_client,
                                      stream_idle_s=self.stream_idle_s, host=self.host,
-                                     allow_origin=self.allow_origin), replica)
+                                     allow_origin=self.allow_origin, jpeg_encoder=self.jpeg_encoder), replica)
 
 
 _KINDS = {str: "a string", int: "an integer", float: "a number", tuple: "names, comma-separated"}
@@ -131,7 +136,8 @@ def local_identity() -> dict:
 
 
 class ReplicaApp:
-    """An ASGI app: ``app``'s routes plus ``/api/health`` and ``/api/ready``, every response naming the replica.
+    """An ASGI app: ``app``'s routes plus ``/healthz`` (``/api/health``) and ``/api/ready``, every response
+    naming the replica.
 
     Args:
         app: the ASGI app of ``create_app`` (lifespan, HTTP and WebSocket pass through).
@@ -144,13 +150,14 @@ class ReplicaApp:
         self.replica = dict(replica)
         self.probe_timeout_s = probe_timeout_s
         self._header = (REPLICA_HEADER, str(self.replica["replica"]).encode())
+        self.draining = False
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan: the generator's warm-up and shutdown
             return
         send = self._named(send)
-        if scope["type"] == "http" and scope["path"] == "/api/health":
+        if scope["type"] == "http" and scope["path"] in LIVENESS_PATHS:
             await JSONResponse({"status": "ok", **self.replica})(scope, receive, send)
         elif scope["type"] == "http" and scope["path"] == "/api/ready":
             await (await self._ready())(scope, receive, send)
@@ -173,7 +180,16 @@ class ReplicaApp:
         if status != 200:
             raise RuntimeError(f"the generator failed: HTTP {status} {body[:200].decode(errors='replace')}")
 
+    async def drain(self, timeout_s: float, abandon=lambda: False) -> int:
+        """Answer not ready from now on, and stop the streams (``stream.LiveStreams.drain``): each sends the
+        frames it started and closes with 1012; returns the streams still open after ``timeout_s``."""
+        self.draining = True
+        return await self.app.state.drain(timeout_s, abandon)
+
     async def _ready(self) -> JSONResponse:
+        if self.draining:
+            return JSONResponse({"ready": False, "error": "draining: the server is shutting down", **self.replica},
+                                status_code=503)
         try:
             await self.probe()
         except RuntimeError as exc:

@@ -11,37 +11,46 @@ what its client granted. A third task closes a stream that has asked for no fram
 server's ``stream_idle_s`` (nothing owed all that time), so idle connections do not hold slots.
 When either task ends (disconnect, bad message, generator failure) the other is
 cancelled and nothing of the connection is left behind.
+
+A drain (``LiveStreams.drain``, on SIGTERM) stops every stream from starting frames: each sends
+the frames it has started, then closes with ``CLOSE_RECONNECT`` naming the column to resume at.
+Every stream that ends is counted and logged once (``metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..runtime.endless import stitch
-from .protocol import (CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT, ProtocolError,
-                       StreamQuery, close_reason, encode_image, pack_frame, parse_credit)
+from .protocol import (CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_RECONNECT, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT,
+                       ProtocolError, StreamQuery, close_reason, frame_header, parse_credit)
 
 if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("soat.serve")
 PIPELINE = 8  # tiles of one stream computed concurrently (two full batches in flight on a GPU)
+_CODE_REASONS = {CLOSE_IDLE: "idle", CLOSE_RECONNECT: "drain"}  # closes the server chose; others: the client's fault
 
 
 class Credit:
-    """Frames the client has granted: not yet started (``unspent``) and not yet sent (``owed``)."""
+    """Frames the client has granted: not yet started (``unspent``) and not yet sent (``owed``); frames
+    sent; whether the stream may start more (``stopped``: the server drains)."""
 
     def __init__(self):
         self.unspent = 0
         self.owed = 0
+        self.frames = 0
+        self.stopped = False
         self.idle_since: float | None = time.monotonic()  # since when nothing is owed (None: frames are)
         self._granted = asyncio.Event()
 
@@ -53,14 +62,54 @@ class Credit:
 
     def sent(self) -> None:
         self.owed -= 1
+        self.frames += 1
         if self.owed == 0:
             self.idle_since = time.monotonic()
 
-    async def take(self) -> None:
-        while self.unspent == 0:
+    def stop(self) -> None:
+        self.stopped = True
+        self._granted.set()
+
+    async def take(self) -> bool:
+        """Spend one credit (True), waiting for one; False once the stream is stopped."""
+        while self.unspent == 0 and not self.stopped:
             self._granted.clear()
             await self._granted.wait()
+        if self.stopped:
+            return False
         self.unspent -= 1
+        return True
+
+
+class LiveStreams:
+    """The credits of a server's open streams, so that a drain can stop them all."""
+
+    def __init__(self):
+        self.credits: set[Credit] = set()
+        self.draining = False
+
+    @contextlib.contextmanager
+    def open(self):
+        """A new stream's credit (stopped at once while the server drains), forgotten when it ends."""
+        credit = Credit()
+        if self.draining:
+            credit.stop()
+        self.credits.add(credit)
+        try:
+            yield credit
+        finally:
+            self.credits.discard(credit)
+
+    async def drain(self, timeout_s: float, abandon: Callable[[], bool] = lambda: False) -> int:
+        """Stop every stream, present and future, from starting frames, and wait up to ``timeout_s`` (or
+        until ``abandon()``) for them to send what they started and close; returns the streams still open."""
+        self.draining = True
+        for credit in self.credits:
+            credit.stop()
+        deadline = time.monotonic() + timeout_s
+        while self.credits and time.monotonic() < deadline and not abandon():
+            await asyncio.sleep(0.05)
+        return len(self.credits)
 
 
 async def close_with_error(ws: WebSocket, code: int, message: str) -> None:
@@ -71,12 +120,38 @@ async def close_with_error(ws: WebSocket, code: int, message: str) -> None:
         await ws.close(code=code, reason=reason)
 
 
-async def serve_stream(ws: WebSocket, server: Server, query: StreamQuery) -> None:
-    """Run one accepted stream until the client leaves or breaks the protocol."""
+async def refuse(ws: WebSocket, server: Server, code: int, message: str, client: str,
+                 query: StreamQuery | None = None) -> None:
+    """Close a stream before it starts (a bad query, a limit reached), counted and logged as refused."""
+    await close_with_error(ws, code, message)
+    server.metrics.stream_closed(_fields(query, client, 0, 0.0, "refused", code))
+
+
+async def serve_stream(ws: WebSocket, server: Server, query: StreamQuery, client: str) -> None:
+    """Run one accepted stream until the client leaves or breaks the protocol, or the server drains."""
+    started = time.monotonic()
+    reason, code = "drain", CLOSE_RECONNECT  # unless it ends by itself: the server cancelled it on shutting down
+    with server.live.open() as credit:
+        try:
+            reason, code = await _serve(ws, server, query, credit)
+        finally:
+            server.metrics.stream_closed(_fields(query, client, credit.frames, time.monotonic() - started, reason,
+                                                 code))
+
+
+def _fields(query: StreamQuery | None, client: str, frames: int, seconds: float, reason: str,
+            code: int | None) -> dict:
+    """What a stream's log line says, in order."""
+    about = {} if query is None else {"seed": query.seed, "x": query.x, "tile": query.tile, "format": query.format,
+                                      "frames": frames, "columns": frames * query.tile}
+    return {**about, "duration_s": round(seconds, 3), "close": reason, "code": code, "client": client}
+
+
+async def _serve(ws: WebSocket, server: Server, query: StreamQuery, credit: Credit) -> tuple[str, int | None]:
+    """The stream's hello and tasks; returns why it ended (``metrics.CLOSE_REASONS``) and its close code."""
     await ws.send_text(json.dumps({"type": "hello", "size": server.G.size, "seed": query.seed, "x": query.x,
                                    "tile": query.tile, "format": query.format, "max_credit": MAX_CREDIT,
                                    "header_bytes": HEADER.size}))
-    credit = Credit()
     tasks = [asyncio.create_task(_read(ws, credit)), asyncio.create_task(_write(ws, credit, server, query)),
              asyncio.create_task(_close_when_idle(credit, server.stream_idle_s))]
     try:
@@ -84,21 +159,24 @@ async def serve_stream(ws: WebSocket, server: Server, query: StreamQuery) -> Non
     finally:  # also when the server shuts down and cancels this handler
         for task in tasks:
             task.cancel()
-    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
         if isinstance(outcome, ProtocolError):
             await close_with_error(ws, outcome.code, outcome.reason)
-            return
+            return _CODE_REASONS.get(outcome.code, "protocol"), outcome.code
         if isinstance(outcome, Exception) and not isinstance(outcome, (WebSocketDisconnect, OSError)):
             log.exception("stream failed", exc_info=outcome)
             await close_with_error(ws, CLOSE_INTERNAL, f"the generator failed: {outcome}")
-            return
+            return "error", CLOSE_INTERNAL
+    return "client", outcomes[0] if isinstance(outcomes[0], int) else None
 
 
-async def _read(ws: WebSocket, credit: Credit) -> None:
+async def _read(ws: WebSocket, credit: Credit) -> int | None:
+    """Credits in until the client leaves (returns its close code) or breaks the protocol."""
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return message.get("code")
         if message.get("bytes") is not None:
             raise ProtocolError(CLOSE_UNSUPPORTED, 'binary messages are not accepted; send text {"credit": n}')
         credit.grant(parse_credit(message.get("text") or "", credit.unspent))
@@ -106,21 +184,29 @@ async def _read(ws: WebSocket, credit: Credit) -> None:
 
 async def _write(ws: WebSocket, credit: Credit, server: Server, query: StreamQuery) -> None:
     # Up to PIPELINE tiles of one stream are computed at once (their spans may share a batch);
-    # they are sent strictly in order.
-    inflight: deque[asyncio.Task] = deque()
+    # they are sent strictly in order. Once the credit is stopped, what was started is sent, then
+    # the stream ends (CLOSE_RECONNECT).
+    inflight: deque[tuple[asyncio.Task, float]] = deque()  # each frame and when it was started
     seq, column = 0, query.x
+    tiles = query.tile / server.G.size
     try:
         while True:
             while len(inflight) < PIPELINE and (credit.unspent > 0 or not inflight):
-                await credit.take()
-                inflight.append(asyncio.create_task(_frame(server, query, seq, column, len(inflight))))
+                if not await credit.take():
+                    break
+                frame = asyncio.create_task(_frame(server, query, seq, column, len(inflight)))
+                inflight.append((frame, time.monotonic()))
                 seq += 1
                 column += query.tile
-            await ws.send_bytes(await inflight.popleft())
+            if not inflight:
+                raise ProtocolError(CLOSE_RECONNECT, f"the server is restarting; reconnect to resume at column {column}")
+            frame, started = inflight.popleft()
+            await ws.send_bytes(await frame)
             credit.sent()
+            server.metrics.frame_sent(query.format, tiles, time.monotonic() - started)
     finally:
-        for task in inflight:
-            task.cancel()
+        for frame, _ in inflight:
+            frame.cancel()
 
 
 async def _close_when_idle(credit: Credit, idle_s: float) -> None:
@@ -133,12 +219,8 @@ async def _close_when_idle(credit: Credit, idle_s: float) -> None:
 
 
 async def _frame(server: Server, query: StreamQuery, seq: int, column: int, rank: int) -> bytes:
+    """One frame: its spans from the batcher (``rank``: how many of this stream's tiles come before it), then
+    stitched, encoded and framed by the server's encoder."""
     pieces, parts = await server.batcher.tile_parts(query.seed, column, query.tile, rank)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(server.encoder, _encode_frame, server.G.size, pieces, parts, query, seq, column)
-
-
-def _encode_frame(size: int, pieces, parts, query: StreamQuery, seq: int, column: int) -> bytes:
-    """In an encoder thread: stitch the tile from its spans' pixels, encode it, frame it."""
-    payload = encode_image(stitch(size, pieces, parts, query.tile), query.format, True)
-    return pack_frame(seq % 2 ** 32, column, query.tile, query.format, payload)
+    return await server.frames.frame(functools.partial(stitch, server.G.size, pieces, parts, query.tile),
+                                     query.format, frame_header(seq % 2 ** 32, column, query.tile, query.format))

@@ -37,11 +37,12 @@ def os_error(e: OSError, doing: str) -> SoatError:
 def install_hint(extra: str) -> str:
     """The pip command that adds the optional dependencies ``extra`` (pyproject.toml) to this installation: from
     the checkout of an editable install (``pip install -e .``), else for the installed package."""
-    try:
-        origin = json.loads(importlib.metadata.distribution("soat").read_text("direct_url.json") or "{}")
-    except (importlib.metadata.PackageNotFoundError, ValueError):
-        origin = {}
-    if origin.get("dir_info", {}).get("editable") and str(origin.get("url", "")).startswith("file:"):
-        checkout = urllib.request.url2pathname(urllib.parse.urlsplit(origin["url"]).path)
-        return f"cd {shlex.quote(checkout)} && pip install -e '.[{extra}]'"
+    for dist in importlib.metadata.distributions(name="soat"):  # every copy of the metadata on sys.path: a
+        try:  # checkout's own build leftovers (soat.egg-info) come first when run from it, and say nothing
+            origin = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        if origin.get("dir_info", {}).get("editable") and str(origin.get("url", "")).startswith("file:"):
+            checkout = urllib.request.url2pathname(urllib.parse.urlsplit(origin["url"]).path)
+            return f"cd {shlex.quote(checkout)} && pip install -e '.[{extra}]'"
     return f"pip install 'soat[{extra}]'"

@@ -180,7 +180,8 @@ function onClose(s, sock, ev) {
   }
   const delay = Math.min(10, 0.5 * 2 ** s.attempts) * (0.8 + 0.4 * Math.random());
   s.attempts += 1;
-  const why = ev.code === 1013 ? "the server is busy" : ev.code === 1000 ? "closed while idle" : "connection lost";
+  const why = ev.code === 1013 ? "the server is busy" : ev.code === 1000 ? "closed while idle"
+    : ev.code === 1012 ? "the server is restarting" : "connection lost"; // 1012: it drained; resume at nextCol
   const text = `${why} — reconnecting in ${delay.toFixed(1)} s (attempt ${s.attempts}); will resume at column ${s.nextCol.toLocaleString()}`;
   status(text, "error");
   if (!s.firstShown) overlay("Waiting for the server…", text);
