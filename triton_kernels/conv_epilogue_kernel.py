@@ -13,10 +13,10 @@ UP_TILE = 1024  # quads x channels per program of the upsampling epilogue (four 
 
 
 @triton.jit
-def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
+def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, sdb, sdc, snb, snh, snw,
             sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr):
     """Demodulate, add noise and bias, leaky ReLU * sqrt(2); store x and/or the next conv's input."""
-    d = tl.load(demod + b * C + c, mask=ok).to(tl.float32)
+    d = tl.load(demod + b * sdb + c * sdc, mask=ok).to(tl.float32)
     n = tl.load(noise + b.to(tl.int64) * snb + h * snh + w * snw, mask=ok).to(tl.float32)
     nw = tl.load(noise_weight).to(tl.float32)
     bi = tl.load(bias + c, mask=c < C).to(tl.float32)
@@ -31,18 +31,18 @@ def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out
 
 @triton.jit
 def conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
-                         syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw,
+                         syb, syc, syh, syw, sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw,
                          B, C, H, W, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
                          CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
     b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
     v = tl.load(y + offset(b, c, h, w, syb, syc, syh, syw), mask=ok).to(tl.float32)
-    _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
+    _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, sdb, sdc, snb, snh, snw,
             sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
 
 
 @triton.jit
 def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
-                            syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
+                            syb, syc, syh, syw, sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
                             B, C, Hq, Wq, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
                             BR: tl.constexpr, BI: tl.constexpr):
     """The upsampling layer's epilogue, one 2x2 output quad per row of the tile (channels inner):
@@ -81,13 +81,13 @@ def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out
     h = 2 * p
     w = 2 * qd
     _finish(a00 * scale, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
     _finish(a01 * scale, b, c, h, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
     _finish(a10 * scale, b, c, h + 1, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
     _finish(a11 * scale, b, c, h + 1, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
 
 
 def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
@@ -105,8 +105,9 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     style_arg = first if next_style is None else next_style.contiguous()
     # expanded to the batch: stride 0 for one shared map, with no test of its batch (a traced batch is symbolic)
     nsb, _, nsh, nsw = noise.expand(B, 1, H, W).stride()
-    args = (y, demod.contiguous(), noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
-            *y.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride())
+    # demod through its strides: the fast path passes column slices of one buffer of all layers' factors
+    args = (y, demod, noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
+            *y.stride(), *demod.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride())
     flags = {"WRITE_X": write_x, "WRITE_MOD": next_style is not None}
     if not up:
         cl = is_channels_last(first)
