@@ -53,6 +53,12 @@ def maps(n, shape, dtype=torch.float32, channels_last=False, seed=0):
     return [torch.randn(shape, generator=g).to(DEVICE, dtype, memory_format=fmt) for _ in range(n)]
 
 
+def style_rows(batch, channels, dtype, g):
+    """``[batch, channels]`` styles as a column slice of a wider buffer (a style list from a flat tensor, and the
+    paired runs of blend-type tasks, pass such views: the kernels read them through their strides)."""
+    return torch.randn(batch, channels + 5, generator=g).to(DEVICE, dtype)[:, 3:3 + channels]
+
+
 def assert_lerp(out, ref, *inputs):
     if ref.dtype == torch.float32:
         torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
@@ -202,7 +208,7 @@ def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):
     b, c, h, w = shape
     (y,) = maps(1, shape, dtype, cl)
     g = torch.Generator().manual_seed(6)
-    demod, next_style = ((torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(2))
+    demod, next_style = (torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype), style_rows(b, c, dtype, g)
     noise = torch.randn(1, 1, h, w, generator=g).to(DEVICE, dtype)
     noise_weight, bias = torch.tensor([0.3], device=DEVICE, dtype=dtype), torch.randn(c, generator=g).to(DEVICE, dtype)
     x, x_mod = conv_epilogue_modulated(y, demod, noise, noise_weight, bias, False, next_style, write_x, impl="triton")
@@ -243,7 +249,7 @@ def test_demod_layers(batch, dtype):
     """Every layer of a run in one launch (the fast path): the whole table and runs inside it."""
     g = torch.Generator().manual_seed(8)
     weight_sq = [(torch.rand(i, o, generator=g) / i).to(DEVICE, dtype) for i, o in DEMOD_LAYERS]
-    styles = [torch.randn(batch, i, generator=g).to(DEVICE, dtype) for i, _ in DEMOD_LAYERS]
+    styles = [style_rows(batch, i, dtype, g) for i, _ in DEMOD_LAYERS]
     table = DemodTable(weight_sq)
     assert all(torch.equal(table.weight_sq(k), w) for k, w in enumerate(weight_sq))
     for first, last in ((0, 4), (1, 3), (3, 4)):
@@ -262,7 +268,7 @@ def rgb_inputs(shape, dtype, cl, with_skip):
     b, c, h, w = shape
     (x,) = maps(1, shape, dtype, cl)
     g = torch.Generator().manual_seed(7)
-    style, weight = torch.randn(b, c, generator=g).to(DEVICE, dtype), torch.randn(3, c, generator=g).to(DEVICE, dtype)
+    style, weight = style_rows(b, c, dtype, g), torch.randn(3, c, generator=g).to(DEVICE, dtype)
     bias = torch.randn(3, generator=g).to(DEVICE, dtype)
     skip = torch.randn(b, 3, h // 2, w // 2, generator=g).to(DEVICE, dtype) if with_skip else None
     return x, style, weight, bias, skip
@@ -293,7 +299,7 @@ def test_to_rgb_round_one_tile(shape):
 @pytest.mark.parametrize("shape,dtype,cl", CASES)
 def test_modulate(shape, dtype, cl):
     (x,) = maps(1, shape, dtype, cl)
-    style = torch.randn(shape[:2], generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    style = style_rows(*shape[:2], dtype, torch.Generator().manual_seed(4))
     out = modulate(x, style, impl="triton")
     if dtype == torch.bfloat16:  # the interpreter's fp32 -> bf16 cast may round differently: one ulp
         torch.testing.assert_close(out, modulate_ref(x, style), rtol=torch.finfo(dtype).eps, atol=0)

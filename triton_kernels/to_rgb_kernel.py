@@ -15,7 +15,8 @@ TILE, MAX_ROW = 4096, 512
 
 
 @triton.jit
-def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
+def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, stb, sti, ssb, ssc, ssh, ssw,
+                  sob, soc, soh, sow,
                   I, H, W, Hs, Ws, HAS_SKIP: tl.constexpr, BP: tl.constexpr, BI: tl.constexpr):
     b = tl.program_id(1)  # batch on axis 1 (at most 65535), pixels on axis 0 (no such limit)
     p = tl.program_id(0) * BP + tl.arange(0, BP)
@@ -30,7 +31,7 @@ def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ss
         i = start + tl.arange(0, BI)
         i_ok = i < I
         v = tl.load(pix[:, None] + i[None, :] * sxc, mask=ok[:, None] & i_ok[None, :], other=0.0).to(tl.float32)
-        s = tl.load(style + b * I + i, mask=i_ok, other=0.0).to(tl.float32)
+        s = tl.load(style + b * stb + i * sti, mask=i_ok, other=0.0).to(tl.float32)
         acc0 += tl.sum(v * (tl.load(weight + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
         acc1 += tl.sum(v * (tl.load(weight + I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
         acc2 += tl.sum(v * (tl.load(weight + 2 * I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
@@ -61,7 +62,7 @@ def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ss
 
 def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
            skip: torch.Tensor | None, wrap: Callable = direct, blocks: tuple[int, int] | None = None) -> torch.Tensor:
-    """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]``, ``weight [3, I]``,
+    """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]`` (any strides), ``weight [3, I]``,
     ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None (``wrap``: ``_tiles.direct``; ``blocks``: the tile,
     ``(pixels, channels)`` powers of two, default ``tile(I)``; bench/kernels.py times round 1's ``(64, 64)``)."""
     batch, inputs, height, width = x.shape
@@ -69,8 +70,8 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: tor
     skip_arg = out if skip is None else skip  # unread without a skip: any valid pointer
     block_p, block_i = blocks or tile(inputs)
     grid = (triton.cdiv(height * width, block_p), batch)
-    wrap(to_rgb_kernel)[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out,
-                              *x.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
+    wrap(to_rgb_kernel)[grid](x, style, weight.contiguous(), bias.reshape(-1), skip_arg, out,
+                              *x.stride(), *style.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
                               *skip_arg.shape[-2:], HAS_SKIP=skip is not None, BP=block_p, BI=block_i,
                               enable_fp_fusion=False)
     return out

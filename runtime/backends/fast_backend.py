@@ -6,8 +6,9 @@ blur of the upsampling layers, noise, bias, leaky ReLU); ToRGB is one kernel (mo
 1x1 conv, bias, upsampled skip). Inside a run of layers (``run_chain``) each epilogue
 also writes the next conv's modulated input, so no separate modulation pass (nor its
 rounding) is made, and the demodulation factors of all the run's styled convs are
-computed up front in one launch (``triton_kernels.demod.demod_layers``). The kernels run on CUDA tensors; elsewhere their torch references
-run (fp32 CPU: equal to the torch backend to rel err <= 1e-5).
+computed up front in one launch (``triton_kernels.demod.demod_layers``). The kernels
+run on CUDA tensors; elsewhere their torch references run (fp32 CPU: equal to the torch
+backend to rel err <= 1e-5).
 
 Differentiable: the kernels fall back to their torch references whenever an input
 requires grad (``triton_kernels._dispatch.use_triton``), so autograd sees every op.
