@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import os
 import platform
 import sys
 import time
@@ -42,7 +43,6 @@ import soat
 from soat.runtime.chain import build_chain
 from soat.runtime.config import GeneratorConfig
 from soat.runtime.endless import span_pad
-from soat.runtime.tasks import blend as blend_tasks
 from soat.triton_kernels._dispatch import kernels
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
@@ -58,6 +58,7 @@ from soat.triton_kernels.shift_lerp import shift_lerp_ref
 from soat.triton_kernels.widen import widen_ref
 
 PROVIDERS = ("triton", "ref", "compile")
+PAIRED_ENV = "SOAT_PAIRED_MAX_BATCH"
 COPY_BYTES = 1 << 29  # 512 MiB each way: far past L2, so the copy runs at DRAM speed
 
 
@@ -220,13 +221,17 @@ def schedule_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> li
 
 
 def paired_up_to(limit: int, call: Callable, *args) -> torch.Tensor:
-    """``call(*args)`` with the tasks pairing the two style lists up to batch ``limit``."""
-    default = blend_tasks.PAIRED_MAX_BATCH
-    blend_tasks.PAIRED_MAX_BATCH = limit
+    """``call(*args)`` with the tasks pairing the two style lists up to batch ``limit`` (the tasks' knob,
+    ``SOAT_PAIRED_MAX_BATCH``: runtime/tasks/blend.py; bench imports no task module)."""
+    default = os.environ.get(PAIRED_ENV)
+    os.environ[PAIRED_ENV] = str(limit)
     try:
         return call(*args)
     finally:
-        blend_tasks.PAIRED_MAX_BATCH = default
+        if default is None:
+            del os.environ[PAIRED_ENV]
+        else:
+            os.environ[PAIRED_ENV] = default
 
 
 @functools.cache

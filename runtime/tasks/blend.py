@@ -2,12 +2,14 @@
 
 The schedule (docs/contract.md#blend): at each node, run it with sigma1 and with sigma2 on the
 same (already blended) input and skip, then ``lerp(out1, out2, alpha)``. With one generator and a
-batch of at most ``PAIRED_MAX_BATCH``, the two runs of a node are one run of batch 2B (sigma1's
-samples, then sigma2's, on the input and skip repeated): half the launches, where small batches are
-bound by launches rather than by arithmetic.
+batch of at most ``PAIRED_MAX_BATCH`` (``SOAT_PAIRED_MAX_BATCH`` where set), the two runs of a node
+are one run of batch 2B (sigma1's samples, then sigma2's, on the input and skip repeated): half the
+launches, where small batches are bound by launches rather than by arithmetic.
 """
 
 from __future__ import annotations
+
+import os
 
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -31,6 +33,19 @@ BLEND_MODES = {"horizontal": 3, "vertical": 2}
 # the largest batch whose two style lists run as one batch: beyond it the card is busy with arithmetic, and
 # repeating the input (a copy of each map) would only add traffic (bench/NOTES.md, round 8)
 PAIRED_MAX_BATCH = 4
+PAIRED_ENV = "SOAT_PAIRED_MAX_BATCH"  # replaces it, e.g. 0 to time the separate runs (bench/kernels.py --levers)
+
+
+def paired_max_batch() -> int:
+    """``PAIRED_MAX_BATCH``, or the integer in ``SOAT_PAIRED_MAX_BATCH`` (read when a call runs: a call replayed
+    from its CUDA graph keeps the schedule it was captured with)."""
+    value = os.environ.get(PAIRED_ENV)
+    if value is None:
+        return PAIRED_MAX_BATCH
+    if not value.strip().isdigit():
+        raise SoatError(f"{PAIRED_ENV}={value!r} must be an integer >= 0 (the largest batch whose two style lists "
+                        f"run as one batch; 0: never), or unset for {PAIRED_MAX_BATCH}")
+    return int(value)
 
 
 def lerp_chain(run_pair: RunPair, nodes: Sequence[LayerNode], combine: Combine, x: torch.Tensor,
@@ -55,8 +70,8 @@ def separate_runs(run1: RunNode, run2: RunNode, s1: Sequence[torch.Tensor], s2: 
 
 
 def style_pair(G: Generator, s1: Sequence[torch.Tensor], s2: Sequence[torch.Tensor], noise_at: NoiseFn) -> RunPair:
-    """One generator's two style lists: one run of batch 2B per node up to ``PAIRED_MAX_BATCH``, else two runs."""
-    if s1[0].shape[0] > PAIRED_MAX_BATCH:
+    """One generator's two style lists: one run of batch 2B per node up to ``paired_max_batch()``, else two runs."""
+    if s1[0].shape[0] > paired_max_batch():
         return separate_runs(G.run_node, G.run_node, s1, s2, noise_at)
     return PairedRuns(G, s1, s2, noise_at)
 
