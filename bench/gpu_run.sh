@@ -99,6 +99,9 @@ EOF
 }
 
 kernels() {
+  log "round 8 levers (issue 31), graphed, beside what they replace: demodulation, ToRGB, blend-type schedules"
+  timeout "${LEVERS_S:-300}" python3 -m soat.bench.kernels --levers --sizes 256 --batches ${LEVER_BATCHES:-1 128} \
+    --dtypes fp16 --csv "$OUT/levers.csv" 2>&1 | tee -a "$OUT/log.txt"
   log "kernel microbenchmarks"
   timeout 240 python3 -m soat.bench.kernels ${KERNEL_ARGS:-} --csv "$OUT/kernels.csv" 2>&1 | tail -60 | tee -a "$OUT/log.txt"
 }

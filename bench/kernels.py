@@ -1,7 +1,8 @@
 """Microbenchmark of the feature-op kernels against their torch references (GPU).
 
     python -m soat.bench.kernels [--sizes 256 1024] [--batches 1 16] [--dtypes fp16 fp32]
-                                 [--providers triton ref compile] [--csv kernels.csv]
+                                 [--providers triton ref compile] [--ops PREFIX ...] [--levers]
+                                 [--csv kernels.csv]
 
 Every op at the shapes the 256 px and 1024 px tasks (channel multiplier 2) call it with.
 Providers: ``triton`` (the kernel), ``ref`` (the torch reference, what runs on CPU) and
@@ -13,24 +14,39 @@ copy bandwidth measured in the same run. Each case also checks the kernel agains
 reference (``max_err``) and reports the host time per call (``host_us``): where it
 exceeds the kernel time, the op is launch-bound, not bandwidth-bound. Writes a CSV and
 prints a table.
+
+``--levers`` times round 8's levers (issue 31) instead, beside what they replace, as the tasks run
+them: each call replayed from a CUDA graph (``graphed`` cases), so that a saved launch shows as saved
+time. ``demod``: the factors of every styled conv of the chain in one launch against one launch per
+layer (round 7); ``to_rgb chain``: every ToRGB of the chain with whole-channel-row tiles against round
+1's 64 x 64 tiles; ``schedule``: the blend-type tasks on a random model of the size (fast backend),
+both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
+forced at every batch (the tasks pair only up to ``PAIRED_MAX_BATCH``); ``max_err`` there is between
+the two images.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+import soat
+from soat.runtime.chain import build_chain
 from soat.runtime.config import GeneratorConfig
 from soat.runtime.endless import span_pad
+from soat.triton_kernels._dispatch import kernels
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
+from soat.triton_kernels.demod import DemodTable, demod_layers, demod_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
 from soat.runtime.capabilities import PRECISION_NAMES, precision
 from soat.triton_kernels.modulate import modulate, modulate_ref
@@ -42,12 +58,17 @@ from soat.triton_kernels.shift_lerp import shift_lerp_ref
 from soat.triton_kernels.widen import widen_ref
 
 PROVIDERS = ("triton", "ref", "compile")
+PAIRED_ENV = "SOAT_PAIRED_MAX_BATCH"
 COPY_BYTES = 1 << 29  # 512 MiB each way: far past L2, so the copy runs at DRAM speed
 
 
 @dataclass
 class Case:
-    """One op call: ``op(*args, impl=...)``; ``ref(*args)`` is its reference; ``nbytes`` the traffic it needs."""
+    """One op call: ``op(*args, impl=...)``; ``ref(*args)`` is its reference; ``nbytes`` the traffic it needs.
+
+    ``graphed``: time each call replayed from a CUDA graph (several launches per call); ``labels``: provider
+    names in the table where ``triton`` and ``ref`` mean something else (the schedules).
+    """
 
     op: str
     shape: str
@@ -55,6 +76,8 @@ class Case:
     kernel: Callable
     ref: Callable
     args: tuple
+    graphed: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _maps(n: int, shape, dtype, device, channels_last=False) -> list[torch.Tensor]:
@@ -128,9 +151,105 @@ def layer_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     (x,) = _maps(1, (batch, c, size, size), dtype, device, channels_last=True)
     (skip,) = _maps(1, (batch, 3, half, half), dtype, device)
     style, weight = torch.randn(batch, c, dtype=dtype, device=device), torch.randn(3, c, dtype=dtype, device=device)
-    out.append(Case("to_rgb", str(list(x.shape)), (x.numel() + batch * 3 * size * size + skip.numel()) * es, to_rgb,
-                    to_rgb_ref, (x, style, weight, bias[:3], skip)))
+    rgb_bytes = (x.numel() + batch * 3 * size * size + skip.numel()) * es
+    rgb_args = (x, style, weight, bias[:3], skip)
+    out.append(Case("to_rgb", str(list(x.shape)), rgb_bytes, to_rgb, to_rgb_ref, rgb_args))
+    out.append(Case("to_rgb round-1 tile", str(list(x.shape)), rgb_bytes, round_one_to_rgb, to_rgb_ref, rgb_args))
     return out
+
+
+def round_one_to_rgb(*args, impl: str) -> torch.Tensor:
+    """ToRGB with round 1's tile: 64 pixels x 64 channels, looping over the channels."""
+    return kernels("to_rgb").to_rgb(*args, blocks=(64, 64))
+
+
+def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
+    """Round 8's levers, graphed, beside what they replace: the demodulation and ToRGB over the whole chain of a
+    ``size`` px model, and the blend-type schedules."""
+    chain = build_chain(GeneratorConfig(size=size))
+    es = torch.empty((), dtype=dtype).element_size()
+    convs = [n for n in chain if n.styled_conv]
+    weight_sq = [torch.rand(n.in_channels, n.out_channels, dtype=dtype, device=device) / n.in_channels for n in convs]
+    styles = [torch.randn(batch, n.in_channels, dtype=dtype, device=device) for n in convs]
+    table = DemodTable(weight_sq)
+    traffic = (table.packed.numel() + sum(s.numel() for s in styles) + batch * sum(table.outputs)) * es
+    shape = f"{len(convs)} layers, [{batch}, {sum(table.inputs)}] styles"
+    out = [Case("demod all layers", shape, traffic, lambda *a, impl: demod_layers(*a, impl=impl),
+                lambda s, t, first: [demod_ref(x, t.weight_sq(first + k)) for k, x in enumerate(s)],
+                (styles, table, 0), graphed=True),
+           Case("demod per layer (round 7)", shape, traffic,
+                lambda s, w, impl: [kernels("demod").demod(x, y) for x, y in zip(s, w)],
+                lambda s, w: [demod_ref(x, y) for x, y in zip(s, w)], (styles, weight_sq), graphed=True)]
+    layers = []  # (x, style, weight, bias, skip) of every ToRGB, channels_last x as the fast path's
+    for node in (n for n in chain if n.kind == "to_rgb"):
+        (x,) = _maps(1, (batch, node.in_channels, node.resolution, node.resolution), dtype, device, True)
+        skip = None if node.resolution == 4 else torch.randn(batch, 3, node.resolution // 2, node.resolution // 2,
+                                                             dtype=dtype, device=device)
+        layers.append((x, torch.randn(batch, node.in_channels, dtype=dtype, device=device),
+                       torch.randn(3, node.in_channels, dtype=dtype, device=device),
+                       torch.randn(3, dtype=dtype, device=device), skip))
+    traffic = sum(x.numel() + x[:, :3].numel() + (0 if k is None else k.numel()) for x, _, _, _, k in layers) * es
+    shape = f"{len(layers)} layers, 4..{size} px"
+    for name, op in (("to_rgb chain", to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb)):
+        out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
+                        lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
+    return out + schedule_cases(size, batch, dtype, device)
+
+
+# the blend-type tasks, each as its schedule runs it: (name, output width in images, call); the box: a face's
+# middle, as the README's example takes it at 256 px
+SCHEDULES = (("blend", 1, lambda G, a, b: G.blend(a, b)),
+             ("blend_bbox", 1, lambda G, a, b: G.blend_bbox(a, b, tuple(G.size * v // 8 for v in (2, 2, 4, 3)))),
+             ("merge_extension", 2, lambda G, a, b: G.merge_extension(a, b)))
+
+
+def schedule_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
+    """The blend-type tasks on a random ``size`` px model (fast backend, every call graphed): ``triton`` runs both
+    style lists as one batch of 2B per node, ``ref`` two runs per node, whatever the batch. Traffic: the image."""
+    G = _model(size, dtype, device)
+    z = torch.randn(2 * batch, G.config.style_dim, generator=torch.Generator().manual_seed(0))
+    styles = G.styles(z.to(device))
+    s1, s2 = [s[:batch] for s in styles], [s[batch:] for s in styles]
+    out = []
+    for name, images, call in SCHEDULES:
+        image_bytes = batch * 3 * size * size * images * G.dtype.itemsize
+        out.append(Case(f"schedule {name}", f"[{batch}, 3, {size}, {images * size}]", image_bytes,
+                        lambda impl, call=call: paired_up_to(batch, call, G, s1, s2),
+                        lambda call=call: paired_up_to(0, call, G, s1, s2), (),
+                        graphed=True, labels={"triton": "paired 2B", "ref": "separate"}))
+    return out
+
+
+def paired_up_to(limit: int, call: Callable, *args) -> torch.Tensor:
+    """``call(*args)`` with the tasks pairing the two style lists up to batch ``limit`` (the tasks' knob,
+    ``SOAT_PAIRED_MAX_BATCH``: runtime/tasks/blend.py; bench imports no task module)."""
+    default = os.environ.get(PAIRED_ENV)
+    os.environ[PAIRED_ENV] = str(limit)
+    try:
+        return call(*args)
+    finally:
+        if default is None:
+            del os.environ[PAIRED_ENV]
+        else:
+            os.environ[PAIRED_ENV] = default
+
+
+@functools.cache
+def _model(size: int, dtype: torch.dtype, device: str) -> soat.Generator:
+    return soat.load("random", size=size, device=device, dtype=dtype, cuda_graphs=False)
+
+
+def graph_replay(fn: Callable) -> Callable:
+    """``fn`` captured once into a CUDA graph (after a warm-up call that compiles its kernels); returns the replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def timed(fn: Callable) -> tuple[float, float, float]:
@@ -162,8 +281,15 @@ def copy_bandwidth(device: str) -> float:
     return 2 * COPY_BYTES / ms / 1e6
 
 
-def _first(out):
-    return out[0] if isinstance(out, tuple) else out
+def _outputs(out) -> list[torch.Tensor]:
+    """The tensors an op returns (one, a tuple's first, or every one of a list: the chain cases)."""
+    if isinstance(out, list):
+        return out
+    return [out[0] if isinstance(out, tuple) else out]
+
+
+def max_err(a, b) -> float:
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(_outputs(a), _outputs(b), strict=True))
 
 
 def run_case(case: Case, providers: list[str], copy_gbs: float) -> list[dict]:
@@ -171,18 +297,20 @@ def run_case(case: Case, providers: list[str], copy_gbs: float) -> list[dict]:
     if "compile" in providers:
         compiled = torch.compile(case.ref)
         fns["compile"] = lambda: compiled(*case.args)
-    err = (_first(fns["triton"]()).float() - _first(fns["ref"]()).float()).abs().max().item()
+    err = max_err(fns["triton"](), fns["ref"]())
     rows = []
     for provider in providers:
-        p50, p20, p80 = timed(fns[provider])
+        fn = graph_replay(fns[provider]) if case.graphed else fns[provider]
+        p50, p20, p80 = timed(fn)
         gbs = case.nbytes / p50 / 1e6
-        rows.append({"op": case.op, "shape": case.shape, "provider": provider, "ms_p50": p50, "ms_p20": p20,
+        rows.append({"op": case.op, "shape": case.shape, "provider": case.labels.get(provider, provider),
+                     "graphed": case.graphed, "ms_p50": p50, "ms_p20": p20,
                      "ms_p80": p80, "MB": case.nbytes / 1e6, "GBps": gbs, "frac_copy": gbs / copy_gbs,
-                     "host_us": host_us(fns[provider]), "max_err": err})
+                     "host_us": host_us(fn, calls=max(5, min(100, int(50 / p50)))), "max_err": err})
     return rows
 
 
-TABLE = "{op:26} {size:>5} {batch:>3} {dtype:5} {shape:40} {provider:8} {ms:>8} {gbs:>7} {frac:>5} {host:>7} {err:>8}"
+TABLE = "{op:30} {size:>5} {batch:>3} {dtype:5} {shape:40} {provider:9} {ms:>8} {gbs:>7} {frac:>5} {host:>7} {err:>8}"
 
 
 def table_line(row: dict) -> str:
@@ -198,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtypes", nargs="+", choices=list(PRECISION_NAMES), default=["fp16", "fp32"])
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=["triton", "ref"])
     parser.add_argument("--ops", nargs="*", default=[], help="only cases whose name starts with one of these")
+    parser.add_argument("--levers", action="store_true",
+                        help="time round 8's levers beside what they replace instead (module docstring)")
     parser.add_argument("--csv", default="kernels.csv", help="where to write the results")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -215,12 +345,20 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         for batch in args.batches:
             for dname in args.dtypes:
-                for case in cases(size, batch, precision(dname).torch_dtype, device):
-                    if not args.ops or any(case.op.startswith(o) for o in args.ops):
-                        for row in run_case(case, args.providers, copy_gbs):
-                            rows.append({"gpu": torch.cuda.get_device_name(), "size": size, "batch": batch,
-                                         "dtype": dname, **row})
-                            print(table_line(rows[-1]), flush=True)
+                dtype = precision(dname).torch_dtype
+                for case in (lever_cases if args.levers else cases)(size, batch, dtype, device):
+                    if args.ops and not any(case.op.startswith(o) for o in args.ops):
+                        continue
+                    try:
+                        case_rows = run_case(case, args.providers, copy_gbs)
+                    except torch.cuda.OutOfMemoryError:
+                        print(f"# {case.op} {size} px, batch {batch}, {dname}: out of memory, skipped", flush=True)
+                        torch.cuda.empty_cache()
+                        continue
+                    for row in case_rows:
+                        rows.append({"gpu": torch.cuda.get_device_name(), "size": size, "batch": batch,
+                                     "dtype": dname, **row})
+                        print(table_line(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
     with open(args.csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

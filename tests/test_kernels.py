@@ -21,10 +21,10 @@ import torch
 
 from conftest import DEVICE
 from soat.errors import SoatError
-from soat.triton_kernels._dispatch import use_triton
+from soat.triton_kernels._dispatch import kernels, use_triton
 from soat.triton_kernels.columns import place_columns_ref
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref
-from soat.triton_kernels.demod import demod, demod_ref
+from soat.triton_kernels.demod import DemodTable, demod_layers, demod_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
 from soat.triton_kernels.modulate import modulate, modulate_ref
 from soat.triton_kernels.ops import (WIDEN_MODES, concat_w, mask_lerp, place_columns, ramp, ramp_lerp, region_copy,
@@ -51,6 +51,12 @@ def maps(n, shape, dtype=torch.float32, channels_last=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return [torch.randn(shape, generator=g).to(DEVICE, dtype, memory_format=fmt) for _ in range(n)]
+
+
+def style_rows(batch, channels, dtype, g):
+    """``[batch, channels]`` styles as a column slice of a wider buffer (a style list from a flat tensor, and the
+    paired runs of blend-type tasks, pass such views: the kernels read them through their strides)."""
+    return torch.randn(batch, channels + 5, generator=g).to(DEVICE, dtype)[:, 3:3 + channels]
 
 
 def assert_lerp(out, ref, *inputs):
@@ -181,7 +187,8 @@ def test_conv_epilogue(shape, dtype, cl, noise_batch, up):
     (y,) = maps(1, (b, c, 2 * h + 1, 2 * w + 1) if up else shape, dtype, cl)
     h, w = (2 * h, 2 * w) if up else (h, w)
     g = torch.Generator().manual_seed(2)
-    demod = (torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype)
+    # a column slice of a wider buffer, as the fast path passes its factors (demod_layers)
+    demod = (torch.rand(b, c + 5, generator=g) + 0.5).to(DEVICE, dtype)[:, 2:2 + c]
     noise = torch.randn(b if noise_batch == "B" else 1, 1, h, w, generator=g).to(DEVICE, dtype)
     noise_weight = torch.tensor([0.3], device=DEVICE, dtype=dtype)
     bias = torch.randn(c, generator=g).to(DEVICE, dtype)
@@ -201,7 +208,7 @@ def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):
     b, c, h, w = shape
     (y,) = maps(1, shape, dtype, cl)
     g = torch.Generator().manual_seed(6)
-    demod, next_style = ((torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(2))
+    demod, next_style = (torch.rand(b, c, generator=g) + 0.5).to(DEVICE, dtype), style_rows(b, c, dtype, g)
     noise = torch.randn(1, 1, h, w, generator=g).to(DEVICE, dtype)
     noise_weight, bias = torch.tensor([0.3], device=DEVICE, dtype=dtype), torch.randn(c, generator=g).to(DEVICE, dtype)
     x, x_mod = conv_epilogue_modulated(y, demod, noise, noise_weight, bias, False, next_style, write_x, impl="triton")
@@ -215,44 +222,84 @@ def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):
     torch.testing.assert_close(x_mod.float(), ref_mod, rtol=tol, atol=tol * ref_mod.abs().max().item())
 
 
+def assert_demod(out, style, weight_sq):
+    ref = demod_ref(style.float(), weight_sq.float())
+    assert out.dtype == style.dtype and out.shape == ref.shape
+    rtol = 1e-5 if style.dtype == torch.float32 else torch.finfo(style.dtype).eps
+    torch.testing.assert_close(out.float(), ref, rtol=rtol, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("batch,inputs,outputs", [(1, 3, 5), (3, 70, 130), (2, 512, 64)])
 def test_demod(batch, inputs, outputs, dtype):
+    """The one-layer kernel of the AOTI packages' graphs."""
     g = torch.Generator().manual_seed(5)
     style = torch.randn(batch, inputs, generator=g).to(DEVICE, dtype)
     weight_sq = (torch.rand(inputs, outputs, generator=g) / inputs).to(DEVICE, dtype)
-    out = demod(style, weight_sq, impl="triton")
-    ref = demod_ref(style.float(), weight_sq.float())
-    assert out.dtype == dtype and out.shape == (batch, outputs)
-    torch.testing.assert_close(out.float(), ref, rtol=1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps,
-                               atol=0)
+    assert_demod(kernels("demod").demod(style, weight_sq), style, weight_sq)
 
 
-# x [B, I, H, W]: even sizes (a skip of half the size feeds them), 70 channels span two channel steps
-RGB_GEOMS = [(1, 3, 6, 8), (3, 5, 10, 14), (2, 70, 8, 6), (1, 3, 16, 16)]
+# (inputs, outputs) per layer: outputs off and on multiples of the kernel's 8-output blocks, the widest input 512
+DEMOD_LAYERS = [(3, 5), (70, 130), (512, 64), (9, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_demod_layers(batch, dtype):
+    """Every layer of a run in one launch (the fast path): the whole table and runs inside it."""
+    g = torch.Generator().manual_seed(8)
+    weight_sq = [(torch.rand(i, o, generator=g) / i).to(DEVICE, dtype) for i, o in DEMOD_LAYERS]
+    styles = [style_rows(batch, i, dtype, g) for i, _ in DEMOD_LAYERS]
+    table = DemodTable(weight_sq)
+    assert all(torch.equal(table.weight_sq(k), w) for k, w in enumerate(weight_sq))
+    for first, last in ((0, 4), (1, 3), (3, 4)):
+        out = demod_layers(styles[first:last], table, first, impl="triton")
+        assert len(out) == last - first
+        for d, style, w in zip(out, styles[first:last], weight_sq[first:last]):
+            assert_demod(d, style, w)
+
+
+# x [B, I, H, W]: even sizes (a skip of half the size feeds them); 70 channels make a ragged tile row, 520 two
+# channel steps of the 512-channel rows
+RGB_GEOMS = [(1, 3, 6, 8), (3, 5, 10, 14), (2, 70, 8, 6), (1, 3, 16, 16), (1, 520, 4, 6)]
+
+
+def rgb_inputs(shape, dtype, cl, with_skip):
+    b, c, h, w = shape
+    (x,) = maps(1, shape, dtype, cl)
+    g = torch.Generator().manual_seed(7)
+    style, weight = style_rows(b, c, dtype, g), torch.randn(3, c, generator=g).to(DEVICE, dtype)
+    bias = torch.randn(3, generator=g).to(DEVICE, dtype)
+    skip = torch.randn(b, 3, h // 2, w // 2, generator=g).to(DEVICE, dtype) if with_skip else None
+    return x, style, weight, bias, skip
+
+
+def assert_rgb(out, x, style, weight, bias, skip):
+    ref = to_rgb_ref(*(t.float() for t in (x, style, weight, bias)), None if skip is None else skip.float())
+    assert out.dtype == x.dtype and out.shape == ref.shape
+    tol = 1e-5 if x.dtype == torch.float32 else 2 * torch.finfo(x.dtype).eps
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("with_skip", [True, False])
 @pytest.mark.parametrize("dtype,cl", FORMATS)
 @pytest.mark.parametrize("shape", RGB_GEOMS)
 def test_to_rgb(shape, dtype, cl, with_skip):
-    b, c, h, w = shape
-    (x,) = maps(1, shape, dtype, cl)
-    g = torch.Generator().manual_seed(7)
-    style, weight = torch.randn(b, c, generator=g).to(DEVICE, dtype), torch.randn(3, c, generator=g).to(DEVICE, dtype)
-    bias = torch.randn(3, generator=g).to(DEVICE, dtype)
-    skip = torch.randn(b, 3, h // 2, w // 2, generator=g).to(DEVICE, dtype) if with_skip else None
-    out = to_rgb(x, style, weight, bias, skip, impl="triton")
-    ref = to_rgb_ref(*(t.float() for t in (x, style, weight, bias)), None if skip is None else skip.float())
-    assert out.dtype == dtype and out.shape == ref.shape
-    tol = 1e-5 if dtype == torch.float32 else 2 * torch.finfo(dtype).eps
-    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+    inputs = rgb_inputs(shape, dtype, cl, with_skip)
+    assert_rgb(to_rgb(*inputs, impl="triton"), *inputs)
+
+
+@pytest.mark.parametrize("shape", RGB_GEOMS[1:3])
+def test_to_rgb_round_one_tile(shape):
+    """The 64-pixel, 64-channel tile bench/kernels.py times against the default (a channel loop of two steps)."""
+    inputs = rgb_inputs(shape, torch.float32, True, True)
+    assert_rgb(kernels("to_rgb").to_rgb(*inputs, blocks=(64, 64)), *inputs)
 
 
 @pytest.mark.parametrize("shape,dtype,cl", CASES)
 def test_modulate(shape, dtype, cl):
     (x,) = maps(1, shape, dtype, cl)
-    style = torch.randn(shape[:2], generator=torch.Generator().manual_seed(4)).to(DEVICE, dtype)
+    style = style_rows(*shape[:2], dtype, torch.Generator().manual_seed(4))
     out = modulate(x, style, impl="triton")
     if dtype == torch.bfloat16:  # the interpreter's fp32 -> bf16 cast may round differently: one ulp
         torch.testing.assert_close(out, modulate_ref(x, style), rtol=torch.finfo(dtype).eps, atol=0)

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import soat
 from soat.runtime.backend import NodeByNode
+from soat.runtime.tasks.blend import PAIRED_MAX_BATCH
 from soat.runtime.tasks.local import alpha_is_zero, boxes_mask
 from soat.triton_kernels.ramp_lerp import ramp
 from conftest import make_styles, pick, rel_err
@@ -145,12 +146,24 @@ def only(outputs: dict) -> torch.Tensor:
     return out
 
 
-def dual_pairs(calls):
-    """The calls of a two-style schedule after the constant, grouped per node: (id, in1, out1, in2, out2)."""
-    body = calls[1:]
-    firsts, seconds = body[0::2], body[1::2]
-    assert len(firsts) == len(seconds) and all(a[0] == b[0] for a, b in zip(firsts, seconds))
-    return [(a[0], a[1], only(a[2]), b[1], only(b[2])) for a, b in zip(firsts, seconds)]
+def dual_pairs(calls, batch):
+    """The calls of a two-style schedule after the constant, grouped per node: (id, in1, out1, in2, out2).
+
+    A node runs twice (batch B each), or once on both style lists (batch 2B, sigma1's samples first: up to
+    PAIRED_MAX_BATCH), whose inputs and output are split into their halves here."""
+    pairs, body = [], iter(calls[1:])
+    for node_id, inputs, outputs in body:
+        out = only(outputs)
+        if out.shape[0] == 2 * batch:
+            first, second = slice(0, batch), slice(batch, None)
+            halves = [{k: v if k == "noise" and v.shape[0] == 1 else v[half] for k, v in inputs.items()}
+                      for half in (first, second)]
+            pairs.append((node_id, halves[0], out[first], halves[1], out[second]))
+        else:
+            second_id, inputs2, outputs2 = next(body)
+            assert second_id == node_id
+            pairs.append((node_id, inputs, out, inputs2, only(outputs2)))
+    return pairs
 
 
 def check_lerp(blended, out1, out2, alpha):
@@ -160,20 +173,22 @@ def check_lerp(blended, out1, out2, alpha):
     assert torch.equal(blended[zero], out1[zero]) and torch.equal(blended[one], out2[one])
 
 
+@pytest.mark.parametrize("batch", [2, PAIRED_MAX_BATCH + 1], ids=["paired", "separate"])
 @pytest.mark.parametrize("task", ["blend-horizontal", "blend-vertical", "merge_extension", "merge"])
-def test_schedule_lerps_every_layer_with_spec_alpha(g16, task):
+def test_schedule_lerps_every_layer_with_spec_alpha(g16, task, batch):
     """Every node runs once with sigma1 and once with sigma2 on the same input (and skip); the next node
     consumes lerp(out1, out2, alpha) with the ramp of the output's size (merge: over the doubled width;
-    docs/contract.md#ramps).
+    docs/contract.md#ramps). Up to PAIRED_MAX_BATCH both runs are one call of batch 2B, beyond it two calls.
     The noise each node sees is the fixed buffer (merge: after conv1, the buffer twice along W)."""
     G, rec = recording(g16)
-    s1, s2 = two_styles(g16, 2)
+    s1, s2 = two_styles(g16, batch)
     if task.startswith("blend"):
         image = G.blend(s1, s2, mode=task.split("-")[1])
     else:
         image = getattr(G, task)(s1, s2)
-    pairs = dual_pairs(rec.calls)
+    pairs = dual_pairs(rec.calls, batch)
     assert [p[0] for p in pairs] == [n.id for n in g16.chain[1:]]
+    assert len(rec.calls) == 1 + len(pairs) * (1 if batch <= PAIRED_MAX_BATCH else 2)
     merged = not task.startswith("blend")
     for k, (node_id, in1, out1, in2, out2) in enumerate(pairs):
         node = node_by_id(g16, node_id)

@@ -51,7 +51,8 @@ def conv_epilogue(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noi
     Args:
         y: conv output ``[B, C, Hy, Wy]``; ``Hy = H + 1`` when ``up`` (``H`` the output height,
             twice the conv input's), else ``H``.
-        demod: ``[B, C]`` demodulation factors. noise: ``[1 or B, 1, H, W]``.
+        demod: ``[B, C]`` demodulation factors (any strides: the fast path passes column slices of one buffer).
+        noise: ``[1 or B, 1, H, W]``.
         noise_weight: ``[1]`` (a tensor, read on the device: no host sync).
         bias: ``[C]`` (any shape with ``C`` elements).
     Returns:

@@ -13,10 +13,10 @@ UP_TILE = 1024  # quads x channels per program of the upsampling epilogue (four 
 
 
 @triton.jit
-def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
-            sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr):
+def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, sdb, sdc, snb, snh, snw,
+            sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr):
     """Demodulate, add noise and bias, leaky ReLU * sqrt(2); store x and/or the next conv's input."""
-    d = tl.load(demod + b * C + c, mask=ok).to(tl.float32)
+    d = tl.load(demod + b * sdb + c * sdc, mask=ok).to(tl.float32)
     n = tl.load(noise + b.to(tl.int64) * snb + h * snh + w * snw, mask=ok).to(tl.float32)
     nw = tl.load(noise_weight).to(tl.float32)
     bi = tl.load(bias + c, mask=c < C).to(tl.float32)
@@ -25,24 +25,25 @@ def _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out
     if WRITE_X:
         tl.store(out + offset(b, c, h, w, sob, soc, soh, sow), v.to(out.dtype.element_ty), mask=ok)
     if WRITE_MOD:  # from the fp32 value: one rounding, where modulating the stored x would take two
-        s = tl.load(next_style + b * C + c, mask=ok).to(tl.float32)
+        s = tl.load(next_style + b * stb + c * stc, mask=ok).to(tl.float32)
         tl.store(out_mod + offset(b, c, h, w, smb, smc, smh, smw), (v * s).to(out_mod.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def conv_epilogue_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
-                         syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw,
+                         syb, syc, syh, syw, sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, stb, stc,
                          B, C, H, W, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
                          CL: tl.constexpr, BR: tl.constexpr, BI: tl.constexpr):
     b, c, h, w, ok = tile_index(B, C, H, W, CL, BR, BI)
     v = tl.load(y + offset(b, c, h, w, syb, syc, syh, syw), mask=ok).to(tl.float32)
-    _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, snb, snh, snw,
-            sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+    _finish(v, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod, sdb, sdc, snb, snh, snw,
+            sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X, WRITE_MOD)
 
 
 @triton.jit
 def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out, out_mod,
-                            syb, syc, syh, syw, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, Hy, Wy,
+                            syb, syc, syh, syw, sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw,
+                            stb, stc, Hy, Wy,
                             B, C, Hq, Wq, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
                             BR: tl.constexpr, BI: tl.constexpr):
     """The upsampling layer's epilogue, one 2x2 output quad per row of the tile (channels inner):
@@ -81,13 +82,13 @@ def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out
     h = 2 * p
     w = 2 * qd
     _finish(a00 * scale, b, c, h, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X, WRITE_MOD)
     _finish(a01 * scale, b, c, h, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X, WRITE_MOD)
     _finish(a10 * scale, b, c, h + 1, w, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X, WRITE_MOD)
     _finish(a11 * scale, b, c, h + 1, w + 1, ok, demod, noise, noise_weight, bias, next_style, out, out_mod,
-            snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, C, WRITE_X, WRITE_MOD)
+            sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw, stb, stc, C, WRITE_X, WRITE_MOD)
 
 
 def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
@@ -102,11 +103,13 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     # a map the flags leave unread and unwritten gets a valid stand-in
     first = out if out is not None else out_mod
     out_mod_arg = first if out_mod is None else out_mod
-    style_arg = first if next_style is None else next_style.contiguous()
+    style_arg, style_strides = (first, (0, 0)) if next_style is None else (next_style, next_style.stride())
     # expanded to the batch: stride 0 for one shared map, with no test of its batch (a traced batch is symbolic)
     nsb, _, nsh, nsw = noise.expand(B, 1, H, W).stride()
-    args = (y, demod.contiguous(), noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
-            *y.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride())
+    # demod and the style through their strides: the fast path passes column slices of one buffer of all layers'
+    # factors, and a style list's entries may be slices of one flat buffer
+    args = (y, demod, noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
+            *y.stride(), *demod.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride(), *style_strides)
     flags = {"WRITE_X": write_x, "WRITE_MOD": next_style is not None}
     if not up:
         cl = is_channels_last(first)

@@ -8,11 +8,15 @@ import triton.language as tl
 
 from ._tiles import direct
 
-BLOCK_P, BLOCK_I = 64, 64  # pixels and input channels per step
+# x elements per program, a [pixels, channels] tile: whole channel rows up to MAX_ROW channels, so that at
+# batch 1 the small maps get HW * I / TILE programs (a 64 px map of 512 channels 512, not 64 each looping
+# over 8 channel steps) and every program loads its x in one step
+TILE, MAX_ROW = 4096, 512
 
 
 @triton.jit
-def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ssc, ssh, ssw, sob, soc, soh, sow,
+def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, stb, sti, ssb, ssc, ssh, ssw,
+                  sob, soc, soh, sow,
                   I, H, W, Hs, Ws, HAS_SKIP: tl.constexpr, BP: tl.constexpr, BI: tl.constexpr):
     b = tl.program_id(1)  # batch on axis 1 (at most 65535), pixels on axis 0 (no such limit)
     p = tl.program_id(0) * BP + tl.arange(0, BP)
@@ -27,7 +31,7 @@ def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ss
         i = start + tl.arange(0, BI)
         i_ok = i < I
         v = tl.load(pix[:, None] + i[None, :] * sxc, mask=ok[:, None] & i_ok[None, :], other=0.0).to(tl.float32)
-        s = tl.load(style + b * I + i, mask=i_ok, other=0.0).to(tl.float32)
+        s = tl.load(style + b * stb + i * sti, mask=i_ok, other=0.0).to(tl.float32)
         acc0 += tl.sum(v * (tl.load(weight + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
         acc1 += tl.sum(v * (tl.load(weight + I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
         acc2 += tl.sum(v * (tl.load(weight + 2 * I + i, mask=i_ok, other=0.0).to(tl.float32) * s)[None, :], axis=1)
@@ -57,15 +61,23 @@ def to_rgb_kernel(x, style, weight, bias, skip, out, sxb, sxc, sxh, sxw, ssb, ss
 
 
 def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-           skip: torch.Tensor | None, wrap: Callable = direct) -> torch.Tensor:
-    """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]``, ``weight [3, I]``,
-    ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None (``wrap``: ``_tiles.direct``)."""
+           skip: torch.Tensor | None, wrap: Callable = direct, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]`` (any strides), ``weight [3, I]``,
+    ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None (``wrap``: ``_tiles.direct``; ``blocks``: the tile,
+    ``(pixels, channels)`` powers of two, default ``tile(I)``; bench/kernels.py times round 1's ``(64, 64)``)."""
     batch, inputs, height, width = x.shape
     out = torch.empty(batch, 3, height, width, dtype=x.dtype, device=x.device)
     skip_arg = out if skip is None else skip  # unread without a skip: any valid pointer
-    grid = (triton.cdiv(height * width, BLOCK_P), batch)
-    wrap(to_rgb_kernel)[grid](x, style.contiguous(), weight.contiguous(), bias.reshape(-1), skip_arg, out,
-                              *x.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
-                              *skip_arg.shape[-2:], HAS_SKIP=skip is not None, BP=BLOCK_P, BI=BLOCK_I,
+    block_p, block_i = blocks or tile(inputs)
+    grid = (triton.cdiv(height * width, block_p), batch)
+    wrap(to_rgb_kernel)[grid](x, style, weight.contiguous(), bias.reshape(-1), skip_arg, out,
+                              *x.stride(), *style.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
+                              *skip_arg.shape[-2:], HAS_SKIP=skip is not None, BP=block_p, BI=block_i,
                               enable_fp_fusion=False)
     return out
+
+
+def tile(inputs: int) -> tuple[int, int]:
+    """``(pixels, channels)`` of a program's tile for ``inputs`` channels (a traced launch has them static)."""
+    block_i = min(triton.next_power_of_2(max(inputs, 1)), MAX_ROW)
+    return TILE // block_i, block_i

@@ -5,8 +5,10 @@ Every styled conv is the dense conv of the modulated input with the shared weigh
 blur of the upsampling layers, noise, bias, leaky ReLU); ToRGB is one kernel (modulated
 1x1 conv, bias, upsampled skip). Inside a run of layers (``run_chain``) each epilogue
 also writes the next conv's modulated input, so no separate modulation pass (nor its
-rounding) is made. The kernels run on CUDA tensors; elsewhere their torch references
-run (fp32 CPU: equal to the torch backend to rel err <= 1e-5).
+rounding) is made, and the demodulation factors of all the run's styled convs are
+computed up front in one launch (``triton_kernels.demod.demod_layers``). The kernels
+run on CUDA tensors; elsewhere their torch references run (fp32 CPU: equal to the torch
+backend to rel err <= 1e-5).
 
 Differentiable: the kernels fall back to their torch references whenever an input
 requires grad (``triton_kernels._dispatch.use_triton``), so autograd sees every op.
@@ -19,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ...triton_kernels.conv_epilogue import conv_epilogue_modulated
-from ...triton_kernels.demod import demod
+from ...triton_kernels.demod import DemodTable, demod_layers
 from ...triton_kernels.modulate import modulate
 from ...triton_kernels.to_rgb import to_rgb
 from ..backend import execute_plan
@@ -49,6 +51,12 @@ class FastTorchBackend:
         self.weights = weights
         self._nodes = {n.id: n for n in build_chain(self.config)}
         self._graphs = {gid: self._prepare(graph_module(weights, gid)) for gid in graph_ids(self.config)}
+        # every styled conv's weight_sq packed for the one-launch demodulation; the modules keep views of it
+        convs = [n.id for n in self._nodes.values() if n.styled_conv]
+        self._layer = {node_id: k for k, node_id in enumerate(convs)}
+        self._demod = DemodTable([self._graphs[node_id].conv.weight_sq for node_id in convs])
+        for node_id, k in self._layer.items():
+            self._graphs[node_id].conv.weight_sq = self._demod.weight_sq(k)
 
     def _prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         module = module.to(self.device, self.dtype).eval().requires_grad_(False)
@@ -65,43 +73,58 @@ class FastTorchBackend:
         elif node.kind == TO_RGB:
             out = _to_rgb(module, inputs["x"], inputs["style"], inputs.get("skip"))
         else:
-            out, _ = _styled_conv(module, modulate(inputs["x"], inputs["style"]), inputs["style"], inputs["noise"],
-                                  None, True)
+            (d,) = demod_layers([inputs["style"]], self._demod, self._layer[graph_id])
+            out = self._styled_node(graph_id, inputs["x"], inputs["style"], inputs["noise"], d)
         return {output: out}
+
+    def _styled_node(self, node_id: str, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+                     demod: torch.Tensor) -> torch.Tensor:
+        """A styled conv's own graph given its demodulation factors: ``x`` modulated here, the conv and epilogue."""
+        out, _ = _styled_conv(self._graphs[node_id], modulate(x, style), demod, noise, None, True)
+        return out
 
     def run_chain(self, steps: Sequence[Step], x: torch.Tensor,
                   rgb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Consecutive nodes ``(node, style, noise)`` from ``x`` (and RGB); returns the last of each.
 
         The run follows the contract's plan (``graphs.run_plan``): where it links styled convs, each one's
-        epilogue writes the next conv's modulated input, and ``x`` itself only where the run reads it.
+        epilogue writes the next conv's modulated input, and ``x`` itself only where the run reads it. The
+        demodulation factors of every styled conv of the run come from one launch before the first layer.
         """
         if not steps:
             return x, rgb
         first = chain_index(self.config, steps[0][0].id)
-        return execute_plan(run_plan(self.config, first, first + len(steps)), steps, x, rgb, self._run_node,
-                            self._run_linked, modulate)
+        convs = [(node.id, style) for node, style, _ in steps if node.styled_conv]
+        factors = {}
+        if convs:  # styled convs are consecutive layers of the table, as the run's nodes are of the chain
+            ds = demod_layers([style for _, style in convs], self._demod, self._layer[convs[0][0]])
+            factors = {node_id: d for (node_id, _), d in zip(convs, ds)}
 
-    def _run_node(self, node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
-                  skip: torch.Tensor | None) -> torch.Tensor:
-        return self.run(node.id, node_inputs(x, style, noise, skip))[node.output]
+        def run_node(node: LayerNode, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                     skip: torch.Tensor | None) -> torch.Tensor:
+            if node.styled_conv:
+                return self._styled_node(node.id, x, style, noise, factors[node.id])
+            return self.run(node.id, node_inputs(x, style, noise, skip))[node.output]
 
-    def _run_linked(self, step: PlanStep, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
-                    next_style: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        module = self._graphs[linked_node_id(step.graph)]
-        return _styled_conv(module, x_mod, style, noise, next_style, "x" in step.writes)
+        def run_linked(step: PlanStep, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None,
+                       next_style: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+            node_id = linked_node_id(step.graph)
+            return _styled_conv(self._graphs[node_id], x_mod, factors[node_id], noise, next_style, "x" in step.writes)
+
+        return execute_plan(run_plan(self.config, first, first + len(steps)), steps, x, rgb, run_node, run_linked,
+                            modulate)
 
 
-def _styled_conv(module: StyledConvNode, x_mod: torch.Tensor, style: torch.Tensor, noise: torch.Tensor,
+def _styled_conv(module: StyledConvNode, x_mod: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
                  next_style: torch.Tensor | None, write_x: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A styled conv on its modulated input: the shared-weight conv, then the fused epilogue.
+    """A styled conv on its modulated input and its demodulation factors: the shared-weight conv, then the fused
+    epilogue.
 
     Returns ``(x or None, the next conv's modulated input or None)``.
     """
     y = module.conv.shared_conv(x_mod)
-    d = demod(style, module.conv.weight_sq)
-    return conv_epilogue_modulated(y, d, noise, module.noise_weight, module.bias, module.conv.upsample, next_style,
-                                   write_x)
+    return conv_epilogue_modulated(y, demod, noise, module.noise_weight, module.bias, module.conv.upsample,
+                                   next_style, write_x)
 
 
 def _to_rgb(module: ToRGBNode, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ...errors import SoatError
 from ..checks import SIGMA_INDEX, check_int
 from ..cudagraph import is_capturing
 from ..noise import NoiseArg, shared_noise
-from .blend import check_pair, lerp_chain
+from .blend import check_pair, lerp_chain, style_pair
 from .boxes import box_list, check_box
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def blend_mask(G: Generator, styles1, styles2, mask, pose_align: bool = False, n
     def combine(node, a, b):
         return K.mask_lerp(a, b, m, alpha_is_zero(node.style_index, pose_align, num_blend))
 
-    rgb = lerp_chain(G.run_node, G.run_node, s1, s2, G.chain[1:], combine, G.constant(s1), G.noise_fn(noise))
+    rgb = lerp_chain(style_pair(G, s1, s2, G.noise_fn(noise)), G.chain[1:], combine, G.constant(s1))
     return rgb.clamp(-1, 1)
 
 

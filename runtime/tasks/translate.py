@@ -17,7 +17,7 @@ from ...triton_kernels import ops as K
 from ...errors import SoatError
 from ..checks import check_float, check_int
 from ..noise import NoiseArg
-from .blend import check_pair, lerp_chain
+from .blend import check_pair, lerp_chain, separate_runs
 from .local import checked_mask
 
 if TYPE_CHECKING:
@@ -52,5 +52,5 @@ def translate(G1: Generator, G2: Generator, styles1, styles2, num_swap: int = 6,
     x = K.mask_lerp(G1.constant(s1), G2.constant(s2), early)
     noise1 = G1.noise_fn(noise)
     noise2 = G2.noise_fn(noise) if noise == "fixed" else None  # random/explicit noise: one draw, shared
-    rgb = lerp_chain(G1.run_node, G2.run_node, s1, s2, G1.chain[1:], combine, x, noise1, noise2)
+    rgb = lerp_chain(separate_runs(G1.run_node, G2.run_node, s1, s2, noise1, noise2), G1.chain[1:], combine, x)
     return rgb.clamp(-1, 1)
