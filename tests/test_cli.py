@@ -299,7 +299,7 @@ def test_install_hint_fits_how_soat_was_installed(monkeypatch):
     class Wheel:
         def read_text(self, name):
             return None  # a wheel's metadata has no direct_url.json
-    monkeypatch.setattr("importlib.metadata.distribution", lambda name: Wheel())
+    monkeypatch.setattr("importlib.metadata.distributions", lambda name: [Wheel()])
     assert install_hint("serve") == "pip install 'soat[serve]'"
 
 

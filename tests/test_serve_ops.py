@@ -206,7 +206,7 @@ def test_the_jpeg_encoder_is_chosen_in_one_place_and_checked(g8, capsys):
     from soat.cli import main
     assert main(["serve", "--jpeg-encoder", "gpu", "--port", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "soat serve: jpeg_encoder='gpu' is not a JPEG encoder; use one of auto, libjpeg-turbo, nvjpeg"]
+        "soat: error: jpeg_encoder='gpu' is not a JPEG encoder; use one of auto, libjpeg-turbo, nvjpeg"]
     with background_server(create_app(g8, truncation=1.0)) as base:
         assert httpx.get(base + "/api/info", timeout=TIMEOUT).json()["jpeg_encoder"] == "libjpeg-turbo"
 
