@@ -533,8 +533,8 @@ def per_sample_masks():
     return [m[j:j + 1] for j in range(B)] + [m]
 
 
-@pytest.mark.parametrize("task", tiered(TASKS, "blend-vertical", "merge", "panorama", "panorama_stream", "expand-reflect",
-                                        "blend_mask", "blend_bbox", "translate-mask"))
+@pytest.mark.parametrize("task", tiered(TASKS, "blend-vertical", "merge", "panorama", "panorama_stream",
+                                        "expand-reflect", "blend_mask", "blend_bbox", "translate-mask"))
 def test_batch_equals_single_calls(request, task):
     # patch swap edits the 16x16 block, so it needs a later one; panoramas are size-agnostic (and costly)
     size = 32 if task == "patch_swap" else 8 if task.startswith("panorama") else 16
