@@ -9,6 +9,7 @@ arithmetic shows in the images. Generators are session-scoped: tests must not mu
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import pytest
 import torch
@@ -21,6 +22,44 @@ if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import soat  # noqa: E402
+
+FULL_COMMAND = "python -m pytest -q --full"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--full", action="store_true",
+                     help="run the full suite: also the tests marked `full` (AOTInductor and C++ builds, the browser, "
+                          "Ray, TensorRT-RTX engines, 256 px models, whole parameter sweeps)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full: slow, or needs the test-full extra, .ci/install-browser.sh or "
+                                       ".ci/build-cpp.sh: runs only with --full (the default run is the fast tier)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast tier (the default): tests marked ``full`` are deselected, so the summary counts them."""
+    if config.getoption("--full"):
+        return
+    full = [item for item in items if item.get_closest_marker("full")]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        items[:] = [item for item in items if not item.get_closest_marker("full")]
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if not config.getoption("--full"):
+        terminalreporter.write_line(f"fast tier: run the full suite with `{FULL_COMMAND}` (README, Tests)")
+
+
+def tiered(values: Iterable, *full) -> list:
+    """``values`` as ``parametrize`` arguments with the ``full`` ones marked ``full``: the fast tier keeps the
+    others as the representatives of the sweep. Tuples are unpacked, as for several argument names."""
+    values = list(values)
+    unknown = [v for v in full if v not in values]
+    assert not unknown, f"tiered: {unknown} are not among the values"
+    return [pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.full) if v in full else v
+            for v in values]
 
 
 @pytest.fixture
@@ -99,3 +138,12 @@ def g16b() -> soat.Generator:
 def g256() -> soat.Generator:
     """The embedded default itself (``random`` = seed 0, 256px, cm 2)."""
     return soat.load("random")
+
+
+@pytest.fixture(scope="session")
+def export8(g8, tmp_path_factory) -> str:
+    """``g8`` exported to ONNX once for the session (an export costs seconds): tests that change an export
+    change a copy of it."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    return onnx_export(g8, tmp_path_factory, "export8")

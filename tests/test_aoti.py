@@ -4,7 +4,7 @@ another torch or for another device are refused.
 
 One 32px export (``aoti_export_dir``) serves this module and ``test_cpp.py``. Compiling it costs minutes on
 2 cores, so it is kept under ``build/`` keyed by the torch version and the exporter's sources, and reused
-by later sessions while neither changes.
+by later sessions while neither changes; the tests that use it are in the full tier (``--full``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import soat.export
 from soat.export.aoti_export import dynamic_shapes, export_aoti
 from soat.runtime.graphs import graph_ids, linked_ids
 from soat.runtime.manifest import MANIFEST, read_manifest
-from conftest import as_format, make_styles, pick, rel_err
+from conftest import as_format, make_styles, pick, rel_err, tiered
 
 TOL = 1e-5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +65,7 @@ def _tasks():
     return onnx_tasks()
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("task", list(_tasks()))
 def test_task_on_aoti_equals_torch(g32, g_aoti, task):
     s = make_styles(g32, batch=2, seed=11)
@@ -73,6 +74,7 @@ def test_task_on_aoti_equals_torch(g32, g_aoti, task):
     assert rel_err(run(g_aoti, s1, s2), run(g32, s1, s2)) <= TOL
 
 
+@pytest.mark.full
 def test_panorama_columns_and_truncation_equal_torch(g32, g_aoti):
     assert rel_err(g_aoti.panorama_columns(4, 20, 70), g32.panorama_columns(4, 20, 70)) <= TOL
     z = torch.randn(3, 512, generator=torch.Generator().manual_seed(5))
@@ -83,6 +85,7 @@ def test_panorama_columns_and_truncation_equal_torch(g32, g_aoti):
         assert rel_err(got, want) <= TOL
 
 
+@pytest.mark.full
 def test_concurrent_calls_equal_sequential_ones(g_aoti):
     """Packages run single-threaded (capturable); the backend's lock keeps two threads off one package."""
     styles = [make_styles(g_aoti, batch=2, seed=seed) for seed in (21, 22, 23, 24)]
@@ -92,12 +95,14 @@ def test_concurrent_calls_equal_sequential_ones(g_aoti):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
+@pytest.mark.full
 def test_loading_makes_libtorch_global(g_aoti):
     """expose_cxx_runtime: after a load, libtorch_cpu's symbols resolve in the global scope (as in C++)."""
     g_aoti.generate(make_styles(g_aoti, seed=3))
     assert hasattr(ctypes.CDLL(None), "aoti_torch_empty_strided")
 
 
+@pytest.mark.full
 def test_every_run_of_layers_equals_torch(g32, g_aoti):
     """Linked graphs take over wherever a run chains styled convs; a run may start and end at any layer (the
     tasks cut the chain between blocks, before a ToRGB, after a conv): every one equals the torch backend."""
@@ -113,6 +118,7 @@ def test_every_run_of_layers_equals_torch(g32, g_aoti):
                 assert (a is None) == (b is None) and (a is None or rel_err(a, b) <= TOL), (first, last)
 
 
+@pytest.mark.full
 def test_generate_runs_linked_graphs(g_aoti, monkeypatch):
     """One ATen multiply modulates conv1's input; from there every styled conv runs its linked graph."""
     ran, s = [], make_styles(g_aoti, seed=2)
@@ -123,6 +129,7 @@ def test_generate_runs_linked_graphs(g_aoti, monkeypatch):
     assert ran == want
 
 
+@pytest.mark.full
 def test_folders_without_linked_graphs_run_node_by_node(aoti_dir, g32, tmp_path):
     """A format 3 folder (before linked graphs) loads and runs every node's graph."""
     with open(os.path.join(aoti_dir, MANIFEST)) as f:
@@ -134,6 +141,7 @@ def test_folders_without_linked_graphs_run_node_by_node(aoti_dir, g32, tmp_path)
     assert rel_err(G.generate(s), g32.generate(s)) <= TOL
 
 
+@pytest.mark.full
 def test_mean_styles_are_stored_not_sampled(g32, aoti_dir, monkeypatch):
     G = soat.load(aoti_dir, backend="aoti")
     monkeypatch.setattr(G, "estimate_mean_styles", lambda z: pytest.fail("sampled at load"))
@@ -154,6 +162,7 @@ def test_stored_mean_styles_follow_the_checkpoint_w_avg(tmp_path):
     assert rel_err(got, torch.cat(want, 1)) <= TOL
 
 
+@pytest.mark.full
 def test_manifest_records_format_torch_and_device(aoti_dir, g32):
     m = read_manifest(aoti_dir)
     assert m.graph_format == "aoti" and m.device == "cpu" and m.exporter["torch"] == torch.__version__
@@ -187,6 +196,7 @@ def _copy_with(aoti_dir, tmp_path, format_version: int | None = None, **fields) 
     return folder
 
 
+@pytest.mark.full
 def test_other_torch_or_device_or_backend_is_refused(aoti_dir, tmp_path):
     with pytest.raises(soat.SoatError, match="compiled by torch 2.0.0.*re-export"):
         soat.load(_copy_with(aoti_dir, tmp_path / "a", torch="2.0.0"), backend="aoti")
@@ -201,11 +211,9 @@ def test_other_torch_or_device_or_backend_is_refused(aoti_dir, tmp_path):
         soat.load("random:1", backend="aoti")
 
 
-def test_onnx_export_is_refused_by_aoti(g8, tmp_path):
-    pytest.importorskip("onnx")
-    soat.export.export(g8, tmp_path / "onnx", progress=False)
+def test_onnx_export_is_refused_by_aoti(export8):
     with pytest.raises(soat.SoatError, match="holds onnx graphs.*--format aoti"):
-        soat.load(str(tmp_path / "onnx"), backend="aoti")
+        soat.load(export8, backend="aoti")
 
 
 def test_export_arguments_and_atomic_folder(tmp_path):
@@ -260,7 +268,7 @@ def _fused_cases(config):
             f"{conv}.linked", f"{up}.linked", linked_ids(config)[-1]]
 
 
-@pytest.mark.parametrize("case", range(7))
+@pytest.mark.parametrize("case", tiered(range(7), 0, 1, 5))  # the first plain and the upsampling convs: slow
 def test_fused_graph_modules_equal_the_plain_ones(g32, case):
     """Under TRITON_INTERPRET on the CPU (on CUDA tensors on a GPU): batch 3 and a 6 x 10 map, fp32 rel err
     <= 1e-5; a conv's output stays channels_last (the next graph reads it without a copy)."""
@@ -286,6 +294,7 @@ def test_fused_graph_modules_equal_the_plain_ones(g32, case):
         assert got.shape[1] == 3 or got.is_contiguous(memory_format=torch.channels_last), gid
 
 
+@pytest.mark.full
 def test_fused_graph_modules_export_with_dynamic_shapes(g32):
     """``torch.export`` keeps each fused op as one node and every batch, height and width symbolic (no launch
     geometry specializes them). Run in a process without TRITON_INTERPRET: the interpreter's kernels cannot be
@@ -324,6 +333,7 @@ for gid in {_fused_cases(g32.config)!r}:
     assert lines[last_linked] == "['soat.conv_epilogue.default', 'soat.demod.default'] True"
 
 
+@pytest.mark.full
 def test_manifest_lists_channels_last_inputs(aoti_dir, tmp_path):
     """Formats 3 and 4 list each graph's channels_last inputs (none for a CPU export); a name that is not an input
     is refused; format 2 folders (no such field) still load."""
@@ -339,6 +349,7 @@ def test_manifest_lists_channels_last_inputs(aoti_dir, tmp_path):
     assert read_manifest(_copy_with(aoti_dir, tmp_path / "v2", graphs=v2, format_version=2)).channels_last("conv1") == ()
 
 
+@pytest.mark.full
 def test_backend_passes_inputs_in_the_listed_memory_format(aoti_dir, monkeypatch):
     """The packages read inputs with the strides they were compiled for: the backend passes ``x`` channels_last
     where the manifest says so, and every other input contiguous."""

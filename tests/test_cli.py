@@ -95,15 +95,17 @@ def test_info_offers_only_what_it_uses():
     assert flags == {"-h", "--help", "--checkpoint", "--backend", "--size", "--channel-multiplier", "--offline"}
 
 
+# each command loads its model (seconds): the fast tier runs the first and the last
 @pytest.mark.parametrize("argv, size", [
     (["blend", "--mode", "vertical", "--seeds", "3,4"], (32, 32)),
-    (["merge"], (64, 32)),
-    (["merge", "--linear"], (64, 32)),
-    (["panorama", "--n", "3", "--seeds", "7"], (96, 32)),
-    (["expand", "--mode", "vertical"], (32, 64)),
-    (["bbox", "--box", "4", "4", "16", "12", "--pose-align"], (32, 32)),
-    (["swap", "--boxes", "0", "0", "16", "16", "16", "16", "16", "16"], (32, 32)),
-    (["shift", "--source", "0", "0", "8", "8", "--target", "16", "0", "--target", "8", "16"], (32, 32)),
+    pytest.param(["merge"], (64, 32), marks=pytest.mark.full),
+    pytest.param(["merge", "--linear"], (64, 32), marks=pytest.mark.full),
+    pytest.param(["panorama", "--n", "3", "--seeds", "7"], (96, 32), marks=pytest.mark.full),
+    pytest.param(["expand", "--mode", "vertical"], (32, 64), marks=pytest.mark.full),
+    pytest.param(["bbox", "--box", "4", "4", "16", "12", "--pose-align"], (32, 32), marks=pytest.mark.full),
+    pytest.param(["swap", "--boxes", "0", "0", "16", "16", "16", "16", "16", "16"], (32, 32), marks=pytest.mark.full),
+    pytest.param(["shift", "--source", "0", "0", "8", "8", "--target", "16", "0", "--target", "8", "16"], (32, 32),
+                 marks=pytest.mark.full),
     (["translate", "--checkpoint2", "random:1"], (32, 32)),
 ])
 def test_task_commands_write_their_image(tmp_path, argv, size):
@@ -131,6 +133,7 @@ def test_convert_takes_checkpoint_and_writes_atomically(tmp_path, capsys):
     one_line_error(capsys, "exists", "--force")
 
 
+@pytest.mark.full
 def test_demo_writes_gallery_labelled_random_weights(tmp_path, capsys):
     assert main(["demo", *SMALL, "-o", str(tmp_path)]) == 0
     pngs = [f for f in os.listdir(tmp_path) if f.endswith(".png")]

@@ -97,6 +97,7 @@ def test_truncation_centre_is_the_checkpoints_on_onnxruntime(source, request, tm
     assert rel_err(_truncated(cached), _truncated(reference)) <= TOL
 
 
+@pytest.mark.full
 def test_truncation_centre_is_the_checkpoints_on_aoti(latent_avg_ckpt, latent_avg_aoti):
     reference = soat.load(latent_avg_ckpt)
     G = soat.load(latent_avg_aoti, backend="aoti")
@@ -125,6 +126,7 @@ def test_onnx_folder_swapped_after_load_never_mixes_models(g16, tmp_path):
         G.styles(_z())  # the mapping graph's session is made now, from the other model's file
 
 
+@pytest.mark.full
 def test_aoti_folder_swapped_after_load_never_mixes_models(aoti_dir, latent_avg_aoti, g32, tmp_path):
     folder = str(tmp_path / "export")
     shutil.copytree(aoti_dir, folder)
@@ -137,6 +139,7 @@ def test_aoti_folder_swapped_after_load_never_mixes_models(aoti_dir, latent_avg_
         G.blend(s, s)  # node by node: the plain graphs load now, and the folder's files are another model's
 
 
+@pytest.mark.full
 def test_tampered_package_is_refused_at_its_load(aoti_dir, g32, tmp_path):
     folder = str(tmp_path / "export")
     shutil.copytree(aoti_dir, folder)
@@ -148,6 +151,7 @@ def test_tampered_package_is_refused_at_its_load(aoti_dir, g32, tmp_path):
         G.styles(_z())
 
 
+@pytest.mark.full
 def test_manifest_holds_the_contracts_plan_and_shapes(aoti_dir, g32):
     m = read_manifest(aoti_dir)
     n = len(g32.chain)
@@ -172,6 +176,7 @@ def _edit(folder: str, tmp_path, edit) -> str:
     return copy
 
 
+@pytest.mark.full
 def test_a_plan_that_cannot_run_is_refused(aoti_dir, g32, tmp_path):
     def drop_x(m):  # the last conv's linked step no longer keeps the x the final ToRGB reads
         steps = m["runs"][f"1:{len(g32.chain)}"]
@@ -181,6 +186,7 @@ def test_a_plan_that_cannot_run_is_refused(aoti_dir, g32, tmp_path):
         read_manifest(_edit(aoti_dir, tmp_path, drop_x))
 
 
+@pytest.mark.full
 def test_a_plan_of_another_schedule_is_followed(aoti_dir, g32, tmp_path, monkeypatch):
     """The backends read the plan, they do not re-derive it: a folder whose plan runs every node's own graph
     runs them (and gives the same image)."""
@@ -199,15 +205,11 @@ def test_a_plan_of_another_schedule_is_followed(aoti_dir, g32, tmp_path, monkeyp
     assert ran == [n.id for n in g32.chain]
 
 
-def test_old_onnx_export_without_mean_styles_refuses_truncation(g8, tmp_path):
-    pytest.importorskip("onnxruntime")
-    folder = str(tmp_path / "v4")
-    soat.export.export(g8, folder, progress=False)
-
+def test_old_onnx_export_without_mean_styles_refuses_truncation(g8, export8, tmp_path):
     def as_format_4(m):
         as_format(m, 4)["mean_styles"] = None
 
-    G = soat.load(_edit(folder, tmp_path, as_format_4), backend="onnxruntime")
+    G = soat.load(_edit(export8, tmp_path, as_format_4), backend="onnxruntime")
     s = make_styles(g8, seed=2)
     assert rel_err(G.generate(s), g8.generate(s)) <= TOL  # the folder loads and runs
     with pytest.raises(soat.SoatError, match=r"format 4\) stores no mean styles.*re-export"):

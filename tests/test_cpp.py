@@ -22,6 +22,8 @@ from soat.runtime.images import save_png
 from conftest import as_format
 from test_aoti import ROOT, aoti_export_dir
 
+pytestmark = pytest.mark.full  # a CMake build and the 32 px AOTI export: minutes (.ci/build-cpp.sh)
+
 BUILD = os.environ.get("SOAT_CPP_BUILD", os.path.join(ROOT, "build"))
 TRUNCATION = 0.7
 

@@ -24,7 +24,7 @@ from soat.runtime.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from soat.export.onnx_export import cache_key
 from soat.runtime.chain import build_chain
 from soat.runtime.checkpoint import file_sha256
-from conftest import make_styles, onnx_export, pick, rel_err
+from conftest import make_styles, onnx_export, pick, rel_err, tiered
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -84,7 +84,7 @@ def test_manifest_records_chain_layout_and_checksums(export_dir, g32):
             np.testing.assert_array_equal(noise[f"noise_{i}"], buf.numpy())
 
 
-@pytest.mark.parametrize("batch, noise_batch", [(1, 1), (3, 1), (3, 3)])
+@pytest.mark.parametrize("batch, noise_batch", tiered([(1, 1), (3, 1), (3, 3)], (3, 1), (3, 3)))
 def test_each_node_graph_equals_the_torch_node_on_widened_maps(g32, export_dir, batch, noise_batch):
     """Every graph alone, on random features 2R wide; the noise per sample or broadcast."""
     backend = soat.load(export_dir, backend="onnxruntime").backend
@@ -127,7 +127,8 @@ def _tasks():
     }
 
 
-@pytest.mark.parametrize("task", list(_tasks()))
+@pytest.mark.parametrize("task", tiered(_tasks(), "generate_random_noise", "blend_horizontal", "merge_extension",
+                                        "panorama_3", "expand_horizontal", "expand_vertical", "blend_bbox"))
 def test_task_on_onnxruntime_equals_torch(g32, g_ort, task):
     if task == "generate_random_noise" and g_ort.device.type == "cuda":
         pytest.skip("the CPU and CUDA random generators draw different noise")
@@ -139,6 +140,7 @@ def test_task_on_onnxruntime_equals_torch(g32, g_ort, task):
     assert rel_err(got, want) <= TOL
 
 
+@pytest.mark.full
 def test_translate_with_two_exported_generators_equals_torch(g32, g32b, export_dir, export_dir_b):
     s1, s2 = make_styles(g32, batch=1, seed=3), make_styles(g32b, batch=1, seed=4)
     o1 = soat.load(export_dir, backend="onnxruntime")
@@ -286,6 +288,7 @@ def test_cli_export(tmp_path, capsys):
 
 # ---- a 256px export ------------------------------------------------------------------------------
 
+@pytest.mark.full
 def test_256px_export_checks_and_matches_torch(g256, tmp_path):
     soat.export.export(g256, tmp_path, progress=False)
     backend = soat.load(str(tmp_path), backend="onnxruntime").backend

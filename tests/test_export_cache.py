@@ -19,18 +19,11 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from soat.export import cache as C  # noqa: E402
-from soat.export.onnx_export import DEFAULT_OPSET, cache_key, export  # noqa: E402
+from soat.export.onnx_export import DEFAULT_OPSET, cache_key  # noqa: E402
 from soat.runtime.manifest import read_manifest  # noqa: E402
 from soat.runtime.sources import load_weights  # noqa: E402
 
-SOURCE, SIZE, CM = "random:5", 8, 1
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> str:
-    folder = str(tmp_path_factory.mktemp("template") / "e")
-    export(SOURCE, folder, size=SIZE, channel_multiplier=CM)
-    return folder
+SOURCE, SIZE, CM = "random:8", 8, 1  # the g8 fixture's model, whose export (conftest's export8) the tests copy
 
 
 def _folder(cache: str) -> str:
@@ -62,14 +55,15 @@ def _worker(cache: str, template: str, i: int, barrier, log: str, results) -> No
         results.put((i, f"{type(e).__name__}: {e}"))
 
 
-def test_concurrent_first_use_exports_once_and_never_replaces(template, tmp_path):
+@pytest.mark.full
+def test_concurrent_first_use_exports_once_and_never_replaces(export8, tmp_path):
     """Several processes miss the cache at once: one exports, the others wait and use its folder; the
     folder is never removed under a reader (it was: "convs.3.onnx is missing" in 3 of 9 processes)."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started its threads can deadlock
     n = 4
     barrier, results, log = ctx.Barrier(n), ctx.Queue(), str(tmp_path / "exports.log")
     cache = str(tmp_path / "cache")
-    procs = [ctx.Process(target=_worker, args=(cache, template, i, barrier, log, results)) for i in range(n)]
+    procs = [ctx.Process(target=_worker, args=(cache, export8, i, barrier, log, results)) for i in range(n)]
     for p in procs:
         p.start()
     try:
@@ -91,14 +85,14 @@ def _age(path: str, seconds: float) -> None:
     os.utime(path, (t, t))
 
 
-def test_killed_export_debris_is_cleaned_on_next_use(template, tmp_path, monkeypatch):
+def test_killed_export_debris_is_cleaned_on_next_use(export8, tmp_path, monkeypatch):
     """A ``.tmp-*`` folder left by a killed export is removed on the next use of the cache, once it is older
     than DEBRIS_AGE_S and no live process holds it; a live export's folder is left alone."""
     cache = str(tmp_path / "cache")
     monkeypatch.setenv("SOAT_CACHE_DIR", cache)
     folder = _folder(cache)
     root = os.path.dirname(folder)
-    shutil.copytree(template, folder)  # a valid cache entry: cached_export takes its fast path
+    shutil.copytree(export8, folder)  # a valid cache entry: cached_export takes its fast path
     # an exporter in another process, holding its .tmp folder as cached_export does, then killed
     child = subprocess.Popen(
         [sys.executable, "-c", "import sys, tempfile, time\nfrom soat.export.cache import _locked\n"

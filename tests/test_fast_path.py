@@ -13,7 +13,7 @@ import torch
 import soat
 from soat.runtime.inversion import sigma_prior
 from soat.runtime.tasks.blend import PAIRED_ENV
-from conftest import DEVICE, make_styles, rel_err
+from conftest import DEVICE, make_styles, rel_err, tiered
 
 MASK = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(3))
 
@@ -62,7 +62,7 @@ def test_separate_runs_equal_paired_runs(pair, monkeypatch):
         fast_g.blend(a, b)
 
 
-@pytest.mark.parametrize("task", ["generate", "expand", "blend"])
+@pytest.mark.parametrize("task", tiered(["generate", "expand", "blend"], "expand", "blend"))
 def test_fast_form_kernels_equal_their_references(task, monkeypatch, exact_fp32):
     pytest.importorskip("triton", reason="needs the triton package (pip install 'soat[test]')")
     G = soat.load("random:22", size=8, channel_multiplier=1, backend="fast", device=DEVICE)
@@ -87,7 +87,7 @@ def _image_grad(G, styles: list[torch.Tensor], target: torch.Tensor, inside: tor
 
 @pytest.mark.parametrize("ops", ["auto", pytest.param("triton", marks=pytest.mark.skipif(
     DEVICE != "cpu", reason="the CPU pair runs Triton ops only in the interpreter (CUDA: test_task_graphs)"))])
-@pytest.mark.parametrize("task", ["generate", "blend", "expand"])
+@pytest.mark.parametrize("task", tiered(["generate", "blend", "expand"], "blend", "expand"))
 def test_fast_backend_gradients_equal_the_reference(pair, task, ops, monkeypatch):
     """With the Triton ops requested (interpreter on the CPU) and styles that require grad, every
     kernel runs its torch reference, so the gradients are the torch backend's: rel err <= 2e-3.
@@ -117,6 +117,7 @@ def test_explicit_triton_kernel_refuses_inputs_that_need_grad():
         assert modulate(x, style, impl="triton").shape == x.shape
 
 
+@pytest.mark.full
 def test_inversion_on_the_fast_backend_matches_the_torch_backend(pair):
     """Inversion needs gradients: on the fast backend it fits as on the torch backend (same codes to
     rel err <= 1e-4 after a few Adam steps on a 32 px model)."""

@@ -232,16 +232,6 @@ def test_codes_file_that_is_text(tmp_path, content):
 
 # ---- export folders: an edited manifest, files changed after the check -----------------------------------
 
-@pytest.fixture(scope="module")
-def export8(tmp_path_factory) -> str:
-    pytest.importorskip("onnxruntime")
-    from soat.export.onnx_export import export
-
-    folder = str(tmp_path_factory.mktemp("export") / "e8")
-    export("random:4", folder, size=8, channel_multiplier=1)
-    return folder
-
-
 def _copy(folder: str, dst) -> str:
     shutil.copytree(folder, dst)
     return str(dst)

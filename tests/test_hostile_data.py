@@ -433,16 +433,6 @@ def test_an_nvidia_pickle_whose_mapping_has_no_layer_count(tmp_path, value):
 
 # ---- exports: races, interruptions, signals, full disks ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def export8(tmp_path_factory) -> str:
-    pytest.importorskip("onnxruntime")
-    from soat.export.onnx_export import export
-
-    folder = str(tmp_path_factory.mktemp("export") / "e8")
-    export("random:4", folder, size=8, channel_multiplier=1, progress=False)
-    return folder
-
-
 def copy_export(folder: str, dst) -> str:
     shutil.copytree(folder, dst)
     return str(dst)
@@ -471,7 +461,7 @@ def test_exports_into_one_folder_at_once_end_with_one_whole_export(export8, tmp_
 
         def one():
             try:
-                onnx_export.export("random:4", out, size=8, channel_multiplier=1, progress=False)
+                onnx_export.export("random:8", out, size=8, channel_multiplier=1, progress=False)
             except BaseException as e:  # noqa: BLE001 - reported below
                 errors.append(f"{type(e).__name__}: {e}")
         threads = [threading.Thread(target=one) for _ in range(3)]
@@ -532,7 +522,7 @@ def test_debris_of_killed_exports_is_swept_and_live_exports_are_left(export8, tm
         children[0].kill()
         children[0].wait(timeout=30)
         monkeypatch.setattr(onnx_export, "export_source", fake_exporter(export8))
-        onnx_export.export("random:4", parent / "next", size=8, channel_multiplier=1, progress=False)
+        onnx_export.export("random:8", parent / "next", size=8, channel_multiplier=1, progress=False)
         assert not os.path.exists(killed) and os.path.isdir(live)
         read_manifest(str(parent / "next"))
     finally:
@@ -575,6 +565,7 @@ def _wait_until(condition, timeout: float) -> bool:
     return condition()
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process table from /proc")
 def test_sigterm_stops_an_aoti_export_with_its_workers_and_leaves_nothing(tmp_path):
     """SIGTERM during ``soat export --format aoti --workers 2`` left a hidden temporary folder and a compile
@@ -668,11 +659,13 @@ sys.exit(main({argv!r}))
 """
 
 
-@pytest.mark.parametrize("argv, limit", [
-    (["generate", "--checkpoint", "random:1", *SMALL, "--seeds", "0", "-o", "out"], 64),
+@pytest.mark.parametrize("argv, limit", [  # the fast tier: one write of each kind (a file, an export folder)
+    pytest.param(["generate", "--checkpoint", "random:1", *SMALL, "--seeds", "0", "-o", "out"], 64,
+                 marks=pytest.mark.full),
     (["convert", "--checkpoint", "random:1", *SMALL, "-o", "m.safetensors"], 1 << 20),
     (["export", "--checkpoint", "random:1", *SMALL, "-o", "e", "--no-progress"], 1 << 20),
-    (["info", "--checkpoint", "random:1", *SMALL, "--backend", "onnxruntime"], 1 << 20),
+    pytest.param(["info", "--checkpoint", "random:1", *SMALL, "--backend", "onnxruntime"], 1 << 20,
+                 marks=pytest.mark.full),
 ], ids=["generate", "convert", "export", "export cache"])
 def test_writes_that_fail_for_lack_of_space_are_one_line(tmp_path, argv, limit):
     """A full disk in generate and convert was an OSError traceback, and in an ONNX export left a truncated

@@ -1,7 +1,7 @@
 """GAN inversion (issue 9, docs/contract.md#inversion): schedule, prior, targets, fitting, codes and the CLI.
 
-The two fits run on the 32 px random model, 150 steps each (about 4 steps/s on 2 idle
-cores): without the prior it reaches about 33.7 dB, with it about 24 dB and a Mahalanobis
+The two fits (the full tier, ``--full``) run on the 32 px random model, 150 steps each (about 4 steps/s
+on 2 idle cores): without the prior it reaches about 33.7 dB, with it about 24 dB and a Mahalanobis
 distance 40 times smaller. Everything else uses the 8 px model and a few steps.
 """
 
@@ -182,6 +182,7 @@ def fits(g32):
     return target, codes
 
 
+@pytest.mark.full
 def test_inversion_without_prior_reaches_30db(g32, fits):
     target, codes = fits
     assert codes[0.0].shape == (1, sum(g32.style_channels))
@@ -190,6 +191,7 @@ def test_inversion_without_prior_reaches_30db(g32, fits):
     assert (got >= 30).all(), got
 
 
+@pytest.mark.full
 def test_prior_pulls_codes_towards_the_mean(g32, fits):
     """The default prior trades fidelity for codes much nearer mu (docs/contract.md#inversion: do not tune it away)."""
     target, codes = fits

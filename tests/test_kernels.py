@@ -40,8 +40,10 @@ pytest.importorskip("triton", reason="the kernel tests need the triton package (
 # [B, C, H, W]: B in {1, 3}, ragged C, odd and even sizes; 16x16 at B=3 spans several programs
 GEOMS = [(1, 3, 5, 7), (3, 5, 5, 7), (1, 5, 9, 13), (3, 3, 9, 13), (3, 5, 16, 16), (1, 3, 16, 16)]
 FORMATS = [(dt, cl) for dt in (torch.float32, torch.float16, torch.bfloat16) for cl in (False, True)]
-CASES = [pytest.param(g, dt, cl, id=f"{'x'.join(map(str, g))}-{str(dt)[6:]}{'-cl' if cl else ''}")
-         for g in GEOMS for dt, cl in FORMATS]
+# The fast tier runs each geometry in one format and each format in one geometry (the diagonal); --full all pairs.
+CASES = [pytest.param(g, dt, cl, id=f"{'x'.join(map(str, g))}-{str(dt)[6:]}{'-cl' if cl else ''}",
+                      marks=() if j == i % len(FORMATS) else pytest.mark.full)
+         for i, g in enumerate(GEOMS) for j, (dt, cl) in enumerate(FORMATS)]
 
 
 pytestmark = pytest.mark.usefixtures("exact_fp32")  # true fp32 references on CUDA (conftest)

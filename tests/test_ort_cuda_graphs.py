@@ -33,11 +33,6 @@ def export16(tmp_path_factory) -> str:
     return onnx_export("random", tmp_path_factory, "export16", dtype="fp16", size=16)
 
 
-@pytest.fixture(scope="module")
-def export8(g8, tmp_path_factory) -> str:
-    return onnx_export(g8, tmp_path_factory, "export8")
-
-
 class Sessions:
     """A session factory that counts what it built."""
 
@@ -183,6 +178,7 @@ def test_capturable_graphs_run_through_the_captures_others_eagerly(export8, g8):
 
 
 # ---- fp16 exports -----------------------------------------------------------------------------
+@pytest.mark.full
 def test_fp16_export_has_no_fp32_tensor_and_no_cast(export16):
     """Weights, constants, every intermediate value and the I/O of every graph are fp16; no Cast
     nodes. The only non-fp16 values are int64 shapes, axes and indices (and one bool mask of

@@ -1,5 +1,7 @@
 """The compiled peer of the benchmarks (bench/peers.py) computes the same image as the runtime."""
 
+import pytest
+
 import soat
 from soat.bench.peers import PlainStyleGAN2
 from conftest import make_styles, rel_err
@@ -12,6 +14,7 @@ def test_plain_form_equals_generate():
     assert rel_err(peer(styles), G.generate(styles)) <= 1e-5
 
 
+@pytest.mark.full
 def test_bench_peers_rows_on_cpu(tmp_path):
     """``soat bench --peers`` adds a compiled-peer row per dtype and batch, with fidelity against fp32."""
     from soat.bench.suite import Config, run_suite

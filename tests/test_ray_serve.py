@@ -4,8 +4,8 @@ The Ray tests start their own local Ray instance (2 CPUs, no dashboard, Serve's 
 127.0.0.1; Ray's own gRPC ports cannot be bound to loopback and are token-authenticated) with
 a two-replica deployment of a tiny CPU model (size 8, channel multiplier 1) and shut it
 down at the end of the module. Every wait is bounded; a faulthandler guard ends the run
-with tracebacks if the module ever hangs. The health routes and the option and flag
-checks run without Ray.
+with tracebacks if the module ever hangs (the full tier: ``--full``). The health routes and the option and
+flag checks run without Ray.
 """
 
 import argparse
@@ -125,6 +125,7 @@ def served(base: str, path: str, params: dict | None = None) -> tuple[str, httpx
     return r.headers["x-soat-replica"], r
 
 
+@pytest.mark.full
 @needs_ray
 def test_two_replicas_answer(ray_url):
     names = set()
@@ -139,6 +140,7 @@ def test_two_replicas_answer(ray_url):
     assert r.json()["ready"] is True
 
 
+@pytest.mark.full
 @needs_ray
 def test_split_ranges_from_different_replicas_agree(ray_url, G):
     seed, x, w = 11, 3, 40
@@ -162,6 +164,7 @@ def test_split_ranges_from_different_replicas_agree(ray_url, G):
     assert np.array_equal(joined, expected(G, seed, x, w))
 
 
+@pytest.mark.full
 @needs_ray
 def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G):
     seed, start = 5, 7
@@ -178,6 +181,7 @@ def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G):
         assert name != replicas[0]
 
 
+@pytest.mark.full
 @needs_ray
 def test_serve_config_file_builds():
     import yaml

@@ -650,6 +650,7 @@ def test_fifty_abandoned_wide_ranges_do_not_delay_a_new_stream(url):
 
 
 # ---- many clients in their own processes (bench/serve_load.py) ---------------------------------
+@pytest.mark.full
 def test_many_clients_in_other_processes_get_every_frame_in_order(url):
     from soat.bench.serve_load import run_load
     r = run_load(url, clients=16, seconds=5.0, warmup=3.0, processes=2, credit=2, tile=SIZE // 2, fmt="png")

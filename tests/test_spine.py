@@ -263,6 +263,7 @@ def test_generate_shape_and_range(g16):
     assert img.min() >= -1 and img.max() <= 1
 
 
+@pytest.mark.full
 def test_default_256_not_saturated(g256):
     """The embedded default's images (untruncated) stay mostly inside (-1, 1) and vary across the image."""
     img = g256.generate(make_styles(g256, 2, seed=12))

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton", reason="needs the triton package (pip install 'soat[test]')")
 
 import soat  # noqa: E402
-from conftest import DEVICE, make_styles, rel_err  # noqa: E402
+from conftest import DEVICE, make_styles, rel_err, tiered  # noqa: E402
 
 MASK = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(3)).to(DEVICE)
 
@@ -37,7 +37,7 @@ def models():
     return {size: soat.load(f"random:{size}", size=size, channel_multiplier=1, device=DEVICE) for size in (16, 32)}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", tiered(TASKS, "merge_extension", "merge", "panorama", "blend_bbox", "translate_mask"))
 def test_task_with_triton_ops_equals_reference_ops(models, task, monkeypatch):
     G = models[32 if task == "patch_swap" else 16]
     a, b = make_styles(G, 2, seed=7), make_styles(G, 2, seed=8)

@@ -25,7 +25,7 @@ from soat.runtime.backend import NodeByNode
 from soat.runtime.tasks.blend import PAIRED_MAX_BATCH
 from soat.runtime.tasks.local import alpha_is_zero, boxes_mask
 from soat.triton_kernels.ramp_lerp import ramp
-from conftest import make_styles, pick, rel_err
+from conftest import make_styles, pick, rel_err, tiered
 
 # ---- helpers ---------------------------------------------------------------------------------------
 
@@ -306,6 +306,7 @@ def stream_memory(G, n: int) -> tuple[int, int]:
     return max(totals), totals[-1]
 
 
+@pytest.mark.full
 def test_panorama_stream_memory_does_not_grow(g8):
     peak8, kept8 = stream_memory(g8, 8)
     peak64, kept64 = stream_memory(g8, 64)
@@ -547,7 +548,8 @@ def per_sample_masks():
     return [m[j:j + 1] for j in range(B)] + [m]
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", tiered(TASKS, "blend-vertical", "merge", "panorama", "panorama_stream",
+                                        "expand-reflect", "blend_mask", "blend_bbox", "translate-mask"))
 def test_batch_equals_single_calls(request, task):
     # patch swap edits the 16x16 block, so it needs a later one; panoramas are size-agnostic (and costly)
     size = 32 if task == "patch_swap" else 8 if task.startswith("panorama") else 16

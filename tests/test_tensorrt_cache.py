@@ -25,7 +25,9 @@ from soat.runtime.manifest import read_manifest
 from soat.runtime.shape_plan import check_in_profile, profile_shapes, task_envelope
 from conftest import make_styles, rel_err
 
-trt_rtx = pytest.importorskip("tensorrt_rtx_bindings")
+pytestmark = pytest.mark.full  # engine builds, with the test-full extra
+trt_rtx = pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT for RTX is not installed (it comes with "
+                                                               "the test-full extra: pip install -e '.[test-full]')")
 try:
     import tensorrt  # noqa: F401
     HAS_TRT = True

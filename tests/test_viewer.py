@@ -19,6 +19,7 @@ import torch
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, websockets) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is needed to fetch the reference PNG")
+pytestmark = pytest.mark.full  # a browser, installed by .ci/install-browser.sh
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed; run .ci/install-browser.sh")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
