@@ -8,7 +8,6 @@ with tracebacks if the module ever hangs (the full tier: ``--full``). The health
 flag checks run without Ray.
 """
 
-import argparse
 import asyncio
 import faulthandler
 import os
@@ -77,12 +76,10 @@ def test_options_from_strings_and_errors():
     (["--ray", "--gpus-per-replica", "-1", "--device", "cuda"], "--gpus-per-replica=-1.0 must be >= 0"),
 ])
 def test_ray_flag_errors(capsys, argv, needle):
-    from soat.serve import cli
-    parser = argparse.ArgumentParser(prog="soat")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", *argv])
-    assert cli.run(args) == 2
-    assert needle in capsys.readouterr().err
+    from soat.cli import main
+    assert main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("soat: error: ") and needle in err, err
 
 
 def test_health_and_ready_without_ray(G):
