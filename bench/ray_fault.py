@@ -1,11 +1,12 @@
 """The fault drill for ``soat serve --ray``: kill the replica serving a stream, resume on another.
 
-One client streams tiles of one panorama through Serve's proxy; after ``kill_after`` frames
-the replica that served them is killed (``ray.kill``, no restart). The client then does what
-the viewer does: it reconnects with ``x`` = the column after the last one it received, and
-goes on until ``total`` columns have arrived. The drill returns every frame (column, width,
-pixels), the replicas that served the two connections and the time from the kill to the
-first frame on the new connection.
+One client streams tiles of one panorama through Serve's proxy, or with ``direct`` straight from the
+replica that ``/api/route`` names (``serve/client.py``); after ``kill_after`` frames the replica that
+served them is killed (``ray.kill``, no restart). The client then does what the viewer does: it
+reconnects with ``x`` = the column after the last one it received (a direct client first asks the
+route again, excluding the replica it lost), and goes on until ``total`` columns have arrived. The
+drill returns every frame (column, width, pixels), the replicas that served the two connections,
+whether each went direct, and the time from the kill to the first frame on the new connection.
 
 Used by ``tests/test_ray_serve.py`` (CPU replicas, pixels checked against the generator) and
 by ``bench/ray_scaling.py --fault`` (GPU replicas, gap and resume time measured).
@@ -28,6 +29,7 @@ class Drill:
 
     frames: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
     replicas: list[str] = field(default_factory=list)
+    direct: list[bool] = field(default_factory=list)  # per connection: straight to its replica
     closes: int = 0
     resume_ms: float = float("nan")  # from the kill to the first frame on the new connection
 
@@ -43,18 +45,18 @@ def decode(payload: bytes) -> np.ndarray:
 
 
 async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total: int, kill_after: int,
-                          timeout: float, fmt: str = "png") -> Drill:
+                          timeout: float, fmt: str = "png", direct: bool = False) -> Drill:
     """Stream ``total`` columns from ``start``, killing the serving replica after ``kill_after`` frames."""
     import ray
-    from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    from soat.serve.client import open_stream
     from soat.serve.protocol import unpack_frame
-    drill, x, killed_at = Drill(), start, None
-    ws_url = base_url.replace("http://", "ws://") + "/api/stream"
+    drill, x, killed_at, lost = Drill(), start, None, ()
     while not (drill.closes and x >= start + total):  # the first connection runs until the kill closes it
-        async with connect(f"{ws_url}?seed={seed}&x={x}&tile={tile}&format={fmt}") as ws:
+        async with open_stream(base_url, seed, x, tile, fmt, direct=direct, exclude=lost) as (ws, went_direct):
             drill.replicas.append(ws.response.headers["x-soat-replica"])
+            drill.direct.append(went_direct)
             hello = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if hello.get("type") != "hello":
                 raise RuntimeError(f"the stream did not start with its hello message: {hello}")
@@ -72,4 +74,5 @@ async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total
                         ray.kill(ray.get_actor(drill.replicas[-1], namespace="serve"), no_restart=True)
             except ConnectionClosed:
                 drill.closes += 1
+                lost = (drill.replicas[-1],)
     return drill

@@ -84,6 +84,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="let Serve scale between MIN and MAX replicas by open streams and requests")
     ray.add_argument("--gpus-per-replica", type=float, default=None,
                      help="GPUs per replica; fractions share a GPU (default 1 with --device cuda, else 0)")
+    ray.add_argument("--direct-ports", default=None, metavar="off|auto|LO-HI",
+                     help="each replica also takes streams on a port of its own, on --host (its node's address "
+                          "with 0.0.0.0), so that frames bypass Serve's proxy: auto (default) any free port, LO-HI "
+                          "the first free one of that range (for a firewall), off none. Clients learn the port "
+                          "from /api/route?seed=S")
     p.set_defaults(func=run)
     return p
 
@@ -256,7 +261,7 @@ def _run_workers(options, host: str, sock: socket.socket, n: int, drain_s: float
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:
     """``(replicas, (min, max) or None, gpus_per_replica)`` from the Ray flags, checked."""
     if not args.ray:
-        for flag in ("replicas", "autoscale", "gpus_per_replica"):
+        for flag in ("replicas", "autoscale", "gpus_per_replica", "direct_ports"):
             if getattr(args, flag) is not None:
                 raise SoatError(f"--{flag.replace('_', '-')} needs --ray")
         return None, None, None

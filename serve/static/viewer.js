@@ -15,6 +15,16 @@
 // While tiles are owed, the page asks /api/info for the next tile's ETA (the server's measured
 // batch times and its queue) after each tile and every ETA_POLL_MS, and counts it down. A lost connection is retried with backoff and
 // resumes at the first column not yet received.
+//
+// Where the stream goes (serve/direct.py): where /api/info says the server has a direct route (Ray Serve),
+// /api/route names the replica that serves the seed and its own address, and the page streams from there, so
+// its frames bypass Serve's proxy. If that connection does not open (a port this browser cannot reach), the page
+// streams through its own address from then on; if it opens and later closes, the next route excludes that
+// replica. Without a route (plain soat serve; 503: no replica takes direct streams), or on a page loaded over
+// https (a replica's port serves plain ws), the stream goes through the page's own address.
+// The page asks for one tile a message, not batch frames: at the fastest pan (3,000 columns/s, 12 tiles/s of
+// 256 px) one page sends a proxy little, and a batch of k tiles arrives only once all k are done, which delays
+// the first tile of every connection k-fold on a server that computes one span at a time (a CPU).
 "use strict";
 
 const BUFFER_VIEWS = 2;
@@ -34,8 +44,9 @@ const ctx = canvas.getContext("2d");
 const el = (id) => document.getElementById(id);
 
 // For tests and curious users: the overlay's states, the last /api/info, the last save, connections, resumed
-// columns, each tile's ETA as shown and when it came (etaChecks, the last 100), and rAF frame counts.
-const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [], etaChecks: [],
+// columns, each tile's ETA as shown and when it came (etaChecks, the last 100), where each connection went (routes:
+// {url, replica}, the last 100), and rAF frame counts.
+const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [], etaChecks: [], routes: [],
                  frameStats: { frames: 0, slow: 0, panning: 0, stalled: 0, worst_ms: 0, budget_ms: FRAME_BUDGET_MS } };
 window.soatViewer = viewer;
 
@@ -125,7 +136,8 @@ let retryTimer = null;
 function start(seed, x) {
   if (session) session.tiles.forEach((t) => t.bitmap && t.bitmap.close());
   session = { seed, view: x, nextCol: x, nextSeq: 0, tiles: [], unspent: 0, maxCredit: 0, tile: 0, frames: 0,
-              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null };
+              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null,
+              lost: [], viaPage: false, connecting: 0 };
   el("seed").value = String(seed);
   el("frames").textContent = "0";
   status("");
@@ -134,17 +146,41 @@ function start(seed, x) {
 
 function connect(s) {
   clearTimeout(retryTimer);
-  if (ws) { ws.onclose = ws.onmessage = null; ws.close(); }
+  if (ws) { ws.onclose = ws.onmessage = null; ws.close(); ws = null; }
   s.unspent = 0;
   s.nextSeq = 0;
   s.eta = null;
   if (!s.firstShown) loading(s, performance.now());
   fetchInfo().then(() => { if (session === s && !s.firstShown) loading(s, performance.now()); }).catch(() => {});
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const sock = new WebSocket(`${proto}://${location.host}/api/stream?seed=${s.seed}&x=${s.nextCol}&format=jpeg`);
-  sock.binaryType = "arraybuffer";
-  ws = sock;
   viewer.connections += 1;
+  const attempt = ++s.connecting; // a later connect() (a seed change, a jump) overtakes this one
+  whereTo(s).then((where) => { if (session === s && s.connecting === attempt) open(s, where); });
+}
+
+// The address to stream from: {url: ws(s)://host:port, replica: its name or null for the page's own address}.
+async function whereTo(s) {
+  const page = { url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`, replica: null };
+  if (location.protocol !== "http:" || s.viaPage || !(viewer.info && viewer.info.direct_route)) return page;
+  const q = new URLSearchParams({ seed: String(s.seed) });
+  if (s.lost.length) q.set("exclude", s.lost.join(","));
+  try {
+    const r = await fetch(`/api/route?${q}`, { cache: "no-store" });
+    if (!r.ok) return page; // no route here, or no replica takes direct streams now
+    const route = await r.json();
+    return { url: route.url.replace(/^http/, "ws"), replica: route.replica };
+  } catch {
+    return page;
+  }
+}
+
+function open(s, where) {
+  const sock = new WebSocket(`${where.url}/api/stream?seed=${s.seed}&x=${s.nextCol}&format=jpeg`);
+  sock.binaryType = "arraybuffer";
+  sock.replica = where.replica;
+  ws = sock;
+  viewer.routes.push(where);
+  if (viewer.routes.length > 100) viewer.routes.shift();
+  sock.onopen = () => { sock.opened = true; };
   sock.onmessage = (ev) => (typeof ev.data === "string" ? onText(s, JSON.parse(ev.data)) : onFrame(s, ev.data));
   sock.onclose = (ev) => onClose(s, sock, ev);
 }
@@ -174,6 +210,10 @@ function onText(s, msg) {
 function onClose(s, sock, ev) {
   if (sock !== ws || session !== s) return;
   ws = null;
+  if (sock.replica !== null) {
+    if (!sock.opened) s.viaPage = true; // this browser cannot reach the replica's port: the page's address from now on
+    else s.lost = ev.code === 1000 ? [] : [sock.replica]; // it failed, drained or is busy: ask for another
+  }
   if (NO_RETRY.has(ev.code)) {
     status(`stream closed: ${ev.reason || ev.code}`, "error");
     return;
