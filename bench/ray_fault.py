@@ -1,10 +1,10 @@
 """The fault drill for ``soat serve --ray``: kill the replica serving a stream, resume on another.
 
 One client streams tiles of one panorama through Serve's proxy, or with ``direct`` straight from the
-replica that ``/api/route`` names (``serve/client.py``); after ``kill_after`` frames the replica that
-served them is killed (``ray.kill``, no restart). The client then does what the viewer does: it
-reconnects with ``x`` = the column after the last one it received (a direct client first asks the
-route again, excluding the replica it lost), and goes on until ``total`` columns have arrived. The
+replica that ``/api/route`` ranks first (``serve/client.py``); after ``kill_after`` frames the replica
+that served them is killed (``ray.kill``, no restart). The client then does what the viewer does: it
+reconnects with ``x`` = the column after the last one it received (a direct client at the next
+replica of its route), and goes on until ``total`` columns have arrived. The
 drill returns every frame (column, width, pixels), the replicas that served the two connections,
 whether each went direct, and the time from the kill to the first frame on the new connection.
 
@@ -19,6 +19,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -39,6 +40,24 @@ class Drill:
         return all(c + w == n for (c, w, _), (n, _, _) in zip(self.frames, self.frames[1:]))
 
 
+def wait_for_replicas(base_url: str, n: int, timeout: float, gone: Sequence[str] = ()) -> None:
+    """Until ``/api/route`` ranks ``n`` replicas (alive and warm), none of them ``gone`` (killed: Ray drops a
+    killed actor's name a moment later, and Serve replaces it, which takes a while), and every replica's routes
+    know them all."""
+    from soat.serve.client import ranked_replicas
+    from soat.serve.ray_app import ROUTES_TTL_S
+    deadline = time.monotonic() + timeout
+    while True:
+        names = {name for name, _ in asyncio.run(ranked_replicas(base_url, 0))}
+        if len(names) >= n and not names & set(gone):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} replicas besides {list(gone)} did not take direct streams within {timeout:.0f} s: "
+                               f"{sorted(names)}")
+        time.sleep(0.2)
+    time.sleep(ROUTES_TTL_S)
+
+
 def decode(payload: bytes) -> np.ndarray:
     from PIL import Image
     return np.asarray(Image.open(io.BytesIO(payload)).convert("RGB"))
@@ -50,13 +69,13 @@ async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total
     import ray
     from websockets.exceptions import ConnectionClosed
 
-    from soat.serve.client import open_stream
+    from soat.serve.client import Route, open_stream
     from soat.serve.protocol import unpack_frame
-    drill, x, killed_at, lost = Drill(), start, None, ()
+    drill, x, killed_at, route = Drill(), start, None, Route(base_url, seed, direct)
     while not (drill.closes and x >= start + total):  # the first connection runs until the kill closes it
-        async with open_stream(base_url, seed, x, tile, fmt, direct=direct, exclude=lost) as (ws, went_direct):
+        async with open_stream(route, x, tile, fmt) as (ws, replica):
             drill.replicas.append(ws.response.headers["x-soat-replica"])
-            drill.direct.append(went_direct)
+            drill.direct.append(replica is not None)
             hello = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if hello.get("type") != "hello":
                 raise RuntimeError(f"the stream did not start with its hello message: {hello}")
@@ -74,5 +93,5 @@ async def kill_mid_stream(base_url: str, seed: int, start: int, tile: int, total
                         ray.kill(ray.get_actor(drill.replicas[-1], namespace="serve"), no_restart=True)
             except ConnectionClosed:
                 drill.closes += 1
-                lost = (drill.replicas[-1],)
+                route.lose(replica)
     return drill

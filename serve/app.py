@@ -12,8 +12,9 @@ Routes:
     ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp][&batch=K]``  consecutive tiles, K to a
                                               message (``protocol``).
     ``GET /api/route?seed=S[&exclude=NAMES]`` where to open seed S's stream directly (only with a
-                                              ``router``, as under Ray: ``direct``): ``{"replica": NAME,
-                                              "url": URL}``, or 503 if no replica takes direct streams.
+                                              ``router``, as under Ray: ``direct``): ``{"seed": S, "replicas":
+                                              [{"replica": NAME, "url": URL}, ...]}``, best first, or 503 if
+                                              no replica takes direct streams.
     ``GET /metrics``                          Prometheus metrics (``metrics``).
 Malformed or out-of-range queries get a 400 with ``{"error": message}``; a range request beyond the
 limits below gets a 503 with ``Retry-After``.
@@ -289,11 +290,11 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
             q = parse_route_query(request.query_params)
         except SoatError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        picked = await router(q.seed, q.exclude)
-        if picked is None:
+        ranked = await router(q.seed, q.exclude)
+        if not ranked:
             return JSONResponse({"error": "no replica takes direct streams now; stream through this address"},
                                 status_code=503)
-        return JSONResponse({"seed": q.seed, "replica": picked[0], "url": picked[1]})
+        return JSONResponse({"seed": q.seed, "replicas": [{"replica": name, "url": url} for name, url in ranked]})
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

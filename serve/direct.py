@@ -3,12 +3,14 @@
 Behind Ray Serve every frame of a stream opened at the cluster's address passes through the node's
 HTTP proxy, one process that tops out near a thousand messages a second (bench/NOTES.md, Ray Serve).
 So each replica also serves its app on a port of its own (``DirectListener``), and
-``GET /api/route?seed=S[&exclude=NAMES]``, answered through the proxy, names the replica that serves
-panorama S and its address (``pick``: rendezvous hashing on the seed, so a seed stays on one replica
-and its span cache while the replicas stay, and moves only when its replica leaves). The client
-opens its stream there. If that connection does not open, it streams through the proxy; if it opens
-and later closes, the client asks again with ``exclude`` naming that replica and resumes at its next
-column on the one named then (``serve/client.py``, ``static/viewer.js``).
+``GET /api/route?seed=S[&exclude=NAMES]``, answered through the proxy, ranks the replicas for
+panorama S, with their addresses (``rank``: rendezvous hashing on the seed, so a seed stays on one
+replica and its span cache while the replicas stay, and moves only when its replica leaves). The
+client opens its stream at the first. When that replica is lost (its connection closes, or does
+not open) the client resumes at its next column on the next replica of the list, without a round
+trip through the proxy, which may not yet know the replica is gone; once the list is used up it asks
+again with ``exclude`` naming the replicas it lost, and then streams through the proxy
+(``serve/client.py``, ``static/viewer.js``).
 
 Nothing here needs Ray: ``ray_app`` keeps the replicas' addresses and starts each listener once its
 replica is warm (``AfterStartup``).
@@ -27,7 +29,7 @@ from ..errors import SoatError
 DIRECT_OFF, DIRECT_ANY = "off", "auto"  # direct_ports: no listener; any free port
 STOP_TIMEOUT_S = 5.0  # a stopping listener's connections get this long to close
 
-Router = Callable[[int, tuple[str, ...]], Awaitable["tuple[str, str] | None"]]  # (seed, exclude) -> (replica, url)
+Router = Callable[[int, tuple[str, ...]], Awaitable["list[tuple[str, str]]"]]  # (seed, exclude) -> [(replica, url)]
 
 
 def parse_direct_ports(value: str) -> tuple[int, int] | None:
@@ -44,14 +46,12 @@ def parse_direct_ports(value: str) -> tuple[int, int] | None:
                     f"1 <= LO <= HI <= 65535 (a range of ports, one per replica on a node)")
 
 
-def pick(seed: int, replicas: Mapping[str, str], exclude: tuple[str, ...] = ()) -> tuple[str, str] | None:
-    """``(name, url)`` of the replica that serves ``seed``: of those not in ``exclude``, the one whose name hashes
-    highest with the seed (rendezvous hashing); None if there is none."""
-    names = [name for name in replicas if name not in exclude]
-    if not names:
-        return None
-    name = max(names, key=lambda n: hashlib.blake2b(f"{seed}:{n}".encode(), digest_size=8).digest())
-    return name, replicas[name]
+def rank(seed: int, replicas: Mapping[str, str], exclude: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``(name, url)`` of the replicas not in ``exclude``, in the order they serve ``seed``: by how high their name
+    hashes with the seed (rendezvous hashing)."""
+    names = sorted((name for name in replicas if name not in exclude),
+                   key=lambda n: hashlib.blake2b(f"{seed}:{n}".encode(), digest_size=8).digest(), reverse=True)
+    return [(name, replicas[name]) for name in names]
 
 
 def _bind(host: str, ports: tuple[int, int]) -> socket.socket:

@@ -8,9 +8,9 @@ HTTP request to any replica and keep each WebSocket on the replica that accepted
 
 Direct streams (``direct``): once warm, each replica also listens on a port of its own
 (``direct_ports``: any free one, a range, or off) and enters its address in the application's
-``Directory``, a small detached actor; ``/api/route?seed=S``, through the proxy, names the replica
-whose address serves S. The directory leaves out replicas whose actor is gone (and a replica
-leaves it as it shuts down), so after a replica dies, the route names another at once. Under
+``Directory``, a small detached actor; ``/api/route?seed=S``, through the proxy, ranks the replicas
+for S with their addresses. The directory leaves out replicas whose actor is gone (and a replica
+leaves it as it shuts down), so soon after a replica dies, no route names it. Under
 Serve's HAProxy ingress (Ray >= 2.55, ``RAY_SERVE_ENABLE_HA_PROXY=1`` where Ray starts) the
 cluster's address passes streams through HAProxy instead of the Python proxy; the direct route is
 the same.
@@ -27,8 +27,8 @@ Failures and shutdown:
   one closed connection and resumes on another replica by reconnecting with
   ``x = last column + 1`` (the first column of its last complete frame plus that frame's
   width; frames are whole WebSocket messages, so nothing is half received). Sequence
-  numbers restart at 0 on the new connection. A direct client first asks ``/api/route`` again,
-  excluding the replica it lost.
+  numbers restart at 0 on the new connection. A direct client resumes on the next replica its
+  route ranked.
 - Graceful drain (``serve shutdown``, a redeploy, downscaling): Serve stops routing to the
   replica, lets in-flight HTTP requests finish, and keeps it up for up to
   ``graceful_shutdown_timeout_s`` while streams are open; the streams still open then end as
@@ -60,7 +60,7 @@ from ray.serve import Application
 from ..errors import SoatError
 from ..runtime.endless import spans
 from .batcher import SpanSource
-from .direct import AfterStartup, DirectListener, parse_direct_ports, pick
+from .direct import AfterStartup, DirectListener, parse_direct_ports, rank
 from .guard import ANY_ADDRESS
 from .replica import ReplicaApp, ReplicaOptions
 
@@ -114,7 +114,7 @@ def remove_directory(app_name: str) -> None:
 
 class DirectRoutes:
     """One replica's side of direct streams: its listener and place in the directory, and ``/api/route``'s answers
-    (``pick`` over the live addresses, fetched at most every ``ROUTES_TTL_S``)."""
+    (``rank`` over the live addresses, fetched at most every ``ROUTES_TTL_S``)."""
 
     def __init__(self, options: ReplicaOptions, replica: str, app_name: str):
         self.ports = parse_direct_ports(options.direct_ports)
@@ -144,14 +144,14 @@ class DirectRoutes:
         await self.web.drain(DRAIN_S)
         await self.listener.stop()
 
-    async def __call__(self, seed: int, exclude: tuple[str, ...]) -> tuple[str, str] | None:
+    async def __call__(self, seed: int, exclude: tuple[str, ...]) -> list[tuple[str, str]]:
         if self.directory is None:
-            return None
+            return []
         async with self.fetching:
             if time.monotonic() - self.fetched > ROUTES_TTL_S:
                 self.urls = await self.directory.live.remote()
                 self.fetched = time.monotonic()
-        return pick(seed, self.urls, exclude)
+        return rank(seed, self.urls, exclude)
 
 
 def advertised(host: str) -> str:

@@ -14,7 +14,6 @@ import asyncio
 import faulthandler
 import json
 import os
-import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -31,12 +30,12 @@ pytest.importorskip("websockets", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx", reason="httpx is needed to test the HTTP routes")
 
 import soat  # noqa: E402
-from soat.bench.ray_fault import decode, kill_mid_stream  # noqa: E402
+from soat.bench.ray_fault import decode, kill_mid_stream, wait_for_replicas  # noqa: E402
 from soat.bench.ray_scaling import free_port  # noqa: E402
 from soat.errors import SoatError  # noqa: E402
 from soat.serve.app import background_server  # noqa: E402
-from soat.serve.client import open_stream, route  # noqa: E402
-from soat.serve.direct import pick  # noqa: E402
+from soat.serve.client import Route, open_stream, ranked_replicas  # noqa: E402
+from soat.serve.direct import rank  # noqa: E402
 from soat.serve.protocol import unpack_message  # noqa: E402
 from soat.serve.replica import ReplicaOptions, local_identity  # noqa: E402
 
@@ -81,16 +80,15 @@ def test_options_from_strings_and_errors():
 
 def test_rendezvous_hashing_spreads_seeds_and_moves_only_a_leaving_replicas():
     three = {f"r{k}": f"http://127.0.0.1:{31000 + k}" for k in range(3)}
-    first = {seed: pick(seed, three) for seed in range(300)}
-    counts = {name: sum(p[0] == name for p in first.values()) for name in three}
+    ranked = {seed: rank(seed, three) for seed in range(300)}
+    assert all(sorted(r) == sorted(three.items()) for r in ranked.values())  # every replica, with its address
+    counts = {name: sum(r[0][0] == name for r in ranked.values()) for name in three}
     assert all(60 <= n <= 140 for n in counts.values()), counts
-    assert all(three[name] == url for name, url in first.values())
     without_r1 = {name: url for name, url in three.items() if name != "r1"}
-    for seed, (name, _) in first.items():
-        moved = pick(seed, without_r1)[0]
-        assert moved == name if name != "r1" else moved != "r1"  # only r1's seeds move
-        assert pick(seed, three, exclude=("r1",))[0] == moved  # excluding a replica is the same as losing it
-    assert pick(5, three, exclude=tuple(three)) is None and pick(5, {}) is None
+    for seed, r in ranked.items():
+        # losing a replica moves only its seeds, each to the next of its ranking; excluding it is the same
+        assert rank(seed, without_r1) == rank(seed, three, exclude=("r1",)) == [p for p in r if p[0] != "r1"]
+    assert rank(5, three, exclude=tuple(three)) == [] and rank(5, {}) == []
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -186,38 +184,22 @@ def test_split_ranges_from_different_replicas_agree(ray_url, G):
     assert np.array_equal(joined, expected(G, seed, x, w))
 
 
-def routes(base: str, seeds) -> dict[int, tuple[str, str]]:
-    return {seed: asyncio.run(route(base, seed)) for seed in seeds}
-
-
-def wait_for_two_replicas() -> None:
-    """Until Serve runs two replicas of the deployment (it replaces a killed one) and both take direct streams."""
-    from ray import serve
-
-    from soat.serve.ray_app import ROUTES_TTL_S
-    deadline = time.monotonic() + 4 * TIMEOUT
-    while True:
-        states = serve.status().applications[APP].deployments["soat"].replica_states
-        if states.get("RUNNING", 0) == 2:
-            break
-        assert time.monotonic() < deadline, states
-        time.sleep(0.2)
-    time.sleep(ROUTES_TTL_S)  # every replica's cached directory is fresh
+def routes(base: str, seeds) -> dict[int, list[tuple[str, str]]]:
+    return {seed: asyncio.run(ranked_replicas(base, seed)) for seed in seeds}
 
 
 @needs_ray
 def test_routes_spread_seeds_stay_put_and_name_the_replica_they_reach(ray_url):
-    wait_for_two_replicas()
     first = routes(ray_url, range(40))
-    assert len({name for name, _ in first.values()}) == 2, first  # both replicas get seeds
+    assert all(len(r) == 2 for r in first.values()), first  # both replicas, best first
+    assert len({r[0][0] for r in first.values()}) == 2, first  # both get seeds
     assert routes(ray_url, range(40)) == first  # whichever replica answers, a seed stays put
-    for name, url in set(first.values()):
+    for name, url in first[0]:
         direct, r = served(url, "/api/health")  # the address is that replica's own
         assert direct == r.json()["replica"] == name and url.startswith("http://127.0.0.1:")
     seed = 3
-    other = asyncio.run(route(ray_url, seed, exclude=(first[seed][0],)))
-    assert other is not None and other[0] != first[seed][0]
-    assert asyncio.run(route(ray_url, seed, exclude=tuple(n for n, _ in set(first.values())))) is None  # 503
+    assert asyncio.run(ranked_replicas(ray_url, seed, exclude=(first[seed][0][0],))) == first[seed][1:]
+    assert asyncio.run(ranked_replicas(ray_url, seed, exclude=tuple(n for n, _ in first[seed]))) == []  # 503
     bad = httpx.get(ray_url + "/api/route", params={"seed": "x"}, timeout=TIMEOUT)
     assert bad.status_code == 400 and "seed='x' is not an integer" in bad.json()["error"]
 
@@ -227,14 +209,14 @@ def test_direct_batch_stream_is_in_order_and_matches(ray_url, G):
     seed, start, tile = 21, 5, 4
 
     async def go():
-        async with open_stream(ray_url, seed, start, tile, "png", batch=3, direct=True) as (ws, direct):
+        async with open_stream(Route(ray_url, seed, direct=True), start, tile, "png", batch=3) as (ws, replica):
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["batch"] == 3
             await ws.send(json.dumps({"credit": 3}))
             messages = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(3)]
-            return direct, ws.response.headers["x-soat-replica"], [f for m in messages for f in unpack_message(m)]
+            return replica, ws.response.headers["x-soat-replica"], [f for m in messages for f in unpack_message(m)]
 
-    direct, name, frames = asyncio.run(asyncio.wait_for(go(), 4 * TIMEOUT))
-    assert direct and name == asyncio.run(route(ray_url, seed))[0]
+    replica, name, frames = asyncio.run(asyncio.wait_for(go(), 4 * TIMEOUT))
+    assert replica == name == asyncio.run(ranked_replicas(ray_url, seed))[0][0]
     assert [(f[0], f[1]) for f in frames] == [(k, start + tile * k) for k in range(9)]
     got = np.concatenate([decode(f[4]) for f in frames], axis=1)
     assert np.abs(got.astype(int) - expected(G, seed, start, 9 * tile)).max() <= 1
@@ -245,7 +227,7 @@ def test_the_viewer_streams_from_the_replica_its_route_names(ray_url):
     # the viewer tests' browser (skips, as that module does, without Playwright or Chromium)
     from test_viewer import CHROMIUM, FLAGS, WAIT_MS, WIDTH, sync_api, wait_frames
     seed = 8
-    name, url = asyncio.run(route(ray_url, seed))
+    name, url = asyncio.run(ranked_replicas(ray_url, seed))[0]
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS, timeout=WAIT_MS)
         try:
@@ -264,26 +246,27 @@ def test_the_viewer_streams_from_the_replica_its_route_names(ray_url):
 
 @needs_ray
 def test_no_direct_route_falls_back_to_the_proxy(ray_url):
-    everyone = tuple({name for name, _ in routes(ray_url, range(20)).values()})
+    route = Route(ray_url, 2, direct=True)
+    for name, _ in asyncio.run(ranked_replicas(ray_url, 2)):
+        route.lose(name)  # as if neither replica's port could be reached
 
     async def go():
-        async with open_stream(ray_url, 2, 0, 4, "png", direct=True, exclude=everyone) as (ws, direct):
+        async with open_stream(route, 0, 4, "png") as (ws, replica):
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "hello"
-            return direct
+            return replica
 
-    assert asyncio.run(asyncio.wait_for(go(), 4 * TIMEOUT)) is False
+    assert asyncio.run(asyncio.wait_for(go(), 4 * TIMEOUT)) is None
 
 
 @needs_ray
 @pytest.mark.parametrize("direct", [False, True], ids=["through the proxy", "direct"])
 def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G, direct):
-    wait_for_two_replicas()
     seed, start = 5 + direct, 7
     drill = asyncio.run(asyncio.wait_for(kill_mid_stream(ray_url, seed, start, tile=4, total=96, kill_after=3,
                                                          timeout=TIMEOUT, direct=direct), 4 * TIMEOUT))
     replicas = drill.replicas
     assert drill.closes == 1 and len(replicas) == 2 and replicas[0] != replicas[1], (drill.closes, replicas)
-    assert drill.direct == [direct, direct]  # direct: the route named the survivor at once
+    assert drill.direct == [direct, direct]  # direct: on to the next replica of the route
     assert drill.frames[0][0] == start and drill.contiguous, [col for col, _, _ in drill.frames]
     got = np.concatenate([pixels for _, _, pixels in drill.frames], axis=1)
     # stream spans are batched: at most one level off the batch-1 reference in the last fp32 bits
@@ -291,6 +274,7 @@ def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G, direct):
     for _ in range(5):  # the survivor keeps serving
         name, _ = served(ray_url, "/api/health")
         assert name != replicas[0]
+    wait_for_replicas(ray_url, 2, 4 * TIMEOUT, gone=replicas[:1])  # Serve's replacement, for the tests after this
 
 
 @needs_ray

@@ -17,11 +17,13 @@
 // resumes at the first column not yet received.
 //
 // Where the stream goes (serve/direct.py): where /api/info says the server has a direct route (Ray Serve),
-// /api/route names the replica that serves the seed and its own address, and the page streams from there, so
-// its frames bypass Serve's proxy. If that connection does not open (a port this browser cannot reach), the page
-// streams through its own address from then on; if it opens and later closes, the next route excludes that
-// replica. Without a route (plain soat serve; 503: no replica takes direct streams), or on a page loaded over
-// https (a replica's port serves plain ws), the stream goes through the page's own address.
+// /api/route ranks the replicas for the seed, with their own addresses, and the page streams from the first, so
+// its frames bypass Serve's proxy. When that connection closes (the replica died, drains or is busy), the page
+// resumes on the next replica of the ranking, without asking the proxy, which may not know yet; once none is left
+// it asks again, excluding the replicas it lost. If a direct connection does not open at all (a port this browser
+// cannot reach), the page streams through its own address from then on. Without a route (plain soat serve; 503: no
+// replica takes direct streams), or on a page loaded over https (a replica's port serves plain ws), the stream
+// goes through the page's own address.
 // The page asks for one tile a message, not batch frames: at the fastest pan (3,000 columns/s, 12 tiles/s of
 // 256 px) one page sends a proxy little, and a batch of k tiles arrives only once all k are done, which delays
 // the first tile of every connection k-fold on a server that computes one span at a time (a CPU).
@@ -137,7 +139,7 @@ function start(seed, x) {
   if (session) session.tiles.forEach((t) => t.bitmap && t.bitmap.close());
   session = { seed, view: x, nextCol: x, nextSeq: 0, tiles: [], unspent: 0, maxCredit: 0, tile: 0, frames: 0,
               v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null,
-              lost: [], viaPage: false, connecting: 0 };
+              ranked: [], lost: [], viaPage: false, connecting: 0 };
   el("seed").value = String(seed);
   el("frames").textContent = "0";
   status("");
@@ -161,16 +163,16 @@ function connect(s) {
 async function whereTo(s) {
   const page = { url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`, replica: null };
   if (location.protocol !== "http:" || s.viaPage || !(viewer.info && viewer.info.direct_route)) return page;
-  const q = new URLSearchParams({ seed: String(s.seed) });
-  if (s.lost.length) q.set("exclude", s.lost.join(","));
-  try {
-    const r = await fetch(`/api/route?${q}`, { cache: "no-store" });
-    if (!r.ok) return page; // no route here, or no replica takes direct streams now
-    const route = await r.json();
-    return { url: route.url.replace(/^http/, "ws"), replica: route.replica };
-  } catch {
-    return page;
+  if (!s.ranked.length) {
+    const q = new URLSearchParams({ seed: String(s.seed) });
+    if (s.lost.length) q.set("exclude", s.lost.join(","));
+    try {
+      const r = await fetch(`/api/route?${q}`, { cache: "no-store" });
+      if (r.ok) s.ranked = (await r.json()).replicas; // else none takes direct streams now (or too many were lost)
+    } catch {} // the page's address
   }
+  if (!s.ranked.length) return page;
+  return { url: s.ranked[0].url.replace(/^http/, "ws"), replica: s.ranked[0].replica };
 }
 
 function open(s, where) {
@@ -210,9 +212,10 @@ function onText(s, msg) {
 function onClose(s, sock, ev) {
   if (sock !== ws || session !== s) return;
   ws = null;
-  if (sock.replica !== null) {
-    if (!sock.opened) s.viaPage = true; // this browser cannot reach the replica's port: the page's address from now on
-    else s.lost = ev.code === 1000 ? [] : [sock.replica]; // it failed, drained or is busy: ask for another
+  if (sock.replica !== null && !sock.opened) s.viaPage = true; // this browser cannot reach the replicas' ports
+  else if (sock.replica !== null && ev.code !== 1000) { // the replica died, drains or is busy: on to the next
+    s.ranked = s.ranked.filter((r) => r.replica !== sock.replica);
+    s.lost.push(sock.replica);
   }
   if (NO_RETRY.has(ev.code)) {
     status(`stream closed: ${ev.reason || ev.code}`, "error");
