@@ -87,7 +87,7 @@ class Directory:
         self.urls.pop(replica, None)
 
     def live(self) -> dict[str, str]:
-        """The addresses of replicas whose actor is alive (Ray drops a dead actor's name at once)."""
+        """The addresses of replicas whose actor is alive (Ray drops a killed actor's name within moments)."""
         alive = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if a["namespace"] == SERVE_NAMESPACE}
         self.urls = {name: url for name, url in self.urls.items() if name in alive}
@@ -162,7 +162,8 @@ def advertised(host: str) -> str:
 
 
 class _ThisReplica:
-    """The ingress app Serve gives every replica: the ``ReplicaApp`` that replica's constructor built.
+    """The ingress app Serve gives every replica: the app that replica's constructor built (its ``ReplicaApp``,
+    which opens its direct port once warm: ``AfterStartup``).
 
     Serve unpickles the ingress app apart from the deployment instance and runs its lifespan
     right after the constructor; a replica is one actor process, so the constructor leaves
