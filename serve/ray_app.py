@@ -10,7 +10,9 @@ Direct streams (``direct``): once warm, each replica also listens on a port of i
 (``direct_ports``: any free one, a range, or off) and enters its address in the application's
 ``Directory``, a small detached actor; ``/api/route?seed=S``, through the proxy, ranks the replicas
 for S with their addresses. The directory leaves out replicas whose actor is gone (and a replica
-leaves it as it shuts down), so soon after a replica dies, no route names it. Under
+leaves it as it shuts down), so soon after a replica dies, no route names it. Serve's autoscaler
+counts only the requests Serve routes, not direct streams (``soat serve --autoscale`` leaves them
+off unless ``--direct-ports`` is given). Under
 Serve's HAProxy ingress (Ray >= 2.55, ``RAY_SERVE_ENABLE_HA_PROXY=1`` where Ray starts) the
 cluster's address passes streams through HAProxy instead of the Python proxy; the direct route is
 the same.

@@ -107,6 +107,20 @@ def test_ray_flag_errors(capsys, argv, needle):
     assert needle in capsys.readouterr().err
 
 
+def test_autoscale_leaves_direct_streams_off_unless_asked():
+    from soat.cli import build_parser
+    from soat.serve.cli import _scale
+
+    def direct_ports(*argv: str) -> str:
+        args = build_parser().parse_args(["serve", "--ray", *argv])
+        _scale(args)
+        return ReplicaOptions.from_args(args).direct_ports
+
+    assert direct_ports() == direct_ports("--replicas", "2") == "auto"
+    assert direct_ports("--autoscale", "1:4") == "off"  # Serve's autoscaler counts only the streams it routes
+    assert direct_ports("--autoscale", "1:4", "--direct-ports", "31000-31009") == "31000-31009"
+
+
 def test_health_and_ready_without_ray(G):
     with background_server(OPTIONS.app(G, local_identity())) as base:
         health = httpx.get(base + "/api/health", timeout=TIMEOUT)
