@@ -14,6 +14,7 @@ import asyncio
 import faulthandler
 import json
 import os
+import socket
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -47,6 +48,7 @@ OPTIONS = ReplicaOptions(checkpoint="random:0", size=SIZE, channel_multiplier=1,
                          max_batch=4, window_s=0.01)
 TIMEOUT = 30  # seconds any single wait may take on a loaded 2-core machine
 APP = "soat-test"
+KILLED: list[str] = []  # replicas this module's tests killed
 GUARD_S = 300  # the whole module, Ray start and stop included; normally well under 90 s
 CONFIG = Path(__file__).parents[1] / "serve" / "serve_config.yaml"
 
@@ -105,6 +107,17 @@ def test_ray_flag_errors(capsys, argv, needle):
     from soat.cli import main
     assert main(["serve", *argv]) == 2  # one line, exit status 2, before any model loads
     assert needle in capsys.readouterr().err
+
+
+def test_a_busy_direct_port_range_is_one_clear_error():
+    from soat.serve.direct import DirectListener
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SoatError, match=f"no port of {port}-{port} is free on 127.0.0.1 .* give direct_ports a "
+                                            f"wider range, or off"):
+            asyncio.run(DirectListener.start(None, "127.0.0.1", (port, port)))
 
 
 def test_autoscale_leaves_direct_streams_off_unless_asked():
@@ -275,10 +288,12 @@ def test_no_direct_route_falls_back_to_the_proxy(ray_url):
 @needs_ray
 @pytest.mark.parametrize("direct", [False, True], ids=["through the proxy", "direct"])
 def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G, direct):
+    wait_for_replicas(ray_url, 2, 4 * TIMEOUT, gone=KILLED)  # Serve replaces one an earlier test killed
     seed, start = 5 + direct, 7
     drill = asyncio.run(asyncio.wait_for(kill_mid_stream(ray_url, seed, start, tile=4, total=96, kill_after=3,
                                                          timeout=TIMEOUT, direct=direct), 4 * TIMEOUT))
     replicas = drill.replicas
+    KILLED.append(replicas[0])
     assert drill.closes == 1 and len(replicas) == 2 and replicas[0] != replicas[1], (drill.closes, replicas)
     assert drill.direct == [direct, direct]  # direct: on to the next replica of the route
     assert drill.frames[0][0] == start and drill.contiguous, [col for col, _, _ in drill.frames]
@@ -288,7 +303,6 @@ def test_killing_a_replica_mid_stream_resumes_without_gap(ray_url, G, direct):
     for _ in range(5):  # the survivor keeps serving
         name, _ = served(ray_url, "/api/health")
         assert name != replicas[0]
-    wait_for_replicas(ray_url, 2, 4 * TIMEOUT, gone=replicas[:1])  # Serve's replacement, for the tests after this
 
 
 @needs_ray
