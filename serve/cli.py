@@ -84,6 +84,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        help="let Serve scale between MIN and MAX replicas by open streams and requests")
     ray.add_argument("--gpus-per-replica", type=float, default=None,
                      help="GPUs per replica; fractions share a GPU (default 1 with --device cuda, else 0)")
+    ray.add_argument("--direct-ports", default=None, metavar="off|auto|LO-HI",
+                     help="each replica also takes streams on a port of its own, on --host (its node's address "
+                          "with 0.0.0.0), so that frames bypass Serve's proxy: auto any free port, LO-HI the first "
+                          "free one of that range (for a firewall), off none. Clients learn the port from "
+                          "/api/route?seed=S. Default: auto; off with --autoscale (Serve's autoscaler does not see "
+                          "direct streams)")
     p.set_defaults(func=run)
     return p
 
@@ -105,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, lo in (("max_batch", 1), ("encoders", 0), ("workers", 1)):
         if getattr(args, flag) < lo:
             raise SoatError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= {lo}")
-    options = ReplicaOptions.from_args(args)
     scale = _scale(args)
+    options = ReplicaOptions.from_args(args)
     if args.ray:
         if args.workers != 1:
             raise SoatError("--workers is for plain soat serve; with --ray use --replicas")
@@ -254,9 +260,10 @@ def _run_workers(options, host: str, sock: socket.socket, n: int, drain_s: float
 
 
 def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None, float | None]:
-    """``(replicas, (min, max) or None, gpus_per_replica)`` from the Ray flags, checked."""
+    """``(replicas, (min, max) or None, gpus_per_replica)`` from the Ray flags, checked; with ``--autoscale`` and no
+    ``--direct-ports``, direct streams are off (Serve's autoscaler counts only the streams it routes)."""
     if not args.ray:
-        for flag in ("replicas", "autoscale", "gpus_per_replica"):
+        for flag in ("replicas", "autoscale", "gpus_per_replica", "direct_ports"):
             if getattr(args, flag) is not None:
                 raise SoatError(f"--{flag.replace('_', '-')} needs --ray")
         return None, None, None
@@ -268,6 +275,9 @@ def _scale(args: argparse.Namespace) -> tuple[int | None, tuple[int, int] | None
         if not (lo.isdigit() and hi.isdigit() and int(hi) >= max(1, int(lo))):
             raise SoatError(f"--autoscale={args.autoscale!r} must be MIN:MAX with 0 <= MIN <= MAX and MAX >= 1")
         autoscale = int(lo), int(hi)
+        if args.direct_ports is None:
+            from .direct import DIRECT_OFF
+            args.direct_ports = DIRECT_OFF
     gpus = args.gpus_per_replica
     if gpus is not None and gpus < 0:
         raise SoatError(f"--gpus-per-replica={gpus} must be >= 0")

@@ -2,7 +2,7 @@
 
 ``GET /metrics`` answers in Prometheus' text format (``prometheus-client``)::
 
-    soat_frames_total{format}          counter    stream frames sent
+    soat_frames_total{format}          counter    stream frames (tiles) sent, ``batch`` of them a message
     soat_tiles_total                   counter    columns sent in stream frames / R (R-column tiles; a
                                                   frame of T columns counts T / R)
     soat_frame_latency_seconds         histogram  a frame's time in the server: from the moment it is
@@ -23,9 +23,9 @@ any worker answers for all of them: counters and histograms summed, gauges summe
 (each worker refreshes its own every ``REFRESH_S``).
 
 The log line (logger ``soat.serve``, INFO; ``soat serve`` prints it to stderr) is ``stream seed=S x=X
-tile=T format=F frames=N columns=C duration_s=D close=REASON code=CODE client=ADDRESS``, written when
-a stream ends; its fields are also the record's ``stream`` attribute (a dict), for structured log
-handlers. A refused stream's line has no frames.
+tile=T format=F frames=N columns=C batch=K duration_s=D close=REASON code=CODE client=ADDRESS`` (frames
+are tiles, K to a WebSocket message), written when a stream ends; its fields are also the record's
+``stream`` attribute (a dict), for structured log handlers. A refused stream's line has no frames.
 """
 
 from __future__ import annotations

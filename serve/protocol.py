@@ -11,11 +11,23 @@ encoded image (``[R, width]`` pixels, RGB)::
     20      uint8    format: 0 PNG, 1 JPEG, 2 WebP
     21      3 bytes  zero
 
+With ``batch=k`` in the stream query (1 to ``MAX_BATCH``; default 1: the frames above), each binary
+message holds k consecutive frames, each as above, behind their count and each one's length, so
+that a proxy in the path forwards one message per k tiles::
+
+    offset  type     field
+    0       4 bytes  magic b"SOAB"
+    4       uint32   number of frames k
+    8       k times: uint32 length n, then n bytes: one frame (header + image)
+
+Sequence numbers count frames (tiles), not messages, so a client that unpacks the messages sees the
+same frames in the same order as without ``batch``. A credit asks for one message.
+
 Before the first frame the server sends one JSON text message
 ``{"type": "hello", ...}``; a JSON ``{"type": "error", "error": ...}`` precedes a
 close caused by the client. Clients send JSON text ``{"credit": n}``: the server
 sends a frame only against a credit, and never holds more than ``MAX_CREDIT``
-unspent, so a slow client is never queued more frames than it asked for.
+unspent, so a slow client is never queued more messages than it asked for.
 
 A stream ends with a WebSocket close code (``CLOSE_*`` below): 1003, 1008, 1009 for a client's
 mistake (do not retry); 1011 when the generator failed; 1013 when the server or this client holds
@@ -44,6 +56,10 @@ from ..errors import SoatError
 
 MAGIC = b"SOAT"
 HEADER = struct.Struct("<4sIQIB3x")
+BATCH_MAGIC = b"SOAB"
+BATCH_HEADER = struct.Struct("<4sI")
+FRAME_LENGTH = struct.Struct("<I")
+MAX_BATCH = 16  # frames in one message
 FORMATS = {"png": 0, "jpeg": 1, "webp": 2}
 MAX_WIDTH = 8192  # columns in one HTTP request
 MAX_TILE = 2048  # columns in one stream frame
@@ -51,6 +67,8 @@ MAX_COLUMN = 2 ** 53 - 1  # exact in a JavaScript number
 MAX_SEED = 2 ** 53 - 1
 MAX_CREDIT = 32
 MAX_MESSAGE = 1024  # bytes of one client message
+MAX_EXCLUDED = 16  # replicas one route request may rule out
+MAX_REPLICA_NAME = 200  # characters of a replica's name in a route request
 JPEG_QUALITY = 90
 
 # WebSocket close codes (RFC 6455 section 7.4.1)
@@ -91,6 +109,13 @@ class StreamQuery:
     x: int
     tile: int
     format: str
+    batch: int = 1  # frames per message
+
+
+@dataclass(frozen=True)
+class RouteQuery:
+    seed: int
+    exclude: tuple[str, ...]  # replicas the client could not use
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int | None, lo: int, hi: int) -> int:
@@ -124,15 +149,26 @@ def parse_panorama_query(params) -> PanoramaQuery:
 
 
 def parse_stream_query(params, size: int) -> StreamQuery:
-    """``seed`` (default 0), ``x`` (default 0), ``tile`` (default R), ``format`` (default jpeg)."""
-    _check_keys(params, ("seed", "x", "tile", "format"))
+    """``seed`` (default 0), ``x`` (default 0), ``tile`` (default R), ``format`` (default jpeg), ``batch`` (frames
+    per message, default 1)."""
+    _check_keys(params, ("seed", "x", "tile", "format", "batch"))
     fmt = params.get("format", "jpeg")
     if fmt not in FORMATS:
         raise SoatError(f"format={fmt!r} is not a stream format; use one of {', '.join(FORMATS)}")
     return StreamQuery(seed=_int_param(params, "seed", 0, 0, MAX_SEED),
                        x=_int_param(params, "x", 0, 0, MAX_COLUMN),
                        tile=_int_param(params, "tile", size, 1, MAX_TILE),
-                       format=fmt)
+                       format=fmt, batch=_int_param(params, "batch", 1, 1, MAX_BATCH))
+
+
+def parse_route_query(params) -> RouteQuery:
+    """``seed`` and ``exclude`` (replica names, comma-separated; default none) of ``/api/route``."""
+    _check_keys(params, ("seed", "exclude"))
+    names = tuple(name for name in params.get("exclude", "").split(",") if name)
+    if len(names) > MAX_EXCLUDED or any(len(name) > MAX_REPLICA_NAME for name in names):
+        raise SoatError(f"exclude names more than {MAX_EXCLUDED} replicas or a name longer than {MAX_REPLICA_NAME} "
+                        f"characters; name at most {MAX_EXCLUDED} replicas, as /api/route named them")
+    return RouteQuery(seed=_int_param(params, "seed", None, 0, MAX_SEED), exclude=names)
 
 
 def parse_credit(text: str, unspent: int) -> int:
@@ -156,6 +192,30 @@ def parse_credit(text: str, unspent: int) -> int:
 def frame_header(seq: int, column: int, width: int, fmt: str) -> bytes:
     """The 24-byte header of a frame; the encoded image follows it."""
     return HEADER.pack(MAGIC, seq, column, width, FORMATS[fmt])
+
+
+def batch_message(frames: list[bytes]) -> bytes:
+    """Frames (header + image each) as one batch message."""
+    parts = [BATCH_HEADER.pack(BATCH_MAGIC, len(frames))]
+    for frame in frames:
+        parts += [FRAME_LENGTH.pack(len(frame)), frame]
+    return b"".join(parts)
+
+
+def unpack_message(message: bytes) -> list[tuple[int, int, int, str, bytes]]:
+    """The frames of a message, batch or not, each as ``unpack_frame`` gives it (for clients and tests)."""
+    if message[:4] != BATCH_MAGIC:
+        return [unpack_frame(message)]
+    _, count = BATCH_HEADER.unpack_from(message)
+    frames, at = [], BATCH_HEADER.size
+    for _ in range(count):
+        (length,) = FRAME_LENGTH.unpack_from(message, at)
+        at += FRAME_LENGTH.size
+        frames.append(unpack_frame(message[at:at + length]))
+        at += length
+    if at != len(message):
+        raise ValueError(f"a batch message of {len(message)} bytes whose {count} frames end at byte {at}")
+    return frames
 
 
 def unpack_frame(message: bytes) -> tuple[int, int, int, str, bytes]:

@@ -30,11 +30,15 @@ from ..loader import load
 from ..runtime.capabilities import AUTO, backend_spec, check_runs, precision
 from ..runtime.checks import check_device, check_source
 from ..runtime.config import check_layout
+from ..runtime.endless import spans
 from .app import STREAM_IDLE_S, STREAMS_PER_CLIENT, check_settings, create_app
+from .direct import DIRECT_ANY, parse_direct_ports
 from .encoders import check_jpeg_encoder
 
 if TYPE_CHECKING:
     from ..runtime.generator import Generator
+    from .batcher import SpanSource
+    from .direct import Router
 
 REPLICA_HEADER = b"x-soat-replica"
 LIVENESS_PATHS = ("/healthz", "/api/health")  # the usual name, and the one Ray deployments were told of
@@ -62,6 +66,7 @@ class ReplicaOptions:
     host: str = "127.0.0.1"  # the address clients use (soat serve --host): Host and Origin headers must name it
     allow_origin: tuple[str, ...] = ()  # more names (or origins) they may name; "*": any (soat serve --allow-origin)
     jpeg_encoder: str = "auto"  # auto, libjpeg-turbo or nvjpeg (encoders.frame_encoder; soat serve --jpeg-encoder)
+    direct_ports: str = DIRECT_ANY  # under Ray: off, auto or LO-HI, where each replica takes streams itself (direct)
 
     def __post_init__(self):
         """Every value checked when the options are built, as the Python API checks its arguments (the device
@@ -76,6 +81,7 @@ class ReplicaOptions:
         check_settings(self.truncation, self.max_batch, self.window_s, self.max_streams, self.max_streams_per_client,
                        self.stream_idle_s, self.encoders)
         check_jpeg_encoder(self.jpeg_encoder)
+        parse_direct_ports(self.direct_ports)
 
     @classmethod
     def from_mapping(cls, args: Mapping[str, object]) -> "ReplicaOptions":
@@ -99,12 +105,16 @@ class ReplicaOptions:
         return load(self.checkpoint, backend=self.backend, device=self.device, dtype=self.dtype, size=self.size,
                     channel_multiplier=self.channel_multiplier)
 
-    def app(self, G: Generator, replica: Mapping[str, object]) -> "ReplicaApp":
-        """``create_app(G, ...)`` with the health routes, for the replica described by ``replica``."""
+    def app(self, G: Generator, replica: Mapping[str, object], span_source: SpanSource = spans,
+            router: Router | None = None) -> "ReplicaApp":
+        """``create_app(G, ...)`` with the health routes, for the replica described by ``replica`` (``span_source``
+        and ``router``: as ``create_app`` takes them)."""
         return ReplicaApp(create_app(G, self.truncation, self.max_batch, self.window_s, self.max_streams,
-                                     self.encoders or None, max_streams_per_client=self.max_streams_per_client,
+                                     self.encoders or None, span_source=span_source,
+                                     max_streams_per_client=self.max_streams_per_client,
                                      stream_idle_s=self.stream_idle_s, host=self.host,
-                                     allow_origin=self.allow_origin, jpeg_encoder=self.jpeg_encoder), replica)
+                                     allow_origin=self.allow_origin, jpeg_encoder=self.jpeg_encoder, router=router),
+                          replica)
 
 
 _KINDS = {str: "a string", int: "an integer", float: "a number", tuple: "names, comma-separated"}

@@ -1,9 +1,9 @@
 """One WebSocket tile stream: credits in, frames out (wire format in ``protocol``).
 
 Two tasks per connection: the reader turns ``{"credit": n}`` messages into credit;
-the writer, against each credit, asks the batcher for the next tile (up to
-``PIPELINE`` at once), stitches and encodes it in the encoder pool (off the event loop)
-and sends the frames in order. Frames go out without per-message deflate (``app``):
+the writer, against each credit, asks the batcher for the next message's tiles (one, or the
+query's ``batch``; up to ``PIPELINE`` tiles at once, or two messages' worth), stitches and encodes
+each in the encoder pool (off the event loop) and sends the messages in order. Frames go out without per-message deflate (``app``):
 JPEG, PNG and WebP do not compress further, and zlib on the event loop cost more than
 everything else per frame.
 A tile is computed only against a credit, so a connection never holds more than
@@ -32,19 +32,19 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..runtime.endless import stitch
 from .protocol import (CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_RECONNECT, CLOSE_UNSUPPORTED, HEADER, MAX_CREDIT,
-                       ProtocolError, StreamQuery, close_reason, frame_header, parse_credit)
+                       ProtocolError, StreamQuery, batch_message, close_reason, frame_header, parse_credit)
 
 if TYPE_CHECKING:
     from .app import Server
 
 log = logging.getLogger("soat.serve")
-PIPELINE = 8  # tiles of one stream computed concurrently (two full batches in flight on a GPU)
+PIPELINE = 8  # tiles of one stream computed concurrently (two batch messages' worth, if more)
 _CODE_REASONS = {CLOSE_IDLE: "idle", CLOSE_RECONNECT: "drain"}  # closes the server chose; others: the client's fault
 
 
 class Credit:
-    """Frames the client has granted: not yet started (``unspent``) and not yet sent (``owed``); frames
-    sent; whether the stream may start more (``stopped``: the server drains)."""
+    """Messages the client has granted: not yet started (``unspent``) and not yet sent (``owed``); frames
+    (tiles) sent; whether the stream may start more (``stopped``: the server drains)."""
 
     def __init__(self):
         self.unspent = 0
@@ -60,9 +60,10 @@ class Credit:
         self.idle_since = None
         self._granted.set()
 
-    def sent(self) -> None:
+    def sent(self, frames: int) -> None:
+        """A message of ``frames`` frames went out."""
         self.owed -= 1
-        self.frames += 1
+        self.frames += frames
         if self.owed == 0:
             self.idle_since = time.monotonic()
 
@@ -143,14 +144,15 @@ def _fields(query: StreamQuery | None, client: str, frames: int, seconds: float,
             code: int | None) -> dict:
     """What a stream's log line says, in order."""
     about = {} if query is None else {"seed": query.seed, "x": query.x, "tile": query.tile, "format": query.format,
-                                      "frames": frames, "columns": frames * query.tile}
+                                      "frames": frames, "columns": frames * query.tile, "batch": query.batch}
     return {**about, "duration_s": round(seconds, 3), "close": reason, "code": code, "client": client}
 
 
 async def _serve(ws: WebSocket, server: Server, query: StreamQuery, credit: Credit) -> tuple[str, int | None]:
     """The stream's hello and tasks; returns why it ended (``metrics.CLOSE_REASONS``) and its close code."""
     await ws.send_text(json.dumps({"type": "hello", "size": server.G.size, "seed": query.seed, "x": query.x,
-                                   "tile": query.tile, "format": query.format, "max_credit": MAX_CREDIT,
+                                   "tile": query.tile, "format": query.format, "batch": query.batch,
+                                   "max_credit": MAX_CREDIT,
                                    "header_bytes": HEADER.size}))
     tasks = [asyncio.create_task(_read(ws, credit)), asyncio.create_task(_write(ws, credit, server, query)),
              asyncio.create_task(_close_when_idle(credit, server.stream_idle_s))]
@@ -183,30 +185,37 @@ async def _read(ws: WebSocket, credit: Credit) -> int | None:
 
 
 async def _write(ws: WebSocket, credit: Credit, server: Server, query: StreamQuery) -> None:
-    # Up to PIPELINE tiles of one stream are computed at once (their spans may share a batch);
-    # they are sent strictly in order. Once the credit is stopped, what was started is sent, then
-    # the stream ends (CLOSE_RECONNECT).
-    inflight: deque[tuple[asyncio.Task, float]] = deque()  # each frame and when it was started
+    # Each credit starts one message's frames (query.batch consecutive tiles); up to PIPELINE tiles of
+    # one stream, or two messages, are computed at once (their spans may share a batch) and sent
+    # strictly in order. Once the credit is stopped, what was started is sent, then the stream ends
+    # (CLOSE_RECONNECT).
+    k = query.batch
+    most = max(PIPELINE, 2 * k)  # tiles in flight
+    inflight: deque[tuple[list[asyncio.Task], float]] = deque()  # each message's frames and when it was started
     seq, column = 0, query.x
     tiles = query.tile / server.G.size
     try:
         while True:
-            while len(inflight) < PIPELINE and (credit.unspent > 0 or not inflight):
+            while (len(inflight) + 1) * k <= most and (credit.unspent > 0 or not inflight):
                 if not await credit.take():
                     break
-                frame = asyncio.create_task(_frame(server, query, seq, column, len(inflight)))
-                inflight.append((frame, time.monotonic()))
-                seq += 1
-                column += query.tile
+                ahead = len(inflight) * k
+                inflight.append(([asyncio.create_task(_frame(server, query, seq + i, column + i * query.tile, ahead + i))
+                                  for i in range(k)], time.monotonic()))
+                seq += k
+                column += k * query.tile
             if not inflight:
                 raise ProtocolError(CLOSE_RECONNECT, f"the server is restarting; reconnect to resume at column {column}")
-            frame, started = inflight.popleft()
-            await ws.send_bytes(await frame)
-            credit.sent()
-            server.metrics.frame_sent(query.format, tiles, time.monotonic() - started)
+            frames = [await frame for frame in inflight[0][0]]
+            _, started = inflight.popleft()
+            await ws.send_bytes(frames[0] if k == 1 else batch_message(frames))
+            credit.sent(k)
+            for _ in frames:
+                server.metrics.frame_sent(query.format, tiles, time.monotonic() - started)
     finally:
-        for frame, _ in inflight:
-            frame.cancel()
+        for frames, _ in inflight:
+            for frame in frames:
+                frame.cancel()
 
 
 async def _close_when_idle(credit: Credit, idle_s: float) -> None:

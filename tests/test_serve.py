@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import soat  # noqa: E402
 from soat.serve.app import background_server, create_app  # noqa: E402
-from soat.serve.protocol import MAX_CREDIT, unpack_frame  # noqa: E402
+from soat.serve.protocol import MAX_BATCH, MAX_CREDIT, unpack_frame, unpack_message  # noqa: E402
 
 SIZE = 8
 TIMEOUT = 60  # seconds any single wait may take on a loaded 2-core machine
@@ -151,6 +151,26 @@ def test_stream_frames_are_contiguous_and_match(url, G):
     assert np.abs(tiles.astype(int) - expected).max() <= 1
 
 
+def test_batch_frames_hold_consecutive_tiles_that_match(url, G):
+    async def go():
+        async with connect(ws_url(url, "seed=9&x=6&tile=5&format=png&batch=3")) as ws:
+            hello = json.loads(await ws.recv())
+            assert (hello["batch"], hello["tile"]) == (3, 5)
+            await ws.send(json.dumps({"credit": 2}))  # a credit is a message: 2 of them, 6 tiles
+            messages = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(2)]
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws.recv(), 1.0)  # credit spent
+            return messages
+
+    messages = run(go())
+    assert all(m[:4] == b"SOAB" for m in messages)
+    got = [f for m in messages for f in unpack_message(m)]
+    assert [len(unpack_message(m)) for m in messages] == [3, 3]
+    assert [(f[0], f[1], f[2]) for f in got] == [(k, 6 + 5 * k, 5) for k in range(6)]  # sequence numbers count tiles
+    tiles = np.concatenate([decode(f[4]) for f in got], axis=1)
+    assert np.abs(tiles.astype(int) - soat.to_uint8(G.panorama_columns(9, 6, 30))[0]).max() <= 1
+
+
 @pytest.mark.parametrize("fmt", ["jpeg", "webp"])
 def test_stream_formats(url, fmt):
     async def go():
@@ -206,7 +226,8 @@ def test_bad_messages_close_only_that_connection(url, message, code, needle):
 
 @pytest.mark.parametrize("query, needle", [
     ("seed=-1", "seed='-1'"), ("tile=0", "tile=0 is out of range"), ("format=gif", "format='gif'"),
-    ("speed=3", "unknown query parameter 'speed'"),
+    ("speed=3", "unknown query parameter 'speed'"), ("batch=0", "batch=0 is out of range"),
+    (f"batch={MAX_BATCH + 1}", f"allowed: 1 <= batch <= {MAX_BATCH}"),
 ])
 def test_bad_stream_queries_close_with_a_reason(url, query, needle):
     async def go():

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import soat
 from soat.runtime.backend import NodeByNode
-from soat.runtime.tasks.blend import PAIRED_MAX_BATCH
+from soat.runtime.tasks.blend import PAIRED_ENV
 from soat.runtime.tasks.local import alpha_is_zero, boxes_mask
 from soat.triton_kernels.ramp_lerp import ramp
 from conftest import make_styles, pick, rel_err, tiered
@@ -173,13 +173,15 @@ def check_lerp(blended, out1, out2, alpha):
     assert torch.equal(blended[zero], out1[zero]) and torch.equal(blended[one], out2[one])
 
 
-@pytest.mark.parametrize("batch", [2, PAIRED_MAX_BATCH + 1], ids=["paired", "separate"])
+@pytest.mark.parametrize("paired", [True, False], ids=["paired", "separate"])
 @pytest.mark.parametrize("task", ["blend-horizontal", "blend-vertical", "merge_extension", "merge"])
-def test_schedule_lerps_every_layer_with_spec_alpha(g16, task, batch):
+def test_schedule_lerps_every_layer_with_spec_alpha(g16, task, paired, monkeypatch):
     """Every node runs once with sigma1 and once with sigma2 on the same input (and skip); the next node
     consumes lerp(out1, out2, alpha) with the ramp of the output's size (merge: over the doubled width;
-    docs/contract.md#ramps). Up to PAIRED_MAX_BATCH both runs are one call of batch 2B, beyond it two calls.
-    The noise each node sees is the fixed buffer (merge: after conv1, the buffer twice along W)."""
+    docs/contract.md#ramps). Paired (SOAT_PAIRED_MAX_BATCH at least B) both runs are one call of batch 2B, else
+    two calls. The noise each node sees is the fixed buffer (merge: after conv1, the buffer twice along W)."""
+    batch = 2
+    monkeypatch.setenv(PAIRED_ENV, str(batch if paired else 0))
     G, rec = recording(g16)
     s1, s2 = two_styles(g16, batch)
     if task.startswith("blend"):
@@ -188,7 +190,7 @@ def test_schedule_lerps_every_layer_with_spec_alpha(g16, task, batch):
         image = getattr(G, task)(s1, s2)
     pairs = dual_pairs(rec.calls, batch)
     assert [p[0] for p in pairs] == [n.id for n in g16.chain[1:]]
-    assert len(rec.calls) == 1 + len(pairs) * (1 if batch <= PAIRED_MAX_BATCH else 2)
+    assert len(rec.calls) == 1 + len(pairs) * (1 if paired else 2)
     merged = not task.startswith("blend")
     for k, (node_id, in1, out1, in2, out2) in enumerate(pairs):
         node = node_by_id(g16, node_id)

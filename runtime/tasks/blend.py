@@ -2,7 +2,7 @@
 
 The schedule (docs/contract.md#blend): at each node, run it with sigma1 and with sigma2 on the
 same (already blended) input and skip, then ``lerp(out1, out2, alpha)``. With one generator and a
-batch of at most ``PAIRED_MAX_BATCH`` (``SOAT_PAIRED_MAX_BATCH`` where set), the two runs of a node
+batch of at most ``SOAT_PAIRED_MAX_BATCH`` (off by default: ``PAIRED_MAX_BATCH``), the two runs of a node
 are one run of batch 2B (sigma1's samples, then sigma2's, on the input and skip repeated): half the
 launches, where small batches are bound by launches rather than by arithmetic.
 """
@@ -30,9 +30,11 @@ Combine = Callable[[LayerNode, torch.Tensor, torch.Tensor], torch.Tensor]
 RunPair = Callable[[LayerNode, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
 
 BLEND_MODES = {"horizontal": 3, "vertical": 2}
-# the largest batch whose two style lists run as one batch: beyond it the card is busy with arithmetic, and
-# repeating the input (a copy of each map) would only add traffic (bench/NOTES.md, round 8)
-PAIRED_MAX_BATCH = 4
+# the largest batch whose two style lists run as one batch. Off (0) by default until a GPU run shows the gain
+# (predicted within batch-1 noise, bench/NOTES.md round 8), and because the shape plan and the engines' profiles
+# (shape_plan.py) plan each node at batch B, not 2B: SOAT_PAIRED_MAX_BATCH turns it on for the fast and torch
+# backends (bench/kernels.py --levers times both forms)
+PAIRED_MAX_BATCH = 0
 PAIRED_ENV = "SOAT_PAIRED_MAX_BATCH"  # replaces it, e.g. 0 to time the separate runs (bench/kernels.py --levers)
 
 

@@ -15,6 +15,18 @@
 // While tiles are owed, the page asks /api/info for the next tile's ETA (the server's measured
 // batch times and its queue) after each tile and every ETA_POLL_MS, and counts it down. A lost connection is retried with backoff and
 // resumes at the first column not yet received.
+//
+// Where the stream goes (serve/direct.py): where /api/info says the server has a direct route (Ray Serve),
+// /api/route ranks the replicas for the seed, with their own addresses, and the page streams from the first, so
+// its frames bypass Serve's proxy. When that connection closes (the replica died, drains or is busy), the page
+// resumes on the next replica of the ranking, without asking the proxy, which may not know yet; once none is left
+// it asks again, excluding the replicas it lost. If a direct connection does not open at all (a port this browser
+// cannot reach), the page streams through its own address from then on. Without a route (plain soat serve; 503: no
+// replica takes direct streams), or on a page loaded over https (a replica's port serves plain ws), the stream
+// goes through the page's own address.
+// The page asks for one tile a message, not batch frames: at the fastest pan (3,000 columns/s, 12 tiles/s of
+// 256 px) one page sends a proxy little, and a batch of k tiles arrives only once all k are done, which delays
+// the first tile of every connection k-fold on a server that computes one span at a time (a CPU).
 "use strict";
 
 const BUFFER_VIEWS = 2;
@@ -34,8 +46,9 @@ const ctx = canvas.getContext("2d");
 const el = (id) => document.getElementById(id);
 
 // For tests and curious users: the overlay's states, the last /api/info, the last save, connections, resumed
-// columns, each tile's ETA as shown and when it came (etaChecks, the last 100), and rAF frame counts.
-const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [], etaChecks: [],
+// columns, each tile's ETA as shown and when it came (etaChecks, the last 100), where each connection went (routes:
+// {url, replica}, the last 100), and rAF frame counts.
+const viewer = { states: [], info: null, saved: null, connections: 0, resumes: [], etaChecks: [], routes: [],
                  frameStats: { frames: 0, slow: 0, panning: 0, stalled: 0, worst_ms: 0, budget_ms: FRAME_BUDGET_MS } };
 window.soatViewer = viewer;
 
@@ -125,7 +138,8 @@ let retryTimer = null;
 function start(seed, x) {
   if (session) session.tiles.forEach((t) => t.bitmap && t.bitmap.close());
   session = { seed, view: x, nextCol: x, nextSeq: 0, tiles: [], unspent: 0, maxCredit: 0, tile: 0, frames: 0,
-              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null };
+              v: 0, attempts: 0, arrivals: [], busy: [], busyMark: 0, shownHist: [], firstShown: false, eta: null,
+              ranked: [], lost: [], viaPage: false, connecting: 0 };
   el("seed").value = String(seed);
   el("frames").textContent = "0";
   status("");
@@ -134,17 +148,41 @@ function start(seed, x) {
 
 function connect(s) {
   clearTimeout(retryTimer);
-  if (ws) { ws.onclose = ws.onmessage = null; ws.close(); }
+  if (ws) { ws.onclose = ws.onmessage = null; ws.close(); ws = null; }
   s.unspent = 0;
   s.nextSeq = 0;
   s.eta = null;
   if (!s.firstShown) loading(s, performance.now());
   fetchInfo().then(() => { if (session === s && !s.firstShown) loading(s, performance.now()); }).catch(() => {});
-  const proto = location.protocol === "https:" ? "wss" : "ws";
-  const sock = new WebSocket(`${proto}://${location.host}/api/stream?seed=${s.seed}&x=${s.nextCol}&format=jpeg`);
-  sock.binaryType = "arraybuffer";
-  ws = sock;
   viewer.connections += 1;
+  const attempt = ++s.connecting; // a later connect() (a seed change, a jump) overtakes this one
+  whereTo(s).then((where) => { if (session === s && s.connecting === attempt) open(s, where); });
+}
+
+// The address to stream from: {url: ws(s)://host:port, replica: its name or null for the page's own address}.
+async function whereTo(s) {
+  const page = { url: `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}`, replica: null };
+  if (location.protocol !== "http:" || s.viaPage || !(viewer.info && viewer.info.direct_route)) return page;
+  if (!s.ranked.length) {
+    const q = new URLSearchParams({ seed: String(s.seed) });
+    if (s.lost.length) q.set("exclude", s.lost.join(","));
+    try {
+      const r = await fetch(`/api/route?${q}`, { cache: "no-store" });
+      if (r.ok) s.ranked = (await r.json()).replicas; // else none takes direct streams now (or too many were lost)
+    } catch {} // the page's address
+  }
+  if (!s.ranked.length) return page;
+  return { url: s.ranked[0].url.replace(/^http/, "ws"), replica: s.ranked[0].replica };
+}
+
+function open(s, where) {
+  const sock = new WebSocket(`${where.url}/api/stream?seed=${s.seed}&x=${s.nextCol}&format=jpeg`);
+  sock.binaryType = "arraybuffer";
+  sock.replica = where.replica;
+  ws = sock;
+  viewer.routes.push(where);
+  if (viewer.routes.length > 100) viewer.routes.shift();
+  sock.onopen = () => { sock.opened = true; };
   sock.onmessage = (ev) => (typeof ev.data === "string" ? onText(s, JSON.parse(ev.data)) : onFrame(s, ev.data));
   sock.onclose = (ev) => onClose(s, sock, ev);
 }
@@ -174,6 +212,11 @@ function onText(s, msg) {
 function onClose(s, sock, ev) {
   if (sock !== ws || session !== s) return;
   ws = null;
+  if (sock.replica !== null && !sock.opened) s.viaPage = true; // this browser cannot reach the replicas' ports
+  else if (sock.replica !== null && ev.code !== 1000) { // the replica died, drains or is busy: on to the next
+    s.ranked = s.ranked.filter((r) => r.replica !== sock.replica);
+    s.lost.push(sock.replica);
+  }
   if (NO_RETRY.has(ev.code)) {
     status(`stream closed: ${ev.reason || ev.code}`, "error");
     return;
