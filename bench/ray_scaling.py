@@ -40,7 +40,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass, fields
 
-from soat.bench.serve_load import ONE_HOST_STREAMS, LoadResult, SyntheticSpans, run_load
+from soat.bench.serve_load import ONE_HOST_STREAMS, LoadResult, Rates, SyntheticSpans, run_load
 from soat.runtime.endless import spans
 from soat.runtime.images import atomic_output
 from soat.serve.batcher import SpanSource
@@ -55,7 +55,7 @@ HAPROXY_RAY = (2, 55)  # the first Ray with it
 
 
 @dataclass
-class Row:
+class Row(Rates):
     setup: str
     replicas: int
     clients: int
@@ -71,22 +71,6 @@ class Row:
     p99_ms: float = float("nan")
     order_errors: int = 0
     failed_clients: int = 0
-
-    @property
-    def frames_per_s(self) -> float:
-        return self.frames / self.seconds
-
-    @property
-    def messages_per_s(self) -> float:
-        return self.messages / self.seconds
-
-    @property
-    def megabytes_per_s(self) -> float:
-        return self.bytes / 1e6 / self.seconds
-
-    @property
-    def columns_per_s(self) -> float:
-        return self.columns / self.seconds
 
 
 def measure(base_url: str, clients: int, tile: int, warmup_s: float, seconds: float, seed0: int,

@@ -69,8 +69,33 @@ class ClientResult:
     direct: bool = False  # whether the stream went straight to its replica (``serve/client.py``)
 
 
+class Rates:
+    """Per-second rates of a measured window (``frames``, ``messages``, ``bytes``, ``columns`` over ``seconds``)."""
+    frames: int
+    messages: int
+    bytes: int
+    columns: int
+    seconds: float
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def columns_per_s(self) -> float:
+        return self.columns / self.seconds
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def megabytes_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds
+
+
 @dataclass
-class LoadResult:
+class LoadResult(Rates):
     clients: int
     rate: float | None  # columns/s per client, None: unthrottled
     seconds: float
@@ -96,18 +121,6 @@ class LoadResult:
     @property
     def new_tiles_per_s(self) -> float:
         return self.columns / self.size / self.seconds
-
-    @property
-    def columns_per_s(self) -> float:
-        return self.columns / self.seconds
-
-    @property
-    def messages_per_s(self) -> float:
-        return self.messages / self.seconds
-
-    @property
-    def megabytes_per_s(self) -> float:
-        return self.bytes / 1e6 / self.seconds
 
 
 async def _client(url: str, seed: int, tile: int, fmt: str, rate: float | None, credit: int,
