@@ -160,7 +160,14 @@ def layer_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
 
 def round_one_to_rgb(*args, impl: str) -> torch.Tensor:
     """ToRGB with round 1's tile: 64 pixels x 64 channels, looping over the channels."""
-    return kernels("to_rgb").to_rgb(*args, blocks=(64, 64))
+    module = kernels("to_rgb")
+    return module.to_rgb(*args, blocks=module.ROUND_ONE_TILE)
+
+
+def whole_row_to_rgb(x: torch.Tensor, *args, impl: str) -> torch.Tensor:
+    """ToRGB with whole channel rows per tile at any batch (the tasks take it up to ``WHOLE_ROW_MAX_BATCH``)."""
+    module = kernels("to_rgb")
+    return module.to_rgb(x, *args, blocks=module.tile(x.shape[1]))
 
 
 def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
@@ -190,7 +197,7 @@ def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
                        torch.randn(3, dtype=dtype, device=device), skip))
     traffic = sum(x.numel() + x[:, :3].numel() + (0 if k is None else k.numel()) for x, _, _, _, k in layers) * es
     shape = f"{len(layers)} layers, 4..{size} px"
-    for name, op in (("to_rgb chain", to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb)):
+    for name, op in (("to_rgb chain", whole_row_to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb)):
         out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
                         lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
     return out + schedule_cases(size, batch, dtype, device)

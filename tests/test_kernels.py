@@ -293,9 +293,19 @@ def test_to_rgb(shape, dtype, cl, with_skip):
 
 @pytest.mark.parametrize("shape", RGB_GEOMS[1:3])
 def test_to_rgb_round_one_tile(shape):
-    """The 64-pixel, 64-channel tile bench/kernels.py times against the default (a channel loop of two steps)."""
+    """The 64-pixel, 64-channel tile bench/kernels.py times against the whole-row tile (a channel loop of two steps)."""
     inputs = rgb_inputs(shape, torch.float32, True, True)
-    assert_rgb(kernels("to_rgb").to_rgb(*inputs, blocks=(64, 64)), *inputs)
+    assert_rgb(kernels("to_rgb").to_rgb(*inputs, blocks=kernels("to_rgb").ROUND_ONE_TILE), *inputs)
+
+
+def test_to_rgb_takes_round_one_tiles_beyond_small_batches():
+    """Whole channel rows up to WHOLE_ROW_MAX_BATCH, round 1's tile beyond it and in traced (symbolic) launches."""
+    module = kernels("to_rgb")
+    limit = module.WHOLE_ROW_MAX_BATCH
+    assert module.batch_tile(limit, 128) == module.tile(128) != module.ROUND_ONE_TILE
+    assert module.batch_tile(limit + 1, 128) == module.batch_tile(torch.SymInt, 128) == module.ROUND_ONE_TILE
+    inputs = rgb_inputs((limit + 1, 96, 8, 8), torch.float32, True, True)
+    assert_rgb(to_rgb(*inputs, impl="triton"), *inputs)
 
 
 @pytest.mark.parametrize("shape,dtype,cl", CASES)

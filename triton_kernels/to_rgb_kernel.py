@@ -12,6 +12,11 @@ from ._tiles import direct
 # batch 1 the small maps get HW * I / TILE programs (a 64 px map of 512 channels 512, not 64 each looping
 # over 8 channel steps) and every program loads its x in one step
 TILE, MAX_ROW = 4096, 512
+# Whole-channel-row tiles (``tile``) fill the card where a batch is small; at large batches round 1's tile (64
+# pixels x 64 channels, looping over the channels) is faster (H100, fp16, the chain's 7 ToRGBs of 256 px: 62 against
+# 96 us at batch 1, 2.90 against 1.86 ms at batch 128; bench/NOTES.md round 8). The crossover between is not measured.
+WHOLE_ROW_MAX_BATCH = 8
+ROUND_ONE_TILE = (64, 64)
 
 
 @triton.jit
@@ -64,17 +69,23 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: tor
            skip: torch.Tensor | None, wrap: Callable = direct, blocks: tuple[int, int] | None = None) -> torch.Tensor:
     """``[B, 3, H, W]`` RGB (contiguous) from ``x [B, I, H, W]``, ``style [B, I]`` (any strides), ``weight [3, I]``,
     ``bias [3]`` and ``skip [B, 3, H/2, W/2]`` or None (``wrap``: ``_tiles.direct``; ``blocks``: the tile,
-    ``(pixels, channels)`` powers of two, default ``tile(I)``; bench/kernels.py times round 1's ``(64, 64)``)."""
+    ``(pixels, channels)`` powers of two, default ``batch_tile``; bench/kernels.py times both tiles)."""
     batch, inputs, height, width = x.shape
     out = torch.empty(batch, 3, height, width, dtype=x.dtype, device=x.device)
     skip_arg = out if skip is None else skip  # unread without a skip: any valid pointer
-    block_p, block_i = blocks or tile(inputs)
+    block_p, block_i = blocks or batch_tile(batch, inputs)
     grid = (triton.cdiv(height * width, block_p), batch)
     wrap(to_rgb_kernel)[grid](x, style, weight.contiguous(), bias.reshape(-1), skip_arg, out,
                               *x.stride(), *style.stride(), *skip_arg.stride(), *out.stride(), inputs, height, width,
                               *skip_arg.shape[-2:], HAS_SKIP=skip is not None, BP=block_p, BI=block_i,
                               enable_fp_fusion=False)
     return out
+
+
+def batch_tile(batch, inputs: int) -> tuple[int, int]:
+    """The tile for a launch of ``batch`` samples: whole channel rows up to ``WHOLE_ROW_MAX_BATCH``, else round 1's.
+    A traced launch (AOTInductor packages: ``batch`` symbolic, one kernel for every batch) takes round 1's."""
+    return tile(inputs) if isinstance(batch, int) and batch <= WHOLE_ROW_MAX_BATCH else ROUND_ONE_TILE
 
 
 def tile(inputs: int) -> tuple[int, int]:
