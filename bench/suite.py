@@ -207,7 +207,7 @@ def run_suite(source: str, size: int | None, channel_multiplier: int | None, dev
         key = (cfg.backend, cfg.dtype, cfg.cuda_graphs)
         if key not in models:
             models[key] = soat.load((exports or {}).get(cfg.backend, source), backend=cfg.backend, device=device, dtype=cfg.dtype, size=size,
-                                    channel_multiplier=channel_multiplier, graphs=cfg.cuda_graphs)
+                                    channel_multiplier=channel_multiplier, cuda_graphs=cfg.cuda_graphs)
             if len(models) == 1:
                 eta, one_ms = estimate_seconds(models[key], configs, tasks, batches, warmup, iters)
                 tqdm.write(f"  loaded:  {models[key].size}px cm{models[key].config.channel_multiplier}; "
