@@ -33,7 +33,7 @@ from ..runtime.manifest import (FORMAT, FORMAT_VERSION, GRAPH_SUFFIX, MANIFEST, 
                                 NOISE_FILE, chain_record, encode_runs, export_graph_ids, graph_outputs,
                                 shapes_record)
 from ..runtime.sources import load_weights
-from ..runtime.styles import mean_style_z, mean_w
+from ..runtime.styles import cached_mean_w, mean_style_z, mean_w, mean_w_key
 from ..runtime.tasks.panorama_geometry import span_columns
 from ..runtime.weights import StyleGAN2Weights
 
@@ -76,7 +76,7 @@ def finish_folder(folder: str, source: Source, graph_format: str, dtype: str, op
     returns the manifest's path."""
     config = source.weights.config
     noise = write_noise(source.noise, os.path.join(folder, NOISE_FILE))
-    mean = write_mean_styles(source.weights, os.path.join(folder, MEAN_STYLES_FILE))
+    mean = write_mean_styles(source.weights, source.fingerprint, os.path.join(folder, MEAN_STYLES_FILE))
     channels_last = channels_last or {}
     graphs = {gid: {"file": f"{gid}{GRAPH_SUFFIX[graph_format]}", "sha256": graph_sha[gid],
                     "inputs": list(graph_io(config, gid)[0]), "outputs": list(graph_outputs(config, gid, graph_format)),
@@ -121,19 +121,25 @@ def write_noise(noise: Sequence[torch.Tensor], path: str) -> dict:
             "shapes": [list(a.shape) for a in arrays.values()]}
 
 
-def write_mean_styles(weights: StyleGAN2Weights, path: str) -> dict:
+def write_mean_styles(weights: StyleGAN2Weights, fingerprint: str, path: str) -> dict:
     """sigma_bar exactly as ``Generator.mean_styles`` computes it on the torch backend (fp32, CPU), flat
-    ``[1, total]``: affine(the checkpoint's ``w_avg``) where it has one, else affine(mean w over 50,000 z);
-    from the graph modules' own copies (the source's weights are not moved)."""
+    ``[1, total]``: affine(the checkpoint's ``w_avg``) where it has one, else affine(mean w over 50,000 z), kept
+    in (and read from) the same cache entry that Generator uses; from the graph modules' own copies (the
+    source's weights are not moved)."""
     config = weights.config
     affines = graph_module(weights, STYLES).to("cpu", torch.float32).eval()
     w_avg = getattr(weights, "w_avg", None)
+
+    def sampled_mean() -> torch.Tensor:
+        mapping = graph_module(weights, MAPPING).to("cpu", torch.float32).eval()
+        return mean_w(mapping, mean_style_z(config.style_dim))
+
     with torch.no_grad():
         if w_avg is not None:
             centre = w_avg.detach().reshape(1, -1).to("cpu", torch.float32)
         else:
-            mapping = graph_module(weights, MAPPING).to("cpu", torch.float32).eval()
-            centre = mean_w(mapping, mean_style_z(config.style_dim)).float()
+            key = mean_w_key(fingerprint, "torch", torch.float32, "cpu")
+            centre = cached_mean_w(key, config.style_dim, sampled_mean).float()
         flat = affines(centre.unsqueeze(1).repeat(1, config.n_latent, 1)).numpy()
     with open(path, "wb") as f:
         np.savez(f, mean_styles=flat)

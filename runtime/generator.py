@@ -15,7 +15,8 @@ from .config import GeneratorConfig
 from .cudagraph import is_capturing
 from .graphs import MAPPING, STYLES
 from .noise import NoiseArg, NoiseFn, make_noise_fn, noise_for_input
-from .styles import StyleArg, cached_mean_w, check_styles, mean_style_z, mean_w, truncate, unflatten_styles
+from .styles import (StyleArg, cached_mean_w, check_styles, mean_style_z, mean_w, mean_w_key, truncate,
+                     unflatten_styles)
 from .cuda_graph_tasks import CudaGraphTasks
 
 # the tasks Generator.warmup can run, with how many style lists each takes
@@ -127,16 +128,11 @@ class Generator:
         if self._mean_styles is None and self._missing_mean:
             raise SoatError(self._missing_mean)
         if self._mean_styles is None:
-            w = cached_mean_w(self._sampled_mean_key(), self.config.style_dim,
+            key = mean_w_key(self.fingerprint, self.backend.name, self.dtype, self.device.type)
+            w = cached_mean_w(key, self.config.style_dim,
                               lambda: mean_w(self.w, mean_style_z(self.config.style_dim), progress))
             self._mean_styles = self.styles_from_w(w.to(self.dtype))
         return self._mean_styles
-
-    def _sampled_mean_key(self) -> str | None:
-        """What the sampled mean w is a function of (None: weights without a fingerprint are not cached)."""
-        if not self.fingerprint:
-            return None
-        return f"{self.fingerprint}|{self.backend.name}|{self.dtype}|{self.device.type}|torch {torch.__version__}"
 
     def estimate_mean_styles(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Set sigma_bar to the per-entry mean of sigma over the given ``z [N, 512]`` (the reference's rule)."""

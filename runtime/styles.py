@@ -89,6 +89,14 @@ def mean_w(w_of: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, progre
     return total / z.shape[0]
 
 
+def mean_w_key(fingerprint: str | None, backend: str, dtype: torch.dtype, device_type: str) -> str | None:
+    """What a sampled mean w is a function of: the weights' fingerprint, the backend, precision and device type
+    that computed it, and the torch version (None: weights without a fingerprint are not cached)."""
+    if not fingerprint:
+        return None
+    return f"{fingerprint}|{backend}|{dtype}|{device_type}|torch {torch.__version__}"
+
+
 def cached_mean_w(key: str | None, style_dim: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
     """A sampled mean w (``compute()``, ``[1, style_dim]`` float64), kept as ``cache_dir()/mean_w/<hash of key>.npy``:
     it is a function of ``key`` alone (the model's fingerprint, backend, precision, device type and torch version)

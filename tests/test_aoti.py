@@ -153,9 +153,9 @@ def test_stored_mean_styles_follow_the_checkpoint_w_avg(tmp_path):
     from soat.export.folder import write_mean_styles
     from soat.runtime.sources import load_weights
     import numpy as np
-    weights, _ = load_weights("random:2", 8, 1)
+    weights, fingerprint = load_weights("random:2", 8, 1)
     weights.w_avg = torch.randn(512, generator=torch.Generator().manual_seed(1))
-    write_mean_styles(weights, str(tmp_path / "m.npz"))
+    write_mean_styles(weights, fingerprint, str(tmp_path / "m.npz"))
     G = soat.load("random:2", size=8, channel_multiplier=1)
     want = G.styles_from_w(weights.w_avg.reshape(1, -1))
     got = torch.from_numpy(np.load(tmp_path / "m.npz")["mean_styles"])

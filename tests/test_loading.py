@@ -15,7 +15,7 @@ import torch
 import soat
 from soat.runtime.config import GeneratorConfig
 from soat.runtime.weights import StyleGAN2Weights
-from conftest import make_styles
+from conftest import make_styles, rel_err
 
 K1 = torch.tensor([1.0, 3.0, 3.0, 1.0])
 BLUR = torch.outer(K1, K1) / 64 * 4  # docs/contract.md#layout: the 4x4 kernel stored as both blur buffers
@@ -343,6 +343,25 @@ def test_sampled_centre_is_computed_once_per_model_backend_and_precision(tmp_pat
     assert torch.equal(soat.flatten_styles(soat.load("random:4", size=8, channel_multiplier=1).mean_styles()), want)
     monkeypatch.setenv("SOAT_CACHE_DIR", str(kept))  # a cache that cannot be written costs time, never a result
     assert torch.equal(soat.flatten_styles(soat.load("random:4", size=8, channel_multiplier=1).mean_styles()), want)
+
+
+def test_the_exporter_reads_the_centre_the_torch_backend_kept(tmp_path, monkeypatch):
+    """An export of a model the torch backend (fp32, CPU) has centred stores that centre without sampling again."""
+    import numpy as np
+
+    from soat.export import folder
+    from soat.runtime import styles
+    from soat.runtime.sources import load_weights
+    monkeypatch.setenv("SOAT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(styles, "MEAN_STYLE_SAMPLES", 300)
+    want = soat.flatten_styles(soat.load("random:5", size=8, channel_multiplier=1).mean_styles())
+
+    def resample(*args, **kwargs):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(folder, "mean_w", resample)
+    weights, fingerprint = load_weights("random:5", 8, 1)
+    folder.write_mean_styles(weights, fingerprint, str(tmp_path / "m.npz"))
+    assert rel_err(torch.from_numpy(np.load(tmp_path / "m.npz")["mean_styles"]), want) <= 1e-6
 
 
 def test_warmup_off_cuda_checks_its_arguments_and_runs_nothing(monkeypatch):
