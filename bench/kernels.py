@@ -19,10 +19,7 @@ prints a table.
 them: each call replayed from a CUDA graph (``graphed`` cases), so that a saved launch shows as saved
 time. ``demod``: the factors of every styled conv of the chain in one launch against one launch per
 layer (round 7); ``to_rgb chain``: every ToRGB of the chain with whole-channel-row tiles against round
-1's 64 x 64 tiles; ``conv3x3``: the chain's 3x3 styled convs, each with its epilogue, as one
-Triton kernel (``fused`` row) against cuDNN's conv and the epilogue kernel (``cudnn+epilogue``), for
-the whole chain and alone at the top two resolutions and at 8 px (where K is split); ``schedule``:
-the blend-type tasks on a random model of the size (fast backend),
+1's 64 x 64 tiles; ``schedule``: the blend-type tasks on a random model of the size (fast backend),
 both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
 forced at every batch (the tasks pair only up to ``SOAT_PAIRED_MAX_BATCH``, off by default); ``max_err`` there is between
 the two images.
@@ -48,8 +45,7 @@ from soat.runtime.config import GeneratorConfig
 from soat.runtime.endless import span_pad
 from soat.triton_kernels._dispatch import kernels
 from soat.triton_kernels.columns import concat_w_ref, place_columns_ref
-from soat.triton_kernels.conv3x3 import conv3x3_epilogue
-from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref
+from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_ref
 from soat.triton_kernels.demod import DemodTable, demod_layers, demod_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
 from soat.runtime.capabilities import PRECISION_NAMES, precision
@@ -204,39 +200,7 @@ def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     for name, op in (("to_rgb chain", whole_row_to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb)):
         out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
                         lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
-    return out + conv3x3_cases(chain, batch, dtype, device) + schedule_cases(size, batch, dtype, device)
-
-
-def conv3x3_cases(chain, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
-    """The 3x3 styled convs with their epilogues (writing ``x`` and the next conv's input, as inside a run):
-    fused against cuDNN's conv and the epilogue kernel, the whole chain's and the top two and 8 px layers alone."""
-    es = torch.empty((), dtype=dtype).element_size()
-    layers = {}
-    for node in (n for n in chain if n.kind == "conv"):
-        i, o, r = node.in_channels, node.out_channels, node.resolution
-        (x_mod,) = _maps(1, (batch, i, r, r), dtype, device, True)
-        weight = (torch.randn(o, i, 3, 3, dtype=dtype, device=device) / (3 * i ** 0.5)).to(
-            memory_format=torch.channels_last)
-        noise, noise_weight = torch.randn(1, 1, r, r, dtype=dtype, device=device), torch.tensor([0.1], dtype=dtype,
-                                                                                                 device=device)
-        layers[r] = (x_mod, weight, torch.rand(batch, o, dtype=dtype, device=device) + 0.5, noise, noise_weight,
-                     torch.randn(o, dtype=dtype, device=device), torch.randn(batch, o, dtype=dtype, device=device))
-
-    def traffic(ls):  # the input, the weight, and the two outputs
-        return sum(x.numel() + w.numel() + 2 * batch * w.shape[0] * x.shape[2] * x.shape[3] for x, w, *_ in ls) * es
-
-    def fused(ls, impl):
-        return [conv3x3_epilogue(*a, True, impl="triton")[1] for a in ls]
-
-    def unfused(ls):
-        return [conv_epilogue_modulated(torch.nn.functional.conv2d(x, w, padding=1), d, n, nw, b, False, s, True)[1]
-                for x, w, d, n, nw, b, s in ls]
-
-    labels = {"triton": "fused", "ref": "cudnn+epilogue"}
-    picks = [("chain", list(layers.values()))] + [(f"{r} px", [layers[r]]) for r in sorted({*sorted(layers)[-2:], 8})
-                                                  if r in layers]
-    return [Case(f"conv3x3 {name}", f"{len(ls)} layers, last {list(ls[-1][0].shape)}",
-                 traffic(ls), fused, unfused, (ls,), graphed=True, labels=labels) for name, ls in picks]
+    return out + schedule_cases(size, batch, dtype, device)
 
 
 # the blend-type tasks, each as its schedule runs it: (name, output width in images, call); the box: a face's

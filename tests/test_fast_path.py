@@ -3,9 +3,8 @@ layers in ``run_chain``) against the torch backend (reference form), on random s
 
 fp32 on the CPU: rel err <= 1e-5 for every task (the fused ops run their torch references
 there). With ``SOAT_FEATURE_OPS=triton`` under the Triton interpreter the same fast form runs
-its kernels (the fused 3x3 convs, epilogue, blur, modulation, demodulation) and must equal the
-reference ops to rel err <= 1e-5 (the fused convs add their products in another order than the
-reference's conv; an 8 px model keeps the interpreter quick).
+its kernels (epilogue, blur, modulation, demodulation) and must equal the reference ops to
+rel err <= 1e-6 (an 8 px model keeps the interpreter quick).
 """
 
 import pytest
@@ -63,26 +62,6 @@ def test_separate_runs_equal_paired_runs(pair, monkeypatch):
         fast_g.blend(a, b)
 
 
-def test_fused_3x3_convs_up_to_the_batch_limit(pair, monkeypatch):
-    """The 3x3 styled convs take the fused conv kernel (triton_kernels.conv3x3) up to SOAT_FUSED_CONV_MAX_BATCH
-    samples, the shared-weight conv and the epilogue kernel beyond: the same image to rel err <= 1e-5."""
-    from soat.runtime.backends import fast_backend
-    from soat.triton_kernels.conv3x3 import FUSED_CONV_ENV
-    _, fast_g = pair
-    calls = []
-    fused = fast_backend.conv3x3_epilogue
-    monkeypatch.setattr(fast_backend, "conv3x3_epilogue", lambda *args: calls.append(args) or fused(*args))
-    styles = make_styles(fast_g, 2, seed=1)
-    images = {}
-    for limit in ("2", "1"):
-        monkeypatch.setenv(FUSED_CONV_ENV, limit)
-        calls.clear()
-        images[limit] = fast_g.generate(styles)
-        convs = sum(n.kind == "conv" for n in fast_g.chain)
-        assert len(calls) == (convs if limit == "2" else 0)
-    assert rel_err(images["2"], images["1"]) <= 1e-5
-
-
 @pytest.mark.parametrize("task", tiered(["generate", "expand", "blend"], "expand", "blend"))
 def test_fast_form_kernels_equal_their_references(task, monkeypatch, exact_fp32):
     pytest.importorskip("triton", reason="needs the triton package (pip install 'soat[test]')")
@@ -91,7 +70,7 @@ def test_fast_form_kernels_equal_their_references(task, monkeypatch, exact_fp32)
     monkeypatch.setenv("SOAT_FEATURE_OPS", "ref")
     ref = TASKS[task](G, a, b)
     monkeypatch.setenv("SOAT_FEATURE_OPS", "triton")
-    assert rel_err(TASKS[task](G, a, b), ref) <= 1e-5
+    assert rel_err(TASKS[task](G, a, b), ref) <= 1e-6
 
 
 # ---- gradients: the fast backend is differentiable (its kernels yield to their references) ----------------

@@ -23,7 +23,6 @@ from conftest import DEVICE
 from soat.errors import SoatError
 from soat.triton_kernels._dispatch import kernels, use_triton
 from soat.triton_kernels.columns import place_columns_ref
-from soat.triton_kernels.conv3x3 import FUSED_CONV_ENV, conv3x3_epilogue, conv3x3_epilogue_ref, fused_conv_max_batch
 from soat.triton_kernels.conv_epilogue import conv_epilogue, conv_epilogue_modulated, conv_epilogue_ref
 from soat.triton_kernels.demod import DemodTable, demod_layers, demod_ref
 from soat.triton_kernels.mask_lerp import mask_lerp_ref
@@ -223,73 +222,6 @@ def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):
     ref_mod = modulate_ref(ref, next_style.float())
     assert_layout(x_mod, y)
     torch.testing.assert_close(x_mod.float(), ref_mod, rtol=tol, atol=tol * ref_mod.abs().max().item())
-
-
-# (B, I, O, H, W): ragged input and output channels against the 16-128 tiles, one pixel row, a map of several tiles
-CONV3X3_GEOMS = [(1, 70, 40, 5, 7), (3, 16, 130, 4, 4), (2, 130, 20, 9, 6), (1, 3, 5, 1, 9), (2, 64, 64, 16, 16)]
-
-
-def conv3x3_inputs(geom, dtype, cl, seed=9):
-    b, i, o, h, w = geom
-    g = torch.Generator().manual_seed(seed)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    x_mod = torch.randn(b, i, h, w, generator=g).to(DEVICE, dtype, memory_format=fmt)
-    weight = (torch.randn(o, i, 3, 3, generator=g) / (3 * i ** 0.5)).to(DEVICE, dtype, memory_format=fmt)
-    demod = (torch.rand(b, o + 5, generator=g) + 0.5).to(DEVICE, dtype)[:, 2:2 + o]
-    noise = torch.randn(1, 1, h, w, generator=g).to(DEVICE, dtype)
-    noise_weight, bias = torch.tensor([0.3], device=DEVICE, dtype=dtype), torch.randn(o, generator=g).to(DEVICE, dtype)
-    return x_mod, weight, demod, noise, noise_weight, bias, style_rows(b, o, dtype, g)
-
-
-@pytest.mark.parametrize("split", [None, 1, 3])
-@pytest.mark.parametrize("dtype,cl", [pytest.param(dt, cl, marks=() if (dt, cl) in FORMATS[1::3] else pytest.mark.full)
-                                      for dt, cl in FORMATS])
-@pytest.mark.parametrize("geom", CONV3X3_GEOMS)
-def test_conv3x3_epilogue(geom, dtype, cl, split):
-    """The 3x3 conv and its epilogue in one kernel, whole or with K split over programs, against the conv and the
-    epilogue's reference: fp32 rel err <= 1e-5 (another order of the conv's sums), fp16 / bf16 one rounding of the
-    output (the reference rounds nothing: it runs in fp32 on the same inputs)."""
-    inputs = conv3x3_inputs(geom, dtype, cl)
-    x_mod, weight, demod, noise, noise_weight, bias, next_style = inputs
-    module = kernels("conv3x3")
-    plan = module.launch(x_mod, weight.shape[0], split=split)
-    x, x_next = module.conv3x3_epilogue(x_mod, weight, demod, noise, noise_weight, bias, next_style, True, plan)
-    ref, ref_next = conv3x3_epilogue_ref(*(t.float() for t in inputs), True)
-    tol = 1e-5 if dtype == torch.float32 else torch.finfo(dtype).eps
-    for out, want in ((x, ref), (x_next, ref_next)):
-        assert out.dtype == dtype and out.shape == want.shape
-        assert_layout(out, x_mod)
-        torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol * want.abs().max().item())
-
-
-@pytest.mark.parametrize("write_x,with_next", [(True, False), (False, True)])
-def test_conv3x3_epilogue_writes_what_is_asked(write_x, with_next):
-    inputs = list(conv3x3_inputs(CONV3X3_GEOMS[0], torch.float32, True))
-    if not with_next:
-        inputs[-1] = None
-    x, x_next = conv3x3_epilogue(*inputs, write_x, impl="triton")
-    ref, ref_next = conv3x3_epilogue_ref(*inputs, write_x)
-    assert (x is None) == (not write_x) and (x_next is None) == (not with_next)
-    for out, want in ((x, ref), (x_next, ref_next)):
-        if want is not None:
-            torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
-
-
-def test_conv3x3_splits_only_small_maps():
-    """Split K where the output tiles leave the card idle (a 4 x 4 map at batch 1), not where they fill it."""
-    module = kernels("conv3x3")
-    small, large = (module.tiles(n, 512, 512) for n in (16, 256 * 256))
-    steps = 9 * 512 // small[2]
-    assert module.split_count(1 * 4, steps, torch.device("cpu")) > 1
-    assert module.split_count((256 * 256 // large[0]) * 4, steps, torch.device("cpu")) == 1
-
-
-def test_fused_conv_batch_limit_from_the_environment(monkeypatch):
-    monkeypatch.setenv(FUSED_CONV_ENV, "0")
-    assert fused_conv_max_batch() == 0
-    monkeypatch.setenv(FUSED_CONV_ENV, "eight")
-    with pytest.raises(SoatError, match=FUSED_CONV_ENV):
-        fused_conv_max_batch()
 
 
 def assert_demod(out, style, weight_sq):

@@ -16,7 +16,7 @@ import torch
 import soat
 import soat.export
 from soat import loader as load_module
-from soat.runtime.backends.ort_backend import OrtBackend
+from soat.runtime.backends.ort_backend import CUDA_EP_OPTIONS, CUDA_EP_OPTIONS_ENV, OrtBackend, cuda_ep_options
 from soat.runtime.backends.ort_cuda_graphs import ALIGN_BYTES, CaptureSlots, OrtCudaGraphs, Staging
 from soat.runtime.graphs import graph_io
 from soat.runtime.manifest import read_manifest
@@ -196,6 +196,18 @@ def test_fp16_export_has_no_fp32_tensor_and_no_cast(export16):
         assert float_types == {onnx.TensorProto.FLOAT16}, graph_id
         names, _ = graph_io(manifest.config, graph_id)
         assert {values[n] for n in names} == {onnx.TensorProto.FLOAT16}
+
+
+def test_cuda_provider_options_from_the_environment(monkeypatch):
+    """SOAT_ORT_CUDA_OPTIONS replaces the CUDA provider's extra options (to time them); a malformed value is named."""
+    monkeypatch.delenv(CUDA_EP_OPTIONS_ENV, raising=False)
+    assert cuda_ep_options() == CUDA_EP_OPTIONS
+    monkeypatch.setenv(CUDA_EP_OPTIONS_ENV, " prefer_nhwc=1, cudnn_conv_algo_search=HEURISTIC ,")
+    assert cuda_ep_options() == {"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"}
+    for bad in ("prefer_nhwc", "prefer_nhwc=", "a=b=c"):
+        monkeypatch.setenv(CUDA_EP_OPTIONS_ENV, bad)
+        with pytest.raises(soat.SoatError, match=CUDA_EP_OPTIONS_ENV):
+            cuda_ep_options()
 
 
 # ---- on the GPU -------------------------------------------------------------------------------

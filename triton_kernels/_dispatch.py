@@ -62,19 +62,6 @@ def use_triton(impl: str, *tensors: torch.Tensor | None) -> bool:
     return True
 
 
-def env_batch_limit(name: str, default: int, meaning: str) -> int:
-    """The integer >= 0 in the environment variable ``name``, else ``default``: the largest batch a form of a
-    computation is taken for (``meaning`` says which, for the error). Read when a call runs: a call replayed from
-    its CUDA graph keeps the form it was captured with."""
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if not value.strip().isdigit():
-        raise SoatError(f"{name}={value!r} must be an integer >= 0 (the largest batch {meaning}; 0: never), "
-                        f"or unset for {default}")
-    return int(value)
-
-
 @functools.cache
 def kernels(name: str) -> ModuleType:
     """The kernel module ``soat.triton_kernels.<name>_kernel``, imported on the first Triton launch.

@@ -1,6 +1,5 @@
 """Triton kernels of the styled-conv epilogue (``conv_epilogue.py``): ``y`` read once, fp32, one rounding."""
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -99,45 +98,25 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
     ``_tiles.direct``)."""
     B, C, Hy, Wy = y.shape
     H, W = (Hy - 1, Wy - 1) if up else (Hy, Wy)
-    e = EpilogueArgs.make((B, C, H, W), y, demod, noise, noise_weight, bias, next_style, write_x)
-    args = (y, *e.tensors, *y.stride(), *e.strides)
-    first = e.tensors[5]
+    out = empty_map((B, C, H, W), y) if write_x else None
+    out_mod = empty_map((B, C, H, W), y) if next_style is not None else None
+    # a map the flags leave unread and unwritten gets a valid stand-in
+    first = out if out is not None else out_mod
+    out_mod_arg = first if out_mod is None else out_mod
+    style_arg, style_strides = (first, (0, 0)) if next_style is None else (next_style, next_style.stride())
+    # expanded to the batch: stride 0 for one shared map, with no test of its batch (a traced batch is symbolic)
+    nsb, _, nsh, nsw = noise.expand(B, 1, H, W).stride()
+    # demod and the style through their strides: the fast path passes column slices of one buffer of all layers'
+    # factors, and a style list's entries may be slices of one flat buffer
+    args = (y, demod, noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg,
+            *y.stride(), *demod.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride(), *style_strides)
+    flags = {"WRITE_X": write_x, "WRITE_MOD": next_style is not None}
     if not up:
         cl = is_channels_last(first)
         grid, br, bi = tile_grid(first.shape, cl)
-        wrap(conv_epilogue_kernel)[grid](*args, B, C, H, W, **e.flags, CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
+        wrap(conv_epilogue_kernel)[grid](*args, B, C, H, W, **flags, CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
     else:  # one 2x2 output quad per row of the tile, channels inner
         grid, br, bi = tile_grid((B, C, H // 2, W // 2), True, UP_TILE)
-        wrap(conv_epilogue_up_kernel)[grid](*args, Hy, Wy, B, C, H // 2, W // 2, **e.flags, BR=br, BI=bi,
+        wrap(conv_epilogue_up_kernel)[grid](*args, Hy, Wy, B, C, H // 2, W // 2, **flags, BR=br, BI=bi,
                                             enable_fp_fusion=False)
-    return e.out, e.out_mod
-
-
-@dataclass
-class EpilogueArgs:
-    """What ``_finish`` is launched with: the outputs, and the tensors and strides in its argument order."""
-
-    out: torch.Tensor | None
-    out_mod: torch.Tensor | None
-    tensors: tuple  # demod, noise, noise_weight, bias, next_style, out, out_mod (stand-ins where absent)
-    strides: tuple  # demod's, noise's (b, h, w), out's, out_mod's, next_style's
-    flags: dict[str, bool]
-
-    @staticmethod
-    def make(shape: tuple, like: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
-             bias: torch.Tensor, next_style: torch.Tensor | None, write_x: bool) -> "EpilogueArgs":
-        """New ``[B, C, H, W]`` outputs in ``like``'s layout, as ``write_x`` and ``next_style`` ask."""
-        B, _, H, W = shape
-        out = empty_map(shape, like) if write_x else None
-        out_mod = empty_map(shape, like) if next_style is not None else None
-        # a map the flags leave unread and unwritten gets a valid stand-in
-        first = out if out is not None else out_mod
-        out_mod_arg = first if out_mod is None else out_mod
-        style_arg, style_strides = (first, (0, 0)) if next_style is None else (next_style, next_style.stride())
-        # expanded to the batch: stride 0 for one shared map, with no test of its batch (a traced batch is symbolic)
-        nsb, _, nsh, nsw = noise.expand(B, 1, H, W).stride()
-        # demod and the style through their strides: the fast path passes column slices of one buffer of all
-        # layers' factors, and a style list's entries may be slices of one flat buffer
-        return EpilogueArgs(out, out_mod, (demod, noise, noise_weight, bias.reshape(-1), style_arg, first, out_mod_arg),
-                            (*demod.stride(), nsb, nsh, nsw, *first.stride(), *out_mod_arg.stride(), *style_strides),
-                            {"WRITE_X": write_x, "WRITE_MOD": next_style is not None})
+    return out, out_mod

@@ -2,8 +2,7 @@
 
 Every styled conv is the dense conv of the modulated input with the shared weight
 (``graph_modules.ModConv``, as exported) followed by one epilogue kernel (demodulation,
-blur of the upsampling layers, noise, bias, leaky ReLU); up to a batch limit a 3x3 conv and its
-epilogue are one kernel instead (``triton_kernels.conv3x3``); ToRGB is one kernel (modulated
+blur of the upsampling layers, noise, bias, leaky ReLU); ToRGB is one kernel (modulated
 1x1 conv, bias, upsampled skip). Inside a run of layers (``run_chain``) each epilogue
 also writes the next conv's modulated input, so no separate modulation pass (nor its
 rounding) is made, and the demodulation factors of all the run's styled convs are
@@ -21,7 +20,6 @@ from typing import Sequence
 
 import torch
 
-from ...triton_kernels.conv3x3 import conv3x3_epilogue, fused_conv_max_batch
 from ...triton_kernels.conv_epilogue import conv_epilogue_modulated
 from ...triton_kernels.demod import DemodTable, demod_layers
 from ...triton_kernels.modulate import modulate
@@ -119,18 +117,14 @@ class FastTorchBackend:
 
 def _styled_conv(module: StyledConvNode, x_mod: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor,
                  next_style: torch.Tensor | None, write_x: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """A styled conv on its modulated input and its demodulation factors: one kernel for a 3x3 conv up to
-    ``fused_conv_max_batch()`` samples (``triton_kernels.conv3x3``), else the shared-weight conv, then the fused epilogue.
+    """A styled conv on its modulated input and its demodulation factors: the shared-weight conv, then the fused
+    epilogue.
 
     Returns ``(x or None, the next conv's modulated input or None)``.
     """
-    conv = module.conv
-    if not conv.upsample and x_mod.shape[0] <= fused_conv_max_batch():
-        return conv3x3_epilogue(x_mod, conv.weight, demod, noise, module.noise_weight, module.bias, next_style,
-                                write_x)
-    y = conv.shared_conv(x_mod)
-    return conv_epilogue_modulated(y, demod, noise, module.noise_weight, module.bias, conv.upsample, next_style,
-                                   write_x)
+    y = module.conv.shared_conv(x_mod)
+    return conv_epilogue_modulated(y, demod, noise, module.noise_weight, module.bias, module.conv.upsample,
+                                   next_style, write_x)
 
 
 def _to_rgb(module: ToRGBNode, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:

@@ -19,6 +19,7 @@ naming the graph and the file.
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -30,6 +31,25 @@ from ..capabilities import ONNX_FORMAT, backend_spec, precision
 from ..graphs import graph_io, onnx_outputs, output_shape, signature
 from ..manifest import GRAPH_ID_KEY, Manifest, graph_where
 from .ort_cuda_graphs import OrtCudaGraphs, weak_method
+
+
+# CUDA execution provider options beyond the device, stream, TF32 and graph settings, as ONNX Runtime spells them
+# (prefer_nhwc, cudnn_conv_algo_search, ...): none, ORT's defaults, until a GPU run shows one helps (bench/NOTES.md
+# round 9). SOAT_ORT_CUDA_OPTIONS ("key=value,key=value") replaces them, to time others.
+CUDA_EP_OPTIONS: dict[str, str] = {}
+CUDA_EP_OPTIONS_ENV = "SOAT_ORT_CUDA_OPTIONS"
+
+
+def cuda_ep_options() -> dict[str, str]:
+    """``CUDA_EP_OPTIONS``, or the pairs in ``SOAT_ORT_CUDA_OPTIONS`` (read when a session is made)."""
+    value = os.environ.get(CUDA_EP_OPTIONS_ENV)
+    if value is None:
+        return dict(CUDA_EP_OPTIONS)
+    pairs = [p.strip() for p in value.split(",") if p.strip()]
+    if not all(p.count("=") == 1 and p.split("=")[0].strip() and p.split("=")[1].strip() for p in pairs):
+        raise SoatError(f"{CUDA_EP_OPTIONS_ENV}={value!r} must be ONNX Runtime CUDA provider options as "
+                        "key=value pairs joined by commas (e.g. prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC)")
+    return {k.strip(): v.strip() for k, v in (p.split("=") for p in pairs)}
 
 
 def import_onnxruntime():
@@ -189,7 +209,8 @@ class OrtBackend(NodeByNode):
     def _providers(self, cuda_graph: bool = False) -> list:
         if self.device.type != "cuda":
             return ["CPUExecutionProvider"]
-        options = {"device_id": self.device.index or 0, "user_compute_stream": str(self._stream.cuda_stream),
+        options = {**cuda_ep_options(), "device_id": self.device.index or 0,
+                   "user_compute_stream": str(self._stream.cuda_stream),
                    "use_tf32": "0" if self.dtype == torch.float32 else "1"}  # TF32 would cost ~1e-3 in fp32
         if cuda_graph:
             options["enable_cuda_graph"] = "1"

@@ -9,12 +9,13 @@ launches, where small batches are bound by launches rather than by arithmetic.
 
 from __future__ import annotations
 
+import os
+
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from ...triton_kernels import ops as K
-from ...triton_kernels._dispatch import env_batch_limit
 from ..chain import LayerNode, RunNode, advance
 from ...errors import SoatError
 from ..noise import NoiseArg, NoiseFn, node_noise
@@ -38,8 +39,15 @@ PAIRED_ENV = "SOAT_PAIRED_MAX_BATCH"  # replaces it, e.g. 0 to time the separate
 
 
 def paired_max_batch() -> int:
-    """``PAIRED_MAX_BATCH``, or the integer in ``SOAT_PAIRED_MAX_BATCH``."""
-    return env_batch_limit(PAIRED_ENV, PAIRED_MAX_BATCH, "whose two style lists run as one batch")
+    """``PAIRED_MAX_BATCH``, or the integer in ``SOAT_PAIRED_MAX_BATCH`` (read when a call runs: a call replayed
+    from its CUDA graph keeps the schedule it was captured with)."""
+    value = os.environ.get(PAIRED_ENV)
+    if value is None:
+        return PAIRED_MAX_BATCH
+    if not value.strip().isdigit():
+        raise SoatError(f"{PAIRED_ENV}={value!r} must be an integer >= 0 (the largest batch whose two style lists "
+                        f"run as one batch; 0: never), or unset for {PAIRED_MAX_BATCH}")
+    return int(value)
 
 
 def lerp_chain(run_pair: RunPair, nodes: Sequence[LayerNode], combine: Combine, x: torch.Tensor,
