@@ -19,7 +19,7 @@ prints a table.
 them: each call replayed from a CUDA graph (``graphed`` cases), so that a saved launch shows as saved
 time. ``demod``: the factors of every styled conv of the chain in one launch against one launch per
 layer (round 7); ``to_rgb chain``: every ToRGB of the chain with whole-channel-row tiles against round
-1's 64 x 64 tiles; ``schedule``: the blend-type tasks on a random model of the size (fast backend),
+1's 64 x 64 tiles and the fixed tiles of ``TO_RGB_TILES``; ``schedule``: the blend-type tasks on a random model of the size (fast backend),
 both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
 forced at every batch (the tasks pair only up to ``SOAT_PAIRED_MAX_BATCH``, off by default); ``max_err`` there is between
 the two images.
@@ -164,6 +164,17 @@ def round_one_to_rgb(*args, impl: str) -> torch.Tensor:
     return module.to_rgb(*args, blocks=module.ROUND_ONE_TILE)
 
 
+# fixed (pixels, channels) ToRGB tiles timed beside the two the tasks use: one good at batch 1 and at 128 alike would
+# serve the AOTInductor packages, whose traced launches cannot choose by batch
+TO_RGB_TILES = ((128, 32), (32, 128), (256, 16), (16, 256), (128, 64), (32, 64))
+
+
+def fixed_tile_to_rgb(blocks: tuple[int, int]) -> Callable:
+    def op(*args, impl: str) -> torch.Tensor:
+        return kernels("to_rgb").to_rgb(*args, blocks=blocks)
+    return op
+
+
 def whole_row_to_rgb(x: torch.Tensor, *args, impl: str) -> torch.Tensor:
     """ToRGB with whole channel rows per tile at any batch (the tasks take it up to ``WHOLE_ROW_MAX_BATCH``)."""
     module = kernels("to_rgb")
@@ -197,7 +208,8 @@ def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
                        torch.randn(3, dtype=dtype, device=device), skip))
     traffic = sum(x.numel() + x[:, :3].numel() + (0 if k is None else k.numel()) for x, _, _, _, k in layers) * es
     shape = f"{len(layers)} layers, 4..{size} px"
-    for name, op in (("to_rgb chain", whole_row_to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb)):
+    tiles = [(f"to_rgb chain tile {p}x{i}", fixed_tile_to_rgb((p, i))) for p, i in TO_RGB_TILES]
+    for name, op in (("to_rgb chain", whole_row_to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb), *tiles):
         out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
                         lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
     return out + schedule_cases(size, batch, dtype, device)
