@@ -1,16 +1,22 @@
 """Where a task's GPU time goes: the kernels of one call, grouped, from ``torch.profiler``.
 
-    python -m soat.bench.profile --task generate --dtype fp16 --batch 32 [--size 256]
+    python -m soat.bench.profile --task generate --dtype fp16 --batch 32 [--size 256] [--plain]
 
 Profiles ``--iters`` eager calls after a warm-up and prints the share of device time per
 kernel group (convolutions, elementwise, Triton, copies/layout, other) and the top kernels.
 This is what the optimizations in ``bench/NOTES.md`` were chosen from.
+
+``--plain`` looks at the plain call instead (CUDA graphs on, as users call): its wall time to the
+result, the GPU time between events around it, and the host's own time per call by op (where a
+batch-1 call spends what its graph replay does not).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
+import time
 from collections import defaultdict
 
 import torch
@@ -49,6 +55,35 @@ def device_times(prof) -> dict[str, tuple[float, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def plain_call(G: soat.Generator, fn, call_args: tuple, iters: int, top: int) -> None:
+    """The anatomy of a plain (graphed) call: wall time, the events' GPU interval, host time by op."""
+    with torch.no_grad():
+        for _ in range(5):  # the capture, then replays
+            fn(*call_args)
+        torch.cuda.synchronize()
+        walls, gpu = [], []
+        for _ in range(100):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            start.record()
+            fn(*call_args)
+            end.record()
+            torch.cuda.synchronize()
+            walls.append((time.perf_counter() - t0) * 1e3)
+            gpu.append(start.elapsed_time(end))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iters):
+                fn(*call_args)
+            torch.cuda.synchronize()
+    print(f"plain call: wall p50 {statistics.median(walls):.3f} ms, GPU interval between events "
+          f"p50 {statistics.median(gpu):.3f} ms")
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows)
+    print(f"host time per call {total / iters / 1e3:.3f} ms; the largest ops (self µs per call, calls per call):")
+    for e in rows[:top]:
+        print(f"  {e.self_cpu_time_total / iters:8.1f}  {e.count / iters:5.1f}  {e.key[:100]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="random")
@@ -58,9 +93,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--plain", action="store_true", help="the plain (graphed) call's anatomy instead")
     args = p.parse_args()
-    G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, cuda_graphs=False)
+    G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, cuda_graphs=args.plain)
     fn, call_args = task_call(G, args.task, args.batch)
+    if args.plain:
+        plain_call(G, fn, call_args, max(args.iters, 20), args.top)
+        return
     with torch.no_grad():
         for _ in range(3):
             fn(*call_args)
