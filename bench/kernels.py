@@ -19,8 +19,8 @@ prints a table.
 them: each call replayed from a CUDA graph (``graphed`` cases), so that a saved launch shows as saved
 time. ``demod``: the factors of every styled conv of the chain in one launch against one launch per
 layer (round 7); ``to_rgb chain``: every ToRGB of the chain with whole-channel-row tiles against round
-1's 64 x 64 tiles and the fixed tiles of ``TO_RGB_TILES``; ``schedule``: the blend-type tasks on a random model of the size (fast backend),
-both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
+1's 64 x 64 tiles and the fixed tiles of ``TO_RGB_TILES``; ``schedule``: the blend-type tasks on a random
+model of the size (fast backend), both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
 forced at every batch (the tasks pair only up to ``SOAT_PAIRED_MAX_BATCH``, off by default); ``max_err`` there is between
 the two images.
 """

@@ -55,7 +55,7 @@ def device_times(prof) -> dict[str, tuple[float, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def plain_call(G: soat.Generator, fn, call_args: tuple, iters: int, top: int) -> None:
+def plain_call(fn, call_args: tuple, iters: int, top: int) -> None:
     """The anatomy of a plain (graphed) call: wall time, the events' GPU interval, host time by op."""
     with torch.no_grad():
         for _ in range(5):  # the capture, then replays
@@ -93,12 +93,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--plain", action="store_true", help="the plain (graphed) call's anatomy instead")
+    p.add_argument("--plain", action="store_true",
+                   help="the plain (graphed) call's anatomy instead (host time over --iters calls, 20 at least)")
     args = p.parse_args()
     G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, cuda_graphs=args.plain)
     fn, call_args = task_call(G, args.task, args.batch)
     if args.plain:
-        plain_call(G, fn, call_args, max(args.iters, 20), args.top)
+        plain_call(fn, call_args, max(args.iters, 20), args.top)
         return
     with torch.no_grad():
         for _ in range(3):

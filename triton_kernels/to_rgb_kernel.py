@@ -15,7 +15,7 @@ TILE, MAX_ROW = 4096, 512
 # Whole-channel-row tiles (``tile``) fill the card where a batch is small; at large batches round 1's tile (64
 # pixels x 64 channels, looping over the channels) is faster (H100, fp16, the chain's 7 ToRGBs of 256 px: 62 against
 # 96 us at batch 1, but 223 against 198 us at batch 8 and 2.88 against 1.85 ms at batch 128; bench/NOTES.md rounds 8
-# and 9). Linear between 1 and 8, the two cross near batch 5: batches 2-4 are not measured.
+# and 10). Linear between 1 and 8, the two cross near batch 5: batches 2-4 are not measured.
 WHOLE_ROW_MAX_BATCH = 4
 ROUND_ONE_TILE = (64, 64)
 

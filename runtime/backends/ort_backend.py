@@ -34,8 +34,8 @@ from .ort_cuda_graphs import OrtCudaGraphs, weak_method
 
 
 # CUDA execution provider options beyond the device, stream, TF32 and graph settings, as ONNX Runtime spells them
-# (prefer_nhwc, cudnn_conv_algo_search, ...): none, ORT's defaults, until a GPU run shows one helps (bench/NOTES.md
-# round 9). SOAT_ORT_CUDA_OPTIONS ("key=value,key=value") replaces them, to time others.
+# (prefer_nhwc, cudnn_conv_algo_search, ...): none, ORT's defaults, until a GPU run shows one helps (bench/NOTES.md,
+# open leads). SOAT_ORT_CUDA_OPTIONS ("key=value,key=value") replaces them, to time others.
 CUDA_EP_OPTIONS: dict[str, str] = {}
 CUDA_EP_OPTIONS_ENV = "SOAT_ORT_CUDA_OPTIONS"
 
@@ -45,11 +45,14 @@ def cuda_ep_options() -> dict[str, str]:
     value = os.environ.get(CUDA_EP_OPTIONS_ENV)
     if value is None:
         return dict(CUDA_EP_OPTIONS)
-    pairs = [p.strip() for p in value.split(",") if p.strip()]
-    if not all(p.count("=") == 1 and p.split("=")[0].strip() and p.split("=")[1].strip() for p in pairs):
-        raise SoatError(f"{CUDA_EP_OPTIONS_ENV}={value!r} must be ONNX Runtime CUDA provider options as "
-                        "key=value pairs joined by commas (e.g. prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC)")
-    return {k.strip(): v.strip() for k, v in (p.split("=") for p in pairs)}
+    options = {}
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        key, equals, option = (part.strip() for part in pair.partition("="))
+        if not (key and equals and option) or "=" in option:
+            raise SoatError(f"{CUDA_EP_OPTIONS_ENV}={value!r} must be ONNX Runtime CUDA provider options as "
+                            "key=value pairs joined by commas (e.g. prefer_nhwc=1,cudnn_conv_algo_search=HEURISTIC)")
+        options[key] = option
+    return options
 
 
 def import_onnxruntime():
