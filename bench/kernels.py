@@ -18,8 +18,8 @@ prints a table.
 ``--levers`` times round 8's levers (issue 31) instead, beside what they replace, as the tasks run
 them: each call replayed from a CUDA graph (``graphed`` cases), so that a saved launch shows as saved
 time. ``demod``: the factors of every styled conv of the chain in one launch against one launch per
-layer (round 7); ``to_rgb chain``: every ToRGB of the chain with whole-channel-row tiles against round
-1's 64 x 64 tiles and the fixed tiles of ``TO_RGB_TILES``; ``schedule``: the blend-type tasks on a random
+layer (round 7); ``to_rgb chain``: every ToRGB of the chain with the tile the tasks take at that batch,
+against whole-channel-row tiles at every batch and the fixed tiles of ``TO_RGB_TILES``; ``schedule``: the blend-type tasks on a random
 model of the size (fast backend), both style lists as one batch of 2B (``paired 2B`` row) against two runs per node (``separate`` row),
 forced at every batch (the tasks pair only up to ``SOAT_PAIRED_MAX_BATCH``, off by default); ``max_err`` there is between
 the two images.
@@ -154,19 +154,13 @@ def layer_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     rgb_bytes = (x.numel() + batch * 3 * size * size + skip.numel()) * es
     rgb_args = (x, style, weight, bias[:3], skip)
     out.append(Case("to_rgb", str(list(x.shape)), rgb_bytes, to_rgb, to_rgb_ref, rgb_args))
-    out.append(Case("to_rgb round-1 tile", str(list(x.shape)), rgb_bytes, round_one_to_rgb, to_rgb_ref, rgb_args))
+    out.append(Case("to_rgb whole rows", str(list(x.shape)), rgb_bytes, whole_row_to_rgb, to_rgb_ref, rgb_args))
     return out
 
 
-def round_one_to_rgb(*args, impl: str) -> torch.Tensor:
-    """ToRGB with round 1's tile: 64 pixels x 64 channels, looping over the channels."""
-    module = kernels("to_rgb")
-    return module.to_rgb(*args, blocks=module.ROUND_ONE_TILE)
-
-
-# fixed (pixels, channels) ToRGB tiles timed beside the two the tasks use: one good at batch 1 and at 128 alike would
-# serve the AOTInductor packages, whose traced launches cannot choose by batch
-TO_RGB_TILES = ((128, 32), (32, 128), (256, 16), (16, 256), (128, 64), (32, 64))
+# fixed (pixels, channels) ToRGB tiles timed beside the two the tasks use (round 1's 64 x 64 among them): round 11
+# chose the large-batch tile from these
+TO_RGB_TILES = ((64, 64), (128, 32), (32, 128), (256, 16), (16, 256), (128, 64), (32, 64))
 
 
 def fixed_tile_to_rgb(blocks: tuple[int, int]) -> Callable:
@@ -209,7 +203,7 @@ def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     traffic = sum(x.numel() + x[:, :3].numel() + (0 if k is None else k.numel()) for x, _, _, _, k in layers) * es
     shape = f"{len(layers)} layers, 4..{size} px"
     tiles = [(f"to_rgb chain tile {p}x{i}", fixed_tile_to_rgb((p, i))) for p, i in TO_RGB_TILES]
-    for name, op in (("to_rgb chain", whole_row_to_rgb), ("to_rgb chain round-1 tile", round_one_to_rgb), *tiles):
+    for name, op in (("to_rgb chain", to_rgb), ("to_rgb chain whole rows", whole_row_to_rgb), *tiles):
         out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
                         lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
     return out + schedule_cases(size, batch, dtype, device)

@@ -292,18 +292,18 @@ def test_to_rgb(shape, dtype, cl, with_skip):
 
 
 @pytest.mark.parametrize("shape", RGB_GEOMS[1:3])
-def test_to_rgb_round_one_tile(shape):
-    """The 64-pixel, 64-channel tile bench/kernels.py times against the whole-row tile (a channel loop of two steps)."""
+def test_to_rgb_large_batch_tile(shape):
+    """The 128-pixel, 64-channel tile of large batches and traced launches (a channel loop of two steps)."""
     inputs = rgb_inputs(shape, torch.float32, True, True)
-    assert_rgb(kernels("to_rgb").to_rgb(*inputs, blocks=kernels("to_rgb").ROUND_ONE_TILE), *inputs)
+    assert_rgb(kernels("to_rgb").to_rgb(*inputs, blocks=kernels("to_rgb").LARGE_BATCH_TILE), *inputs)
 
 
-def test_to_rgb_takes_round_one_tiles_beyond_small_batches():
-    """Whole channel rows up to WHOLE_ROW_MAX_BATCH, round 1's tile beyond it and in traced (symbolic) launches."""
+def test_to_rgb_takes_the_large_batch_tile_beyond_small_batches():
+    """Whole channel rows up to WHOLE_ROW_MAX_BATCH, the large-batch tile beyond it and in traced (symbolic) launches."""
     module = kernels("to_rgb")
     limit = module.WHOLE_ROW_MAX_BATCH
-    assert module.batch_tile(limit, 128) == module.tile(128) != module.ROUND_ONE_TILE
-    assert module.batch_tile(limit + 1, 128) == module.batch_tile(torch.SymInt, 128) == module.ROUND_ONE_TILE
+    assert module.batch_tile(limit, 128) == module.tile(128) != module.LARGE_BATCH_TILE
+    assert module.batch_tile(limit + 1, 128) == module.batch_tile(torch.SymInt, 128) == module.LARGE_BATCH_TILE
     inputs = rgb_inputs((limit + 1, 96, 8, 8), torch.float32, True, True)
     assert_rgb(to_rgb(*inputs, impl="triton"), *inputs)
 

@@ -12,12 +12,13 @@ from ._tiles import direct
 # batch 1 the small maps get HW * I / TILE programs (a 64 px map of 512 channels 512, not 64 each looping
 # over 8 channel steps) and every program loads its x in one step
 TILE, MAX_ROW = 4096, 512
-# Whole-channel-row tiles (``tile``) fill the card where a batch is small; at large batches round 1's tile (64
-# pixels x 64 channels, looping over the channels) is faster (H100, fp16, the chain's 7 ToRGBs of 256 px: 62 against
-# 96 us at batch 1, but 223 against 198 us at batch 8 and 2.88 against 1.85 ms at batch 128; bench/NOTES.md rounds 8
-# and 10). Linear between 1 and 8, the two cross near batch 5: batches 2-4 are not measured.
-WHOLE_ROW_MAX_BATCH = 4
-ROUND_ONE_TILE = (64, 64)
+# Whole-channel-row tiles (``tile``) fill the card where a batch is small; beyond that a fixed 128-pixel x 64-channel
+# tile, looping over the channels, is faster. H100, fp16, the chain's 7 ToRGBs of 256 px (bench/NOTES.md, round 11):
+# whole rows 62 / 87 / 132 / 219 us at batch 1 / 2 / 4 / 8 and 2.86 ms at 128; the 128 x 64 tile 93 / 104 / 130 / 176
+# us and 1.61 ms, the best of eight fixed tiles from batch 4 up (round 1's 64 x 64: 96 / 111 / 138 / 195 us, 1.83 ms).
+# The two cross between batches 2 and 4 (batch 3 is not measured).
+WHOLE_ROW_MAX_BATCH = 3
+LARGE_BATCH_TILE = (128, 64)
 
 
 @triton.jit
@@ -84,9 +85,10 @@ def to_rgb(x: torch.Tensor, style: torch.Tensor, weight: torch.Tensor, bias: tor
 
 
 def batch_tile(batch, inputs: int) -> tuple[int, int]:
-    """The tile for a launch of ``batch`` samples: whole channel rows up to ``WHOLE_ROW_MAX_BATCH``, else round 1's.
-    A traced launch (AOTInductor packages: ``batch`` symbolic, one kernel for every batch) takes round 1's."""
-    return tile(inputs) if isinstance(batch, int) and batch <= WHOLE_ROW_MAX_BATCH else ROUND_ONE_TILE
+    """The tile for a launch of ``batch`` samples: whole channel rows up to ``WHOLE_ROW_MAX_BATCH``, else
+    ``LARGE_BATCH_TILE``, which a traced launch (AOTInductor packages: ``batch`` symbolic, one kernel for every batch)
+    takes too: it is within 31 us of whole rows at batch 1 (round 11)."""
+    return tile(inputs) if isinstance(batch, int) and batch <= WHOLE_ROW_MAX_BATCH else LARGE_BATCH_TILE
 
 
 def tile(inputs: int) -> tuple[int, int]:
