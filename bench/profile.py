@@ -1,10 +1,12 @@
 """Where a task's GPU time goes: the kernels of one call, grouped, from ``torch.profiler``.
 
-    python -m soat.bench.profile --task generate --dtype fp16 --batch 32 [--size 256] [--plain]
+    python -m soat.bench.profile --task generate --dtype fp16 --batch 32 [--size 256] [--backend B] [--plain]
 
 Profiles ``--iters`` eager calls after a warm-up and prints the share of device time per
 kernel group (convolutions, elementwise, Triton, copies/layout, other) and the top kernels.
-This is what the optimizations in ``bench/NOTES.md`` were chosen from.
+This is what the optimizations in ``bench/NOTES.md`` were chosen from. ``--backend`` profiles another backend
+the same way (``onnxruntime``: a random model is exported into the cache first; the profiler sees ONNX
+Runtime's kernels too).
 
 ``--plain`` looks at the plain call instead (CUDA graphs on, as users call): its wall time to the
 result, the GPU time between events around it, and the host's own time per call by op (where a
@@ -24,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import soat
 from soat.bench.suite import TASKS, task_call
+from soat.runtime.capabilities import AUTO, BACKEND_CHOICES
 
 # first match wins; names are CUDA kernel names as the profiler reports them
 GROUPS = (
@@ -90,13 +93,15 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--task", default="generate", choices=TASKS)
     p.add_argument("--dtype", default="fp16")
+    p.add_argument("--backend", default=AUTO, choices=BACKEND_CHOICES)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--plain", action="store_true",
                    help="the plain (graphed) call's anatomy instead (host time over --iters calls, 20 at least)")
     args = p.parse_args()
-    G = soat.load(args.checkpoint, device="cuda", dtype=args.dtype, size=args.size, cuda_graphs=args.plain)
+    G = soat.load(args.checkpoint, backend=args.backend, device="cuda", dtype=args.dtype, size=args.size,
+                  cuda_graphs=args.plain)
     fn, call_args = task_call(G, args.task, args.batch)
     if args.plain:
         plain_call(fn, call_args, max(args.iters, 20), args.top)
@@ -112,8 +117,8 @@ def main() -> None:
     kernels = device_times(prof)
     total = sum(t for t, _ in kernels.values())
     per_call = total / args.iters / 1e3
-    print(f"{args.task} {args.dtype} B={args.batch} {args.size} px: {per_call:.3f} ms device time per call, "
-          f"{per_call / args.batch * 1e3:.1f} µs per image")
+    print(f"{args.task} {G.backend.name} {args.dtype} B={args.batch} {args.size} px: {per_call:.3f} ms device time "
+          f"per call, {per_call / args.batch * 1e3:.1f} µs per image")
     groups: dict[str, float] = defaultdict(float)
     for name, (t, _) in kernels.items():
         groups[group_of(name)] += t
