@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 import soat
-from soat.runtime.chain import CONV_UP, build_chain
+from soat.runtime.chain import build_chain
 from soat.runtime.config import GeneratorConfig
 from soat.runtime.endless import span_pad
 from soat.triton_kernels._dispatch import kernels
@@ -206,37 +206,7 @@ def lever_cases(size: int, batch: int, dtype: torch.dtype, device: str) -> list[
     for name, op in (("to_rgb chain", to_rgb), ("to_rgb chain whole rows", whole_row_to_rgb), *tiles):
         out.append(Case(name, shape, traffic, lambda ls, impl, op=op: [op(*a, impl=impl) for a in ls],
                         lambda ls: [to_rgb_ref(*a) for a in ls], (layers,), graphed=True))
-    return out + up_epilogue_cases(chain, batch, dtype, device) + schedule_cases(size, batch, dtype, device)
-
-
-# quad blocks (quad rows, quad columns, channels) of the upsampling epilogue timed beside the flattened strip
-UP_BLOCKS = ((4, 8, 32), (4, 4, 64), (8, 8, 16), (2, 8, 64), (4, 16, 16))
-
-
-def up_epilogue_cases(chain: list, batch: int, dtype: torch.dtype, device: str) -> list[Case]:
-    """Every upsampling layer's epilogue of the chain as a run of layers makes it (the next conv's modulated input
-    only), with the strip of flattened quads and with each block of ``UP_BLOCKS``."""
-    layers = []  # (y, demod, noise, noise weight, bias, up, next style, write x)
-    for node in (n for n in chain if n.kind == CONV_UP):
-        c, res = node.out_channels, node.resolution
-        (y,) = _maps(1, (batch, c, res + 1, res + 1), dtype, device, True)
-        layers.append((y, torch.rand(batch, c, dtype=dtype, device=device) + 0.5,
-                       torch.randn(1, 1, res, res, dtype=dtype, device=device), torch.tensor([0.3], dtype=dtype,
-                       device=device), torch.randn(c, dtype=dtype, device=device), True,
-                       torch.randn(batch, c, dtype=dtype, device=device), False))
-    es = torch.empty((), dtype=dtype).element_size()
-    traffic = sum(a[0].numel() + a[0][:, :, 1:, 1:].numel() for a in layers) * es
-    shape = f"{len(layers)} layers, 8..{layers[-1][0].shape[-1] - 1} px"
-
-    def ref(ls):
-        return [modulate_ref(conv_epilogue_ref(*a[:6]), a[6]) for a in ls]
-    out = []
-    for block in ("strip", *UP_BLOCKS):
-        name = "conv_epilogue up chain " + (block if isinstance(block, str) else "block {}x{}x{}".format(*block))
-        out.append(Case(name, shape, traffic, lambda ls, impl, block=block: [
-            kernels("conv_epilogue").conv_epilogue_modulated(*a, up_block=block)[1] for a in ls], ref, (layers,),
-            graphed=True))
-    return out
+    return out + schedule_cases(size, batch, dtype, device)
 
 
 # the blend-type tasks, each as its schedule runs it: (name, output width in images, call); the box: a face's

@@ -204,24 +204,6 @@ def test_conv_epilogue(shape, dtype, cl, noise_batch, up):
         torch.testing.assert_close(out.float(), ref, rtol=0, atol=torch.finfo(dtype).eps * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("block", ["strip", (4, 8, 32), (2, 2, 16), (8, 8, 16)])
-@pytest.mark.parametrize("cl", [True, False])
-def test_conv_epilogue_up_blocks(block, cl):
-    """The upsampling epilogue over blocks of output quads (partial blocks in rows, columns and channels)
-    computes each output as the flattened strip does: equal bit for bit, and to the reference at fp32."""
-    b, c, h, w = 2, 40, 5, 7
-    (y,) = maps(1, (b, c, 2 * h + 1, 2 * w + 1), torch.float32, cl)
-    g = torch.Generator().manual_seed(9)
-    demod = (torch.rand(b, c, generator=g) + 0.5).to(DEVICE)
-    noise, next_style = torch.randn(b, 1, 2 * h, 2 * w, generator=g).to(DEVICE), style_rows(b, c, torch.float32, g)
-    noise_weight, bias = torch.tensor([0.3], device=DEVICE), torch.randn(c, generator=g).to(DEVICE)
-    args = (y, demod, noise, noise_weight, bias, True, next_style, True)
-    x, x_mod = kernels("conv_epilogue").conv_epilogue_modulated(*args, up_block=block)
-    strip_x, strip_mod = kernels("conv_epilogue").conv_epilogue_modulated(*args, up_block="strip")
-    assert torch.equal(x, strip_x) and torch.equal(x_mod, strip_mod)
-    torch.testing.assert_close(x, conv_epilogue_ref(y, demod, noise, noise_weight, bias, True), rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("write_x", [True, False])
 @pytest.mark.parametrize("shape,dtype,cl", CASES[::4])
 def test_conv_epilogue_writes_next_modulated_input(shape, dtype, cl, write_x):

@@ -6,15 +6,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import cdiv, direct, empty_map, is_channels_last, tile_grid
+from ._tiles import direct, empty_map, is_channels_last, tile_grid
 from .tiles_kernel import offset, tile_index
 
 UP_TILE = 1024  # quads x channels per program of the upsampling epilogue (four fp32 accumulators each)
-# The upsampling epilogue's tile: None for a strip of UP_TILE quads x channels along the flattened [B, Hq, Wq]
-# quads, or (quad rows, quad columns, channels) of a block of one sample's quads, whose (2 QH + 3) x (2 QW + 3)
-# input footprint brings fewer bytes through L2 twice than a strip's 5 x (2 BR + 3) (bench/NOTES.md, round 11:
-# the strip until the blocks are measured)
-UP_BLOCK = None
 
 
 @triton.jit
@@ -50,27 +45,16 @@ def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out
                             syb, syc, syh, syw, sdb, sdc, snb, snh, snw, sob, soc, soh, sow, smb, smc, smh, smw,
                             stb, stc, Hy, Wy,
                             B, C, Hq, Wq, WRITE_X: tl.constexpr, WRITE_MOD: tl.constexpr,
-                            BR: tl.constexpr, BI: tl.constexpr, QW: tl.constexpr):
+                            BR: tl.constexpr, BI: tl.constexpr):
     """The upsampling layer's epilogue, one 2x2 output quad per row of the tile (channels inner):
     the quad's 16-tap blurs share a 5x5 input footprint, so each program loads 25 taps for 4
-    outputs instead of 64. ``QW == 0``: the tile's rows are consecutive quads of the flattened
-    ``[B, Hq, Wq]`` space; else a block of ``BR / QW`` quad rows by ``QW`` quad columns of one sample."""
+    outputs instead of 64."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)[:, None]
     c = tl.program_id(1) * BI + tl.arange(0, BI)[None, :]
-    r = tl.arange(0, BR)[:, None]
-    if QW == 0:
-        rows = tl.program_id(0) * BR + r
-        qd = rows % Wq
-        p = (rows // Wq) % Hq
-        b = rows // (Wq * Hq)
-        ok = (b < B) & (c < C)
-    else:
-        blocks_w = tl.cdiv(Wq, QW)
-        blocks_h = tl.cdiv(Hq, BR // QW)
-        block = tl.program_id(0)
-        qd = (block % blocks_w) * QW + r % QW
-        p = ((block // blocks_w) % blocks_h) * (BR // QW) + r // QW
-        b = block // (blocks_w * blocks_h) + 0 * r  # a [BR, 1] tensor, as the loads' pointers need
-        ok = (b < B) & (p < Hq) & (qd < Wq) & (c < C)
+    qd = rows % Wq
+    p = (rows // Wq) % Hq
+    b = rows // (Wq * Hq)
+    ok = (b < B) & (c < C)
     plane = y + offset(b, c, 0, 0, syb, syc, syh, syw)
     a00 = tl.zeros([BR, BI], dtype=tl.float32)
     a01 = tl.zeros([BR, BI], dtype=tl.float32)
@@ -109,12 +93,9 @@ def conv_epilogue_up_kernel(y, demod, noise, noise_weight, bias, next_style, out
 
 def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.Tensor, noise_weight: torch.Tensor,
                             bias: torch.Tensor, up: bool, next_style: torch.Tensor | None,
-                            write_x: bool, wrap: Callable = direct,
-                            up_block: tuple[int, int, int] | str | None = None
-                            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                            write_x: bool, wrap: Callable = direct) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(x or None, x_mod or None)``, each ``[B, C, H, W]`` in ``y``'s layout (``conv_epilogue.py``; ``wrap``:
-    ``_tiles.direct``; ``up_block``: the upsampling epilogue's quad block, default ``UP_BLOCK``; ``"strip"``: rows
-    of the flattened quads)."""
+    ``_tiles.direct``)."""
     B, C, Hy, Wy = y.shape
     H, W = (Hy - 1, Wy - 1) if up else (Hy, Wy)
     out = empty_map((B, C, H, W), y) if write_x else None
@@ -135,21 +116,7 @@ def conv_epilogue_modulated(y: torch.Tensor, demod: torch.Tensor, noise: torch.T
         grid, br, bi = tile_grid(first.shape, cl)
         wrap(conv_epilogue_kernel)[grid](*args, B, C, H, W, **flags, CL=cl, BR=br, BI=bi, enable_fp_fusion=False)
     else:  # one 2x2 output quad per row of the tile, channels inner
-        Hq, Wq = H // 2, W // 2
-        up_block = up_block or UP_BLOCK
-        if up_block in (None, "strip"):
-            grid, br, bi = tile_grid((B, C, Hq, Wq), True, UP_TILE)
-            qw = 0
-        else:
-            grid, br, bi, qw = quad_block_grid((B, C, Hq, Wq), up_block)
-        wrap(conv_epilogue_up_kernel)[grid](*args, Hy, Wy, B, C, Hq, Wq, **flags, BR=br, BI=bi, QW=qw,
+        grid, br, bi = tile_grid((B, C, H // 2, W // 2), True, UP_TILE)
+        wrap(conv_epilogue_up_kernel)[grid](*args, Hy, Wy, B, C, H // 2, W // 2, **flags, BR=br, BI=bi,
                                             enable_fp_fusion=False)
     return out, out_mod
-
-
-def quad_block_grid(space: tuple, block: tuple[int, int, int]) -> tuple[tuple[int, int], int, int, int]:
-    """``(grid, BR, BI, QW)`` for ``block = (quad rows, quad columns, channels)`` (powers of two) over ``space = [B,
-    C, Hq, Wq]``: a small map's block shrinks to it (rows and columns are static, in traced launches too)."""
-    B, C, Hq, Wq = space
-    qh, qw, bi = (min(n, 1 << max(m - 1, 0).bit_length()) for n, m in zip(block, (Hq, Wq, C)))
-    return (B * cdiv(Hq, qh) * cdiv(Wq, qw), cdiv(C, bi)), qh * qw, bi, qw
