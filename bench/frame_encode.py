@@ -33,7 +33,8 @@ from PIL import Image
 
 from soat.bench.serve_load import synthetic_image
 from soat.runtime.endless import column_pieces, span_columns, stitch
-from soat.runtime.images import atomic_output, to_uint8
+from soat.runtime.files import atomic_output
+from soat.runtime.images import to_uint8
 from soat.serve.protocol import JPEG_QUALITY, encode_image, frame_header
 
 

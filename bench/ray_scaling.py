@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, fields
 
 from soat.bench.serve_load import ONE_HOST_STREAMS, LoadResult, Rates, SyntheticSpans, run_load
 from soat.runtime.endless import spans
-from soat.runtime.images import atomic_output
+from soat.runtime.files import atomic_output
 from soat.serve.batcher import SpanSource
 from soat.serve.replica import ReplicaOptions
 

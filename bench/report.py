@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import soat
-from soat.runtime.images import atomic_output
+from soat.runtime.files import atomic_output
 
 
 @dataclass

@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from soat.runtime.images import atomic_output
+from soat.runtime.files import atomic_output
 
 ONE_HOST_STREAMS = 128  # stream caps (per process, per client) of the servers a load run starts: every client is this host
 BURST_SPEEDS = (500.0, 1000.0)  # columns/s of a viewer's pan (uniform)

@@ -57,7 +57,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SoatError
-from ..runtime.checkpoint import file_sha256
+from ..runtime.files import file_sha256
 from ..runtime.config import GeneratorConfig
 from ..runtime.graph_modules import ConstNode, graph_module
 from ..runtime.capabilities import AOTI_FORMAT, export_precisions, precision

@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 from ..errors import SoatError, os_error
-from ..runtime.checkpoint import file_sha256
+from ..runtime.files import file_sha256
 from ..runtime.filelock import locked as _locked, remove_unheld
 from ..runtime.manifest import read_manifest
 from ..runtime.sources import cache_subdir, load_weights

@@ -24,7 +24,7 @@ import torch
 from .. import version
 from ..errors import SoatError, os_error
 from ..runtime.chain import style_channels
-from ..runtime.checkpoint import file_sha256
+from ..runtime.files import file_sha256
 from ..runtime.filelock import locked, remove_unheld
 from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..errors import SoatError
 from .. import version
 from ..runtime.config import GeneratorConfig
-from ..runtime.checkpoint import file_sha256
+from ..runtime.files import file_sha256
 from ..runtime.generator import Generator
 from ..runtime.graph_modules import graph_module
 from ..runtime.capabilities import ONNX_FORMAT, export_precisions, precision

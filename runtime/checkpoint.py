@@ -7,7 +7,6 @@ Every failure is a ``SoatError`` naming the file, the problem and the fix.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import pickle
@@ -20,6 +19,7 @@ from typing import IO
 import torch
 
 from .config import GeneratorConfig
+from .files import file_sha256
 from ..errors import SoatError, os_error
 from .weights import StyleGAN2Weights
 
@@ -46,14 +46,6 @@ LAYOUT_RANGES = {"style_dim": (1, 4096), "n_mlp": (1, 32)}
 MAX_CHECKPOINT_BYTES = 1 << 34
 _NOT_FILES = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
               (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_checkpoint_file(path: str) -> None:

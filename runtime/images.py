@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -13,6 +11,7 @@ from PIL import Image
 
 from ..errors import SoatError
 from .checks import check_images
+from .files import atomic_output
 
 
 def uint8_levels(images: torch.Tensor) -> torch.Tensor:
@@ -49,31 +48,6 @@ def device_uint8(parts: Sequence[torch.Tensor], whole: bool | None = None) -> to
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """One PIL RGB image per batch entry."""
     return [Image.fromarray(a) for a in to_uint8(images)]
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary name in ``path``'s folder; on success it is renamed to ``path`` (``os.replace``),
-    on failure removed. A reader of ``path`` sees the old file or the complete new one, never a part."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    stem, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def save_png(images: torch.Tensor, path: str | os.PathLike) -> list[str]:

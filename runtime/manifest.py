@@ -30,7 +30,7 @@ import torch
 
 from ..errors import SoatError
 from .chain import TO_RGB, build_chain, style_channels
-from .checkpoint import file_sha256
+from .files import file_sha256
 from .config import GeneratorConfig
 from .capabilities import AOTI_FORMAT, AUTO, BACKENDS, ONNX_FORMAT, backend_spec, export_precisions
 from .checks import spelled

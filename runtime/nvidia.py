@@ -49,10 +49,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import (LAYOUT_RANGES, LEGACY_MAGIC, check_pickle_structure, file_sha256, infer_config,
+from .checkpoint import (LAYOUT_RANGES, LEGACY_MAGIC, check_pickle_structure, infer_config,
                          mean_latent, weights_from_state_dict)
 from .config import GeneratorConfig
 from ..errors import SoatError
+from .files import file_sha256
 from ..triton_kernels.fir import NORMALISED_FILTER
 from .weights import StyleGAN2Weights
 

@@ -52,6 +52,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from ..errors import SoatError, os_error
+from .files import file_sha256, write_atomic
 from .filelock import locked
 
 CHUNK = 1 << 20
@@ -236,7 +237,7 @@ def _adopt(entry: Entry, path: str, check: Callable[[str], object], progress: bo
             raise SoatError(f"{path}, put into the cache for {entry.name}, is not a model soat can read ({e}); "
                             f"replace it with {entry.filename} from {entry.url} ({_expected_bytes(entry)})") from None
         try:
-            _write_record(path, sha256_file(path), os.path.getsize(path))
+            _write_record(path, file_sha256(path), os.path.getsize(path))
         except OSError as e:
             raise os_error(e, f"recording {path}") from None
 
@@ -303,7 +304,7 @@ def _download(entry: Entry, path: str, progress: bool, timeout: float) -> int | 
             total = _expected_total(entry, response, start)
             if start == 0:
                 state = {"url": entry.url, "validator": _validator(response), "total": total}
-                _write_atomic(part + STATE_SUFFIX, json.dumps(state))
+                write_atomic(part + STATE_SUFFIX, json.dumps(state))
             _receive(entry, response, part, start, total, progress, pace)
         break
     else:
@@ -450,14 +451,6 @@ def _check_loads(entry: Entry, part: str, check: Callable[[str], object]) -> Non
 
 
 # ---- checks -----------------------------------------------------------------------------------
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_complete(entry: Entry, part: str, total: int | None) -> str:
     """SHA-256 of a finished download after checking its size against the declared ``total`` and its hash
     against the entry's; a short one is kept to resume, a bad one removed."""
@@ -468,7 +461,7 @@ def _check_complete(entry: Entry, part: str, total: int | None) -> str:
     if total is not None and size > total:
         _discard(part)
         raise SoatError(f"download of {entry.name} has {size:,} bytes, expected {total:,}; removed it")
-    digest = sha256_file(part)
+    digest = file_sha256(part)
     if entry.sha256 is not None and digest != entry.sha256:
         _discard(part)
         raise SoatError(f"download of {entry.name} has SHA-256 {digest}, expected {entry.sha256}; removed it")
@@ -480,14 +473,7 @@ def _record_path(path: str) -> str:
 
 
 def _write_record(path: str, digest: str, size: int) -> None:
-    _write_atomic(_record_path(path), f"{digest}  {size}  {os.path.basename(path)}\n")
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(_record_path(path), f"{digest}  {size}  {os.path.basename(path)}\n")
 
 
 def _check_recorded(entry: Entry, path: str) -> None:
@@ -502,5 +488,5 @@ def _check_recorded(entry: Entry, path: str) -> None:
     if size is not None and os.path.getsize(path) != size:
         raise SoatError(f"cached {path} has {os.path.getsize(path):,} bytes, expected {size:,}; delete it to "
                         "download again")
-    if expected is not None and sha256_file(path) != expected:
+    if expected is not None and file_sha256(path) != expected:
         raise SoatError(f"cached {path} does not match its SHA-256 {expected}; delete it to download again")

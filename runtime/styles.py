@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ..errors import SoatError
 from .cudagraph import first_nonfinite
-from .images import atomic_output
+from .files import atomic_output
 from .sources import cache_dir, cache_subdir
 
 StyleArg = Union[Sequence[torch.Tensor], torch.Tensor]

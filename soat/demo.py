@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 import soat
-from soat.runtime.images import atomic_output, hstack, save_png
+from soat.runtime.files import atomic_output
+from soat.runtime.images import hstack, save_png
 
 
 def _styles(G, seed: int) -> list[torch.Tensor]:

@@ -12,7 +12,8 @@ from .options import (CHECKPOINT_HELP, add_backend, add_checkpoint, add_device, 
                       check_checkpoint, check_output_file, finite_float, int_range)
 from .runtime.codes import save_codes
 from .runtime.manifest import export_graph_format
-from .runtime.images import atomic_output, save_png
+from .runtime.files import atomic_output
+from .runtime.images import save_png
 from .runtime.inversion import VGG16_FILE
 from .loader import load
 from .runtime.sources import convert

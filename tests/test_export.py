@@ -23,7 +23,7 @@ from soat.runtime.graphs import graph_ids, input_shapes
 from soat.runtime.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from soat.export.onnx_export import cache_key
 from soat.runtime.chain import build_chain
-from soat.runtime.checkpoint import file_sha256
+from soat.runtime.files import file_sha256
 from conftest import make_styles, onnx_export, pick, rel_err, tiered
 
 onnx = pytest.importorskip("onnx")

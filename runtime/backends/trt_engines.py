@@ -22,11 +22,11 @@ import os
 from typing import Callable, Sequence
 
 from ...errors import SoatError, os_error
-from ..checkpoint import file_sha256
+from ..files import file_sha256, write_atomic
 from ..filelock import locked
 from ..manifest import Manifest
 from ..shape_plan import MAX_BATCH, Profile, profile_shapes
-from .trt_flavours import MODULES, Flavour, make_logger, write_atomic
+from .trt_flavours import MODULES, Flavour, make_logger
 
 ENGINE_DIR = "engines"  # under the export folder
 RECORD_FIELDS = ("graph_sha256", "flavour", "tensorrt", "target", "precision", "max_batch", "profile")

@@ -18,7 +18,6 @@ Everything else (parse, profiles, build, the engine cache, execution) is written
 
 from __future__ import annotations
 
-import contextlib
 import os
 from abc import ABC, abstractmethod
 from typing import Sequence
@@ -27,6 +26,7 @@ import torch
 
 from ...errors import SoatError
 from ..capabilities import BACKENDS
+from ..files import write_atomic
 
 FLAVOURS = ("trt", "rtx")
 MODULES = {"trt": "tensorrt", "rtx": "tensorrt_rtx_bindings"}
@@ -217,16 +217,3 @@ def make_logger(trt):
             elif int(severity) == int(trt.ILogger.Severity.WARNING):
                 self.warnings.append(str(msg))
     return Logger()
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """``data`` to ``path`` under a temporary name, then renamed: readers never see a partial file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
