@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import os
 import re
 import socket
 import threading
+import time
 
 import pytest
 
@@ -21,13 +23,21 @@ TIMEOUT = 5.0
 
 
 class Server:
-    """A loopback file server: ``files[name] = bytes``; ``mode[name]`` in
-    ``ok | truncate | error | cut_once | html | no_range``; ``requests`` logs (name, Range header)."""
+    """A loopback file server with the behaviours of real and broken ones: ``files[name] = bytes``, ``etags[name]``
+    (optional; If-Range is honoured against it), ``mode[name]``:
+
+    ok | error (500) | html (served as text/html) | truncate (half the body, then the connection drops) |
+    cut_once (as truncate, then ok) | no_range (200 with the whole file to any range request) | range_from_zero
+    (206 with the whole file to any range request) | ignore_if_range (ranges of the current file whatever If-Range
+    says) | close / close_cut (no Content-Length: the body ends when the connection closes, whole or at half) |
+    gzip (Content-Encoding: gzip) | slow (the body in 20 pieces, 50 ms apart) | drip (one byte per 50 ms, at most
+    15 s). A name not in ``files`` is a 404. ``requests`` logs ``(name, headers)``."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
         self.mode: dict[str, str] = {}
-        self.requests: list[tuple[str, str | None]] = []
+        self.requests: list[tuple[str, dict]] = []
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -36,46 +46,72 @@ class Server:
 
             def do_GET(self) -> None:
                 name = self.path.lstrip("/")
-                rng = self.headers.get("Range")
-                server.requests.append((name, rng))
+                server.requests.append((name, dict(self.headers)))
                 mode = server.mode.get(name, "ok")
                 if name not in server.files or mode == "error":
                     self.send_error(500 if mode == "error" else 404)
                     return
-                data = server.files[name]
-                start = 0
-                m = re.match(r"bytes=(\d+)-", rng or "")
-                if m and mode != "no_range":
-                    start = int(m.group(1))
+                data, etag = server.files[name], server.etags.get(name)
+                start, partial = 0, False
+                m = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
+                if m and mode == "range_from_zero":
+                    partial = True
+                elif m and mode != "no_range" and self.headers.get("If-Range") in (None, etag) or (
+                        m and mode == "ignore_if_range"):
+                    start, partial = int(m.group(1)), True
                     if start >= len(data):
                         self.send_response(416)
                         self.send_header("Content-Range", f"bytes */{len(data)}")
                         self.end_headers()
                         return
-                    self.send_response(206)
+                body = gzip.compress(data) if mode == "gzip" else data[start:]
+                self.send_response(206 if partial else 200)
+                if partial:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                body = data[start:]
+                if etag:
+                    self.send_header("ETag", etag)
+                if mode == "gzip":
+                    self.send_header("Content-Encoding", "gzip")
+                if mode not in ("close", "close_cut"):
+                    self.send_header("Content-Length", str(len(body)))
                 self.send_header("Content-Type", "text/html" if mode == "html" else "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                if mode == "truncate":
-                    body = body[: len(body) // 2]
-                elif mode == "cut_once":  # half the file, then the connection drops; the next request is served
-                    body = body[: len(body) // 2]
-                    server.mode[name] = "ok"
-                self.wfile.write(body)
+                try:
+                    self._body(name, mode, body)
+                except OSError:  # the client went away
+                    pass
+
+            def _body(self, name: str, mode: str, body: bytes) -> None:
+                if mode in ("truncate", "cut_once", "close_cut"):
+                    self.wfile.write(body[: len(body) // 2])
+                    if mode == "cut_once":
+                        server.mode[name] = "ok"
+                elif mode in ("slow", "drip"):
+                    step = len(body) // 20 + 1 if mode == "slow" else 1
+                    end = time.monotonic() + 15
+                    for i in range(0, len(body), step):
+                        if time.monotonic() > end:
+                            break
+                        self.wfile.write(body[i:i + step])
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(body)
                 self.wfile.flush()
-                if mode in ("truncate", "cut_once"):
-                    self.close_connection = True
+                self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def gets(self, name: str) -> list[dict]:
+        """The headers of every request for ``name``."""
+        return [headers for n, headers in self.requests if n == name]
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -166,7 +202,7 @@ def test_interrupted_transfer_resumes_with_range(server, cache, model_bytes, mon
     assert (cache / "r.safetensors.part").stat().st_size == len(model_bytes) // 2
     path = fetch(entry.name, str(cache), progress=False, timeout=TIMEOUT)
     assert open(path, "rb").read() == model_bytes
-    assert server.requests[-1] == ("r.safetensors", f"bytes={len(model_bytes) // 2}-")
+    assert server.gets("r.safetensors")[-1].get("Range") == f"bytes={len(model_bytes) // 2}-"
     assert leftovers(cache) == []
 
 

@@ -9,10 +9,7 @@ children with a timeout (and a memory limit where they read a device).
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
-import http.server
 import json
 import multiprocessing
 import os
@@ -42,9 +39,8 @@ from soat.runtime.manifest import read_manifest
 from soat.runtime.random_model import random_weights
 from soat.runtime.registry import fetch
 from soat.runtime.sources import convert, load_file
-import test_download
 from conftest import make_styles
-from test_download import cache, register  # noqa: F401 (cache: the fixture, SOAT_CACHE_DIR in tmp_path)
+from test_download import cache, register, server  # noqa: F401 (cache, server: fixtures)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 5.0
@@ -68,97 +64,6 @@ def hidden(folder) -> list[str]:
         found += [os.path.join(root, n) for n in dirs + files
                   if n.startswith(".") or n.endswith((".part", ".tmp", ".part.json"))]
     return found
-
-
-# ---- a loopback server with the behaviours of real and broken ones ----------------------------------------------
-
-class Server(test_download.Server):
-    """``files[name] = bytes``, ``etags[name]`` (optional), ``mode[name]``:
-
-    ok | cut_once (half the body, then the connection drops; ok afterwards) | ignore_if_range (ranges of the
-    current file whatever If-Range says) | range_from_zero (206 with the whole file to any range request) |
-    close / close_cut (no Content-Length: the body ends when the connection closes, whole or at half) |
-    gzip (Content-Encoding: gzip) | slow (the body in 20 pieces, 50 ms apart) | drip (one byte per 50 ms, at
-    most 15 s). Honours If-Range against the current ETag. ``requests`` logs ``(name, headers)``."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.etags: dict[str, str] = {}
-        self.mode: dict[str, str] = {}
-        self.requests: list[tuple[str, dict]] = []
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                name = self.path.lstrip("/")
-                server.requests.append((name, dict(self.headers)))
-                mode, data, etag = server.mode.get(name, "ok"), server.files[name], server.etags.get(name)
-                start, partial = 0, False
-                m = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
-                if m:
-                    if_range = self.headers.get("If-Range")
-                    if mode == "range_from_zero":
-                        partial = True
-                    elif if_range is None or if_range == etag or mode == "ignore_if_range":
-                        start, partial = int(m.group(1)), True
-                body = gzip.compress(data) if mode == "gzip" else data[start:]
-                self.send_response(206 if partial else 200)
-                if partial:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                if etag:
-                    self.send_header("ETag", etag)
-                if mode == "gzip":
-                    self.send_header("Content-Encoding", "gzip")
-                if mode not in ("close", "close_cut"):
-                    self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.end_headers()
-                try:
-                    self._body(name, mode, body)
-                except OSError:  # the client went away
-                    pass
-
-            def _body(self, name: str, mode: str, body: bytes) -> None:
-                if mode in ("cut_once", "close_cut"):
-                    self.wfile.write(body[: len(body) // 2])
-                    if mode == "cut_once":
-                        server.mode[name] = "ok"
-                elif mode == "slow":
-                    step = len(body) // 20 + 1
-                    for i in range(0, len(body), step):
-                        self.wfile.write(body[i:i + step])
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                elif mode == "drip":
-                    end = time.monotonic() + 15
-                    for i in range(len(body)):
-                        if time.monotonic() > end:
-                            break
-                        self.wfile.write(body[i:i + 1])
-                        self.wfile.flush()
-                        time.sleep(0.05)
-                else:
-                    self.wfile.write(body)
-                self.wfile.flush()
-                self.close_connection = True
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def gets(self, name: str) -> list[dict]:
-        return [headers for n, headers in self.requests if n == name]
-
-
-@pytest.fixture
-def server():
-    with contextlib.closing(Server()) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
