@@ -360,15 +360,17 @@ def load_noise(manifest: Manifest) -> list[torch.Tensor]:
 def check_matches(manifest: Manifest, dtype: str, size: int | None, channel_multiplier: int | None) -> None:
     """The export must be in ``dtype``; ``size``/``channel_multiplier``, where given, must match it."""
     c = manifest.config
+    # one message for the API and the CLI: the fix names the option both ways
     if manifest.dtype != dtype:
-        raise SoatError(f"export {manifest.folder!r} is {manifest.dtype} but dtype={dtype!r} was asked for; "
-                        f"load it with dtype={manifest.dtype!r}, or export again with --dtype {dtype}")
+        raise SoatError(f"export {manifest.folder!r} is {manifest.dtype} but {dtype} was asked for; load it as "
+                        f"{manifest.dtype} (dtype={manifest.dtype!r}, --dtype {manifest.dtype}), or export again "
+                        f"with --dtype {dtype}")
     if size is not None and size != c.size:
         raise SoatError(f"export {manifest.folder!r} holds a {c.size}px generator but size={size} was given; "
-                        "leave size out")
+                        "leave size (--size) out")
     if channel_multiplier is not None and channel_multiplier != c.channel_multiplier:
         raise SoatError(f"export {manifest.folder!r} has channel_multiplier {c.channel_multiplier} but "
-                        f"{channel_multiplier} was given; leave it out")
+                        f"{channel_multiplier} was given; leave it (--channel-multiplier) out")
 
 
 def verified_bytes(folder: str, record: dict, what: str) -> bytes:

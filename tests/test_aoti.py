@@ -205,7 +205,7 @@ def test_other_torch_or_device_or_backend_is_refused(aoti_dir, tmp_path):
     with pytest.raises(soat.SoatError, match="holds aoti graphs.*backend='aoti'"):
         soat.load(aoti_dir, backend="onnxruntime")
     assert soat.load(aoti_dir).backend.name == "aoti"  # the manifest names it: no backend needed
-    with pytest.raises(soat.SoatError, match="is fp32 but dtype='bf16'"):
+    with pytest.raises(soat.SoatError, match="is fp32 but bf16 was asked for"):
         soat.load(aoti_dir, backend="aoti", dtype="bf16")
     with pytest.raises(soat.SoatError, match="loads an export folder"):
         soat.load("random:1", backend="aoti")

@@ -220,7 +220,8 @@ def test_an_export_folder_needs_no_backend(export_dir, tmp_path, capsys, monkeyp
 
 
 def test_load_checks_dtype_and_layout_against_the_export(export_dir):
-    with pytest.raises(soat.SoatError, match="is fp32 but dtype='fp16'"):
+    with pytest.raises(soat.SoatError, match=r"is fp32 but fp16 was asked for; load it as fp32 \(dtype='fp32', "
+                                             r"--dtype fp32\), or export again with --dtype fp16"):
         soat.load(export_dir, backend="onnxruntime", dtype="fp16")
     with pytest.raises(soat.SoatError, match="holds a 32px generator but size=64"):
         soat.load(export_dir, backend="onnxruntime", size=64)
