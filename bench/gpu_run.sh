@@ -136,6 +136,9 @@ ort() {
       --dtypes fp16 --cuda-graphs both --batches 1,8 --iters 30 --tasks generate,blend,merge_extension -o "$OUT/ort256" \
       2>&1 | filtered
     SOAT_CACHE_DIR=/tmp/soat-cache timeout 120 python3 -m soat.bench.ort_check --size 256 2>&1 | tee -a "$OUT/log.txt"
+    log "ONNX Runtime CUDA fp16: where a batch-8 generate's kernel time goes (eager)"
+    SOAT_CACHE_DIR=/tmp/soat-cache timeout 120 python3 -m soat.bench.profile --backend onnxruntime --size 256 \
+      --task generate --dtype fp16 --batch 8 --top 20 2>&1 | grep -v "No registered plugin" | tee -a "$OUT/log.txt"
   else
     log "ONNX Runtime CUDA: not staged (../shared/tools/stage-wheels onnxruntime-gpu==1.31.1)"
   fi
