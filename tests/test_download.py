@@ -56,8 +56,8 @@ class Server:
                 m = re.match(r"bytes=(\d+)-", self.headers.get("Range") or "")
                 if m and mode == "range_from_zero":
                     partial = True
-                elif m and mode != "no_range" and self.headers.get("If-Range") in (None, etag) or (
-                        m and mode == "ignore_if_range"):
+                elif m and mode != "no_range" and (self.headers.get("If-Range") in (None, etag)
+                                                   or mode == "ignore_if_range"):
                     start, partial = int(m.group(1)), True
                     if start >= len(data):
                         self.send_response(416)

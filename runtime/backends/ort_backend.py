@@ -34,8 +34,8 @@ from .ort_cuda_graphs import OrtCudaGraphs, weak_method
 
 
 # CUDA execution provider options beyond the device, stream, TF32 and graph settings, as ONNX Runtime spells them
-# (prefer_nhwc, cudnn_conv_algo_search, ...): none, ORT's defaults, until a GPU run shows one helps (bench/NOTES.md,
-# open leads). SOAT_ORT_CUDA_OPTIONS ("key=value,key=value") replaces them, to time others.
+# (prefer_nhwc, cudnn_conv_algo_search, ...): none, ORT's defaults, which round 11 found no option to beat on the
+# H100 (bench/NOTES.md). SOAT_ORT_CUDA_OPTIONS ("key=value,key=value") replaces them, to time others.
 CUDA_EP_OPTIONS: dict[str, str] = {}
 CUDA_EP_OPTIONS_ENV = "SOAT_ORT_CUDA_OPTIONS"
 
